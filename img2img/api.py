@@ -1,0 +1,98 @@
+"""The Python API under the CLI: train(cfg), translate(...), load_generator(path).
+
+    from img2img import api
+    from img2img.config import make_config
+    run = api.train(make_config("pix2pix", {"data": "facades", "out": "runs/facades", "steps": 1000}))
+    api.translate("runs/facades", "photos/", "out/")
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from img2img.config import ConfigError, TrainConfig, load_config, make_config
+from img2img.data.datasets import SeededSampler
+from img2img.gan import checkpoint
+from img2img.gan.checkpoint import load_generator  # noqa: F401  (part of the API)
+from img2img.gan.loop import Trainer, epochs_to_steps
+from img2img.progress import Reporter, Silent
+from img2img.tasks import TASKS
+
+DEFAULT_EPOCHS = 200  # the reference's 100 constant + 100 decaying epochs
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
+    """The run's saved config with the explicitly given values on top."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {run_dir} holds no config.yaml, so there is no run to resume there")
+    cfg = load_config(saved).to_dict()
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return make_config(cfg.pop("task"), cfg)
+
+
+def default_workers(device: torch.device) -> int:
+    cpus = os.cpu_count() or 1
+    return min(8, cpus) if device.type == "cuda" else min(2, cpus - 1)
+
+
+def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None) -> Path:
+    """Train `cfg.task` into the run folder `cfg.out`; returns that folder."""
+    reporter = reporter or Silent()
+    run_dir = Path(cfg.out)
+    ckpt_dir = run_dir / "checkpoints"
+    state = None
+    if resume:
+        found = checkpoint.load_latest_state(ckpt_dir)
+        if found is None:
+            raise ConfigError(f"--resume: no readable training state in {ckpt_dir}")
+        state, path = found
+        reporter.message(f"resuming from {path} (step {state['step']})")
+    elif any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
+        raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                          "or choose another --out")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    task_module = TASKS[cfg.task]
+    task = task_module.build(cfg, device, reporter)  # first: bad network flags fail before the data scan
+    dataset, sample_batch = task_module.prepare_data(cfg)
+    total_steps = cfg.steps or epochs_to_steps(cfg.epochs or DEFAULT_EPOCHS, len(dataset), cfg.batch_size)
+    trainer = Trainer(task, cfg, run_dir, device, total_steps, reporter)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+
+    start = 0 if state is None else int(state["step"])
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    loader = DataLoader(dataset, batch_size=cfg.batch_size,
+                        sampler=SeededSampler(len(dataset), cfg.seed, start=start * cfg.batch_size),
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    batches = iter(loader)
+    if state is not None:
+        trainer.load_state_dict(state)  # after iter(): the loader draws from the RNG
+    trainer.run(batches, sample_batch)
+    return run_dir

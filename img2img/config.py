@@ -1,0 +1,106 @@
+"""The configuration of a training run: one flat dataclass, per-task defaults, YAML in and out.
+
+Flat on purpose: every field is one CLI flag and one `--set key=value` override, and the
+resolved config saved in the run folder reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A setting that cannot work; the message says what to pass instead."""
+
+
+@dataclass
+class TrainConfig:
+    task: str = "pix2pix"
+    # data
+    data: str | None = None  # aligned A|B files (pix2pix)
+    a: str | None = None
+    b: str | None = None
+    direction: str = "AtoB"
+    size: int = 256  # training crop
+    load_size: int | None = None  # resize before cropping; default size * 286 / 256
+    flip: bool = True
+    workers: int | None = None  # DataLoader workers; None: chosen from the CPU count
+    # length
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 1
+    # networks
+    netG: str = "unet_256"
+    ngf: int = 64
+    ndf: int = 64
+    netD: str = "basic"  # basic (70x70 PatchGAN), n_layers, pixel
+    n_layers_d: int = 3
+    norm: str = "batch"
+    dropout: bool = True
+    # losses and optimisation
+    gan_loss: str = "vanilla"
+    lambda_l1: float = 100.0
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_start: float = 0.5  # fraction of the run after which the LR decays linearly to 0
+    ema: float = 0.0  # EMA decay of G's weights; 0 disables
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA), off
+    # bookkeeping
+    out: str = "runs/run"
+    device: str = "auto"
+    seed: int = 0
+    save_every: int = 1000
+    sample_every: int | None = None  # default: save_every
+    log_every: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from img2img.data.images import write_bytes_atomic
+
+        write_bytes_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
+
+
+# Where CycleGAN's reference defaults differ from pix2pix's.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pix2pix": {},
+    "cyclegan": {"netG": "resnet_9blocks", "norm": "instance", "gan_loss": "lsgan", "dropout": False},
+}
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def make_config(task: str, values: dict[str, Any]) -> TrainConfig:
+    """TrainConfig for `task`: task defaults, then `values` (None means "not given")."""
+    if task not in TASK_DEFAULTS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_DEFAULTS)}")
+    merged = {"task": task, **TASK_DEFAULTS[task]}
+    for key, value in values.items():
+        if key not in field_names():
+            raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key)}")
+        if value is not None:
+            merged[key] = value
+    return TrainConfig(**merged)
+
+
+def load_config(path: Path) -> TrainConfig:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return make_config(data.pop("task", "pix2pix"), data)
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, field_names(), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

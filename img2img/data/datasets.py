@@ -1,0 +1,215 @@
+"""Training data: scanning folders for pairs, augmentation, and a resumable, seeded sampler.
+
+Determinism: every sample is drawn as (index, seed) by `SeededSampler`; the dataset seeds its
+augmentation from that seed alone. A run therefore sees the same crops at the same step
+whether it ran straight through, was resumed, or used any number of loader workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from img2img.config import ConfigError
+from img2img.data.images import ImageError, is_image_file, list_images, read_image
+
+
+class DataError(Exception):
+    """The training data cannot be used; the message lists every offending file."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: Path
+    b: Path | None  # None: `a` holds A|B side by side (the reference's aligned layout)
+
+    @property
+    def name(self) -> str:
+        return str(self.a)
+
+
+def _report(problems: list[str], what: str) -> None:
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DataError(f"{what}:\n  {shown}{more}")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header alone."""
+    try:
+        with PILImage.open(path) as handle:
+            return handle.size
+    except Exception as err:
+        raise ImageError(f"{path}: not a readable image ({err.__class__.__name__})") from None
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    # The reference's layout has train/ val/ test/ below the data folder.
+    return root / split if (root / split).is_dir() else root
+
+
+def _require_folder(folder: Path, flag: str) -> None:
+    # A wrong path is a usage error (exit 2), unlike bad files inside a right one.
+    if not folder.exists():
+        raise ConfigError(f"{flag} {folder}: no such folder")
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {folder}: not a folder")
+
+
+def scan_aligned(root: Path, split: str = "train") -> list[Pair]:
+    """Files holding A|B side by side; the width must be even (two equal halves)."""
+    _require_folder(root, "--data")
+    folder = _split_folder(root, split)
+    files = list_images(folder)
+    if not files:
+        raise DataError(f"--data {folder}: no images found (looked for {', '.join(('png', 'jpg', 'webp', 'bmp', 'tif'))})")
+    problems = []
+    for path in files:
+        try:
+            width, height = _image_size(path)
+        except ImageError as err:
+            problems.append(str(err))
+            continue
+        if width % 2:
+            problems.append(f"{path}: width {width} is odd, so it cannot hold two equal halves A|B")
+    _report(problems, f"{len(problems)} unusable file(s) in {folder}")
+    return [Pair(path, None) for path in files]
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    """Relative path without extension -> file; pairs match on this key."""
+    return {str(p.relative_to(folder).with_suffix("")): p for p in list_images(folder)}
+
+
+def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
+    """Two folders paired by relative path and file stem (any extension); same sizes required."""
+    _require_folder(a_root, "--a")
+    _require_folder(b_root, "--b")
+    a_files, b_files = _by_stem(a_root), _by_stem(b_root)
+    if not a_files:
+        raise DataError(f"--a {a_root}: no images found")
+    problems = [f"{a_files[k]}: no partner in {b_root} (looked for {k}.*)" for k in sorted(a_files.keys() - b_files.keys())]
+    problems += [f"{b_files[k]}: no partner in {a_root} (looked for {k}.*)" for k in sorted(b_files.keys() - a_files.keys())]
+    pairs = []
+    for key in sorted(a_files.keys() & b_files.keys()):
+        try:
+            size_a, size_b = _image_size(a_files[key]), _image_size(b_files[key])
+        except ImageError as err:
+            problems.append(str(err))
+            continue
+        if size_a != size_b:
+            problems.append(f"{a_files[key]} is {size_a[0]}x{size_a[1]} but {b_files[key]} is {size_b[0]}x{size_b[1]}")
+        pairs.append(Pair(a_files[key], b_files[key]))
+    _report(problems, f"{len(problems)} problem(s) pairing {a_root} with {b_root}")
+    return pairs
+
+
+def load_pair(pair: Pair, direction: str = "AtoB") -> tuple[np.ndarray, np.ndarray]:
+    """(input, target) as float32 HxWx3 arrays in [0, 1]."""
+    a = read_image(pair.a).rgb.permute(1, 2, 0).numpy()
+    if pair.b is None:
+        half = a.shape[1] // 2
+        a, b = a[:, :half], a[:, half:]
+    else:
+        b = read_image(pair.b).rgb.permute(1, 2, 0).numpy()
+    return (a, b) if direction == "AtoB" else (b, a)
+
+
+def paired_augmentation(size: int, load_size: int, flip: bool) -> A.Compose:
+    """The reference's resize_and_crop: bicubic resize to load_size, random crop, random flip."""
+    steps: list = [A.Resize(load_size, load_size, interpolation=cv2.INTER_CUBIC)]
+    if load_size > size:
+        steps.append(A.RandomCrop(size, size))
+    if flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    return A.Compose(steps, additional_targets={"target": "image"})
+
+
+def to_tensor(hwc: np.ndarray, pixel_range: str) -> torch.Tensor:
+    chw = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1).float().clamp(0, 1)
+    return chw * 2 - 1 if pixel_range == "-1,1" else chw
+
+
+class PairedDataset(Dataset):
+    """Yields {"A": input, "B": target} tensors in [-1, 1]; indexed by (index, seed) pairs."""
+
+    def __init__(self, pairs: Sequence[Pair], size: int, load_size: int, flip: bool = True,
+                 direction: str = "AtoB", augment: bool = True):
+        self.pairs = list(pairs)
+        self.direction = direction
+        self.size = size
+        self.transform = paired_augmentation(size, load_size, flip) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        index, seed = item if isinstance(item, tuple) else (item, 0)
+        a, b = load_pair(self.pairs[index], self.direction)
+        if self.transform is not None:
+            self.transform.set_random_seed(seed)
+            out = self.transform(image=a, target=b)
+            a, b = out["image"], out["target"]
+        else:
+            a = cv2.resize(a, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
+            b = cv2.resize(b, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
+        return {"A": to_tensor(a, "-1,1"), "B": to_tensor(b, "-1,1"), "index": index}
+
+
+class SeededSampler(Sampler):
+    """Endless (index, seed) stream: a DistributedSampler permutation per epoch, resumable.
+
+    `start` skips that many samples of this rank's stream, so a resumed run continues with
+    exactly the samples (and augmentation seeds) it would have drawn.
+    """
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0,
+                 shuffle: bool = True):
+        self.length, self.seed, self.start = length, seed, start
+        self.sampler = DistributedSampler(range(length), num_replicas=world_size, rank=rank,
+                                          shuffle=shuffle, seed=seed, drop_last=False)
+        self.per_epoch = len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, offset = divmod(self.start, self.per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch)
+            for position, index in enumerate(self.sampler):
+                if position < offset:
+                    continue
+                yield index, sample_seed(self.seed, epoch, index)
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; the loop counts steps
+        return 2**62
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def scan_training_pairs(data: Path | None, a: Path | None, b: Path | None) -> list[Pair]:
+    if data is not None:
+        return scan_aligned(data, "train")
+    if a is None or b is None:
+        raise ConfigError("give --data DIR (A|B side by side) or both --a DIR and --b DIR")
+    return scan_paired(a, b)
+
+
+def scan_validation_pairs(data: Path | None) -> list[Pair]:
+    """The aligned layout's val/ (or test/) split, if present."""
+    if data is None:
+        return []
+    for split in ("val", "test"):
+        if (data / split).is_dir() and any(is_image_file(p) for p in (data / split).rglob("*")):
+            return scan_aligned(data, split)
+    return []

@@ -1,0 +1,195 @@
+"""Checkpoints: generator files (safetensors + metadata), training state, foreign weights.
+
+- A generator file is everything `translate` needs: weights plus a JSON `img2img` metadata
+  entry with the architecture, its hyper-parameters, the pixel convention and the config.
+- Training state is a dict of tensors and plain numbers written with torch.save and read
+  with `weights_only=True`, so reading a file never runs code.
+- Foreign `.pth` files (reference CycleGAN/pix2pix state_dicts, BasicSR/Real-ESRGAN
+  `{"params_ema"|"params": ...}`) get their architecture inferred from keys and shapes.
+Every write goes to a temp file in the same folder, is fsynced, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save as safetensors_bytes
+from torch import nn
+
+from img2img.data.images import write_bytes_atomic
+from img2img.nets import registry
+
+FORMAT_VERSION = 1
+STATE_PATTERN = "state_step*.pt"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+@dataclass
+class GeneratorSpec:
+    """What a generator file says about itself (its safetensors metadata)."""
+
+    arch: str
+    hparams: dict
+    pixel_range: str  # "-1,1" or "0,1"
+    scale: int = 1
+    task: str = ""
+    direction: str = ""
+    step: int = 0
+    config: dict = field(default_factory=dict)
+    source: str = "img2img"  # or the foreign layout it was read from
+
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "format_version": FORMAT_VERSION})
+
+    @classmethod
+    def from_json(cls, text: str) -> "GeneratorSpec":
+        data = json.loads(text)
+        data.pop("format_version", None)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def save_generator(path: Path, module: nn.Module, spec: GeneratorSpec) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    data = safetensors_bytes(tensors, metadata={"img2img": spec.to_json()})
+    write_bytes_atomic(Path(path), data)
+
+
+def build_generator(spec: GeneratorSpec) -> nn.Module:
+    return registry.build(spec.arch, **spec.hparams)
+
+
+def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, GeneratorSpec]:
+    """A generator in eval mode, from our .safetensors, a foreign .pth, or a run folder."""
+    path = resolve_generator_path(Path(path), direction)
+    if path.suffix == ".safetensors":
+        state_dict, spec = _read_safetensors(path)
+    else:
+        state_dict, spec = _read_foreign(path)
+    module = build_generator(spec)
+    _load_state(module, state_dict, path)
+    return module.eval(), spec
+
+
+def resolve_generator_path(path: Path, direction: str = "AtoB") -> Path:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder (give a .safetensors/.pth file or a run folder)")
+    if path.is_file():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    names = [f"G_{direction[0]}{direction[-1]}.safetensors", "generator.safetensors", "G_ema.safetensors"]
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"{path}: no generator file in this folder (looked for {', '.join(names)} in {folder}); "
+        "is it a run folder whose training has written a checkpoint yet?"
+    )
+
+
+def _read_safetensors(path: Path) -> tuple[dict, GeneratorSpec]:
+    try:
+        state_dict = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    if "img2img" in metadata:
+        return state_dict, GeneratorSpec.from_json(metadata["img2img"])
+    return _spec_from_weights(path, state_dict)
+
+
+def _read_foreign(path: Path) -> tuple[dict, GeneratorSpec]:
+    obj = safe_torch_load(path)
+    return _spec_from_weights(path, _unwrap_state_dict(obj, path))
+
+
+def safe_torch_load(path: Path) -> Any:
+    """torch.load that never unpickles arbitrary objects, with errors a person can act on."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains Python objects other than tensors and "
+                "plain containers, and unpickling them could run arbitrary code. Only load it if you "
+                "trust its source, and convert it to a plain state_dict first."
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+    except Exception as err:  # truncated or foreign files fail in many different ways
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else err.__class__.__name__
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    # BasicSR stores {"params_ema": sd, "params": sd}; the EMA weights are the better ones.
+    for key in ("params_ema", "params", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state_dict of tensors that could be a generator")
+    return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
+
+
+def _spec_from_weights(path: Path, state_dict: dict) -> tuple[dict, GeneratorSpec]:
+    try:
+        arch_name, hparams = registry.infer_from_state_dict(state_dict)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    arch = registry.get(arch_name)
+    scale = int(getattr(arch.build(**hparams), "scale", 1)) if arch.pixel_range == "0,1" else 1
+    spec = GeneratorSpec(arch=arch_name, hparams=hparams, pixel_range=arch.pixel_range, scale=scale,
+                         source=f"foreign:{path.suffix}")
+    return state_dict, spec
+
+
+def _load_state(module: nn.Module, state_dict: dict, path: Path) -> None:
+    own = module.state_dict()
+    # Old PyTorch saved running statistics for InstanceNorm; current InstanceNorm has none.
+    state_dict = {k: v for k, v in state_dict.items()
+                  if k in own or not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        detail = str(err).splitlines()[0] if str(err) else "shape mismatch"
+        raise CheckpointError(f"{path}: the weights do not fit the architecture they describe ({detail})") from None
+
+
+# ---- training state --------------------------------------------------------------------
+
+
+def save_state(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Write state_step{N}.pt atomically; keep the newest `keep` files."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = Path(folder) / f"state_step{step:08d}.pt"
+    write_bytes_atomic(path, buffer.getvalue())
+    for old in sorted(Path(folder).glob(STATE_PATTERN))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest_state(folder: Path) -> tuple[dict, Path] | None:
+    """The newest training state that reads back whole; broken files are skipped."""
+    candidates = sorted(Path(folder).glob(STATE_PATTERN), reverse=True)
+    for path in candidates:
+        try:
+            return safe_torch_load(path), path
+        except CheckpointError:
+            continue
+    return None

@@ -1,0 +1,263 @@
+"""The generic GAN training loop: a task states its networks, its shared forward pass and its
+phases (which networks a loss trains); the loop owns everything else: requires_grad toggling,
+autocast and loss scaling, optimizers and LR schedules, EMA, NaN checks, logs, sample grids,
+checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from img2img.config import TrainConfig
+from img2img.data.images import Image, write_image
+from img2img.gan import checkpoint
+from img2img.progress import Reporter
+
+LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class Phase:
+    """One optimizer step per `every` training steps, on `loss`, updating `nets` only."""
+
+    name: str
+    nets: tuple[str, ...]
+    loss: LossFn
+    every: int = 1
+    first_step: int = 0  # e.g. GAN phases after a pixel-loss pretraining
+    last_step: int | None = None  # exclusive
+    lr: float | None = None  # None: the config's lr
+
+    def active(self, step: int) -> bool:
+        before_end = self.last_step is None or step < self.last_step
+        return step >= self.first_step and before_end and (step - self.first_step) % self.every == 0
+
+
+@dataclass
+class Task:
+    """What a model family hands the loop."""
+
+    name: str
+    nets: dict[str, nn.Module]
+    phases: list[Phase]
+    forward: Callable[[dict], dict]  # the step's shared computation (e.g. the fakes)
+    sample_columns: Callable[[dict], list[torch.Tensor]]  # grid columns (NCHW, [0, 1])
+    # file stem -> (net name, its spec): the generator files a checkpoint writes
+    exports: dict[str, tuple[str, Callable[[], checkpoint.GeneratorSpec]]]
+    ema_nets: tuple[str, ...] = ()
+    extra_state: Callable[[], dict] = dict
+    load_extra_state: Callable[[dict], None] = lambda state: None
+    pixel_range: str = "-1,1"
+    extra: dict = field(default_factory=dict)
+
+
+def set_requires_grad(nets: dict[str, nn.Module], trained: tuple[str, ...]) -> None:
+    for name, net in nets.items():
+        net.requires_grad_(name in trained)
+
+
+def linear_decay(total_steps: int, decay_start: float) -> Callable[[int], float]:
+    """Constant LR, then linear decay to 0 over the rest (the reference's 'linear' policy)."""
+    constant = int(total_steps * decay_start)
+    remaining = max(1, total_steps - constant)
+
+    def factor(step: int) -> float:
+        return 1.0 - max(0, step - constant) / remaining
+
+    return factor
+
+
+def autocast_for(device: torch.device, mode: str):
+    """bf16 where the GPU supports it, else fp16 (with a GradScaler); fp32 on CPU."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class Trainer:
+    def __init__(self, task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device,
+                 total_steps: int, reporter: Reporter, rank: int = 0):
+        self.task, self.cfg, self.run_dir, self.device = task, cfg, Path(run_dir), device
+        self.total_steps, self.reporter, self.rank = total_steps, reporter, rank
+        self.step = 0
+        self.amp_dtype = autocast_for(device, cfg.amp)
+        self.optimizers, self.schedulers, self.scalers = {}, {}, {}
+        for phase in task.phases:
+            params = [p for name in phase.nets for p in task.nets[name].parameters()]
+            opt = torch.optim.Adam(params, lr=phase.lr or cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                   foreach=device.type == "cuda" or None)
+            self.optimizers[phase.name] = opt
+            self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
+                opt, linear_decay(total_steps, cfg.decay_start))
+            self.scalers[phase.name] = torch.amp.GradScaler(
+                device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = {name: AveragedModel(task.nets[name], multi_avg_fn=get_ema_multi_avg_fn(cfg.ema),
+                                        use_buffers=True)
+                    for name in task.ema_nets if cfg.ema > 0}
+        self.window: dict[str, list[float]] = defaultdict(list)
+        self.window_start = time.perf_counter()
+        self.window_images = 0
+        self.skipped_nonfinite = 0
+
+    # ---- one step ---------------------------------------------------------------------
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batch: dict) -> None:
+        for net in self.task.nets.values():
+            net.train()
+        with self.autocast():
+            shared = self.task.forward(batch)
+        for phase in self.task.phases:
+            if phase.active(self.step):
+                self._run_phase(phase, shared)
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        for name, ema in self.ema.items():
+            ema.update_parameters(self.task.nets[name])
+        self.step += 1
+
+    def _run_phase(self, phase: Phase, shared: dict) -> None:
+        set_requires_grad(self.task.nets, phase.nets)
+        opt, scaler = self.optimizers[phase.name], self.scalers[phase.name]
+        opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss, metrics = phase.loss(shared)
+        if not torch.isfinite(loss.detach()):
+            self.skipped_nonfinite += 1
+            self.reporter.message(f"step {self.step}: {phase.name} loss is {loss.item()}; step skipped")
+            opt.zero_grad(set_to_none=True)
+            return
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        for key, value in metrics.items():
+            self.window[key].append(float(value))
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    def run(self, batches: Iterator[dict], sample_batch: dict | None) -> None:
+        cfg = self.cfg
+        sample_every = cfg.sample_every or cfg.save_every
+        self.reporter.start(self.total_steps, self.step, f"training {self.task.name}")
+        while self.step < self.total_steps:
+            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in next(batches).items()}
+            self.train_step(batch)
+            self.window_images += batch_size(batch)
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                self.log()
+            if sample_batch is not None and (self.step % sample_every == 0 or self.step == self.total_steps):
+                self.write_samples(sample_batch)
+            if self.step % cfg.save_every == 0 or self.step == self.total_steps:
+                self.save()
+        self.reporter.finish()
+
+    def log(self) -> None:
+        elapsed = time.perf_counter() - self.window_start
+        record = {"step": self.step, **{k: sum(v) / len(v) for k, v in self.window.items() if v}}
+        record["lr"] = {name: s.get_last_lr()[0] for name, s in self.schedulers.items()}
+        record["img_per_s"] = self.window_images / elapsed if elapsed > 0 else None
+        record["time"] = time.time()
+        if self.skipped_nonfinite:
+            record["skipped_nonfinite"] = self.skipped_nonfinite
+        self.window.clear()
+        self.window_start, self.window_images = time.perf_counter(), 0
+        info = " ".join(f"{k.removeprefix('loss_')} {v:.3g}" for k, v in record.items() if k.startswith("loss"))
+        self.reporter.update(self.step, f"{info} | {record['img_per_s'] or 0:.1f} img/s")
+        if self.rank == 0:
+            with open(self.run_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def write_samples(self, batch: dict) -> None:
+        if self.rank != 0:
+            return
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        modes = {name: net.training for name, net in self.task.nets.items()}
+        for net in self.task.nets.values():
+            net.eval()
+        with self.autocast():
+            columns = [c.float().clamp(0, 1) for c in self.task.sample_columns(batch)]
+        for name, net in self.task.nets.items():
+            net.train(modes[name])
+        # One row per sample: input | output | target (or the task's own columns).
+        grid = torch.cat([torch.cat([c[i] for c in columns], dim=2) for i in range(len(columns[0]))], dim=1)
+        write_image(self.run_dir / "samples" / f"step_{self.step:08d}.png",
+                    Image(rgb=grid.cpu(), alpha=None, gray=False, bits=8))
+
+    # ---- checkpoints ------------------------------------------------------------------
+
+    def export_module(self, name: str) -> nn.Module:
+        return self.ema[name].module if name in self.ema else self.task.nets[name]
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        folder = self.run_dir / "checkpoints"
+        for stem, (net_name, spec_fn) in self.task.exports.items():
+            spec = spec_fn()
+            spec.step = self.step
+            checkpoint.save_generator(folder / f"{stem}.safetensors", self.export_module(net_name), spec)
+        checkpoint.save_state(folder, self.step, self.state_dict())
+
+    def state_dict(self) -> dict:
+        return {
+            "format": "img2img-train-state",
+            "format_version": checkpoint.FORMAT_VERSION,
+            "step": self.step,
+            "nets": {k: v.state_dict() for k, v in self.task.nets.items()},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+            "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
+            "ema": {k: v.state_dict() for k, v in self.ema.items()},
+            "rng": rng_state(),
+            "task": self.task.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        for group, objects in (("nets", self.task.nets), ("optimizers", self.optimizers),
+                               ("schedulers", self.schedulers), ("scalers", self.scalers),
+                               ("ema", self.ema)):
+            for name, obj in objects.items():
+                obj.load_state_dict(state[group][name])
+        self.task.load_extra_state(state.get("task", {}))
+        set_rng_state(state["rng"])
+
+
+def batch_size(batch: dict) -> int:
+    return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.ndim == 4)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epochs_to_steps(epochs: int, dataset_length: int, batch: int, world_size: int = 1) -> int:
+    return epochs * math.ceil(dataset_length / (batch * world_size))

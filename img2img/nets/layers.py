@@ -1,0 +1,50 @@
+"""Pieces shared by the reference CycleGAN/pix2pix architectures."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+NORMS = ("batch", "instance", "none")
+
+
+def norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    """The reference's norm choices: affine BatchNorm, non-affine InstanceNorm, or none."""
+    if norm == "batch":
+        return lambda channels: nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
+    if norm == "instance":
+        return lambda channels: nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+
+
+def conv_bias(norm: str) -> bool:
+    # The reference gives convolutions a bias only when followed by InstanceNorm (BatchNorm has
+    # its own shift; with "none" the reference's check also yields False). Kept for its layout.
+    return norm == "instance"
+
+
+def init_normal(module: nn.Module, gain: float = 0.02) -> nn.Module:
+    """The reference's init_type='normal': N(0, gain) conv weights, N(1, gain) BatchNorm scales."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(layer.weight, 0.0, gain)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.normal_(layer.weight, 1.0, gain)
+            nn.init.zeros_(layer.bias)
+    return module
+
+
+def has_norm_weights(state_dict, prefix: str) -> bool:
+    return f"{prefix}.weight" in state_dict and state_dict[f"{prefix}.weight"].ndim == 1
+
+
+def infer_norm(state_dict, norm_prefix: str, conv_prefix: str) -> str:
+    """batch when the norm slot has affine weights + running stats, else instance/none by bias."""
+    if f"{norm_prefix}.running_mean" in state_dict and has_norm_weights(state_dict, norm_prefix):
+        return "batch"
+    return "instance" if f"{conv_prefix}.bias" in state_dict else "none"

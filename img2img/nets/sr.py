@@ -1,0 +1,299 @@
+"""Super-resolution generators in the BasicSR / Real-ESRGAN state_dict layouts.
+
+MSRResNet (`conv_first`, `body.N.conv1`, `upconv1`), RRDBNet (`conv_first`, `body.N.rdb1.conv1`,
+`conv_body`, `conv_up1`) and SRVGGNetCompact (`body.N`) keep the parameter names of the released
+`.pth` files so those load with `load_state_dict(strict=True)`. All work on pixels in [0, 1].
+Every generator exposes `scale` (output size = input size * scale) and `multiple` (what input
+height and width must be divisible by).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from img2img.nets.registry import register
+
+
+def scaled_kaiming_init(modules: list[nn.Module], scale: float = 0.1) -> None:
+    """BasicSR's default_init_weights: kaiming-normal weights shrunk by `scale`, zero biases.
+
+    Shrinking keeps each residual branch close to zero at start, so deep residual stacks begin
+    near the identity and train stably.
+    """
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight)
+                with torch.no_grad():
+                    layer.weight.mul_(scale)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+
+def conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+
+
+def has_keys(state_dict, *keys: str) -> bool:
+    return all(key in state_dict for key in keys)
+
+
+def block_indices(state_dict, pattern: str) -> set[int]:
+    """The distinct N of keys matching `pattern` (a regex with one `(\\d+)` group)."""
+    return {int(m.group(1)) for key in state_dict if (m := re.match(pattern, key))}
+
+
+# --- MSRResNet ----------------------------------------------------------------------------
+
+
+class ResidualBlockNoBN(nn.Module):
+    """conv-relu-conv with an identity shortcut; no BatchNorm, as in EDSR/SRResNet."""
+
+    def __init__(self, num_feat: int = 64, res_scale: float = 1.0):
+        super().__init__()
+        self.res_scale = res_scale
+        self.conv1 = conv3x3(num_feat, num_feat)
+        self.conv2 = conv3x3(num_feat, num_feat)
+        self.relu = nn.ReLU()
+        scaled_kaiming_init([self.conv1, self.conv2], 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.relu(self.conv1(x))) * self.res_scale
+
+
+class MSRResNet(nn.Module):
+    """Modified SRResNet: residual blocks, pixel-shuffle upsampling, plus a bilinear skip."""
+
+    multiple = 1
+
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
+                 num_block: int = 16, upscale: int = 4):
+        super().__init__()
+        if upscale not in (2, 3, 4):
+            raise ValueError(f"msrresnet supports upscale 2, 3 or 4, not {upscale}")
+        self.scale = upscale
+        self.conv_first = conv3x3(num_in_ch, num_feat)
+        self.body = nn.Sequential(*[ResidualBlockNoBN(num_feat) for _ in range(num_block)])
+        if upscale == 4:  # x4 is two x2 stages, each its own conv (keys upconv1, upconv2)
+            self.upconv1 = conv3x3(num_feat, num_feat * 4)
+            self.upconv2 = conv3x3(num_feat, num_feat * 4)
+            self.pixel_shuffle = nn.PixelShuffle(2)
+        else:
+            self.upconv1 = conv3x3(num_feat, num_feat * upscale * upscale)
+            self.pixel_shuffle = nn.PixelShuffle(upscale)
+        self.conv_hr = conv3x3(num_feat, num_feat)
+        self.conv_last = conv3x3(num_feat, num_out_ch)
+        self.lrelu = nn.LeakyReLU(0.1)
+        upconvs = [self.upconv1] + ([self.upconv2] if upscale == 4 else [])
+        scaled_kaiming_init([self.conv_first, *upconvs, self.conv_hr, self.conv_last], 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(self.lrelu(self.conv_first(x)))
+        out = self.lrelu(self.pixel_shuffle(self.upconv1(out)))
+        if self.scale == 4:
+            out = self.lrelu(self.pixel_shuffle(self.upconv2(out)))
+        out = self.conv_last(self.lrelu(self.conv_hr(out)))
+        # The network only learns the residual over a bilinear upscale of the input.
+        return out + F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+
+def infer_msrresnet(sd) -> dict | None:
+    if not has_keys(sd, "conv_first.weight", "body.0.conv1.weight", "upconv1.weight", "conv_last.weight"):
+        return None
+    num_feat = sd["conv_first.weight"].shape[0]
+    if "upconv2.weight" in sd:
+        upscale = 4
+    else:
+        upscale = math.isqrt(sd["upconv1.weight"].shape[0] // num_feat)
+    return {
+        "num_in_ch": sd["conv_first.weight"].shape[1],
+        "num_out_ch": sd["conv_last.weight"].shape[0],
+        "num_feat": num_feat,
+        "num_block": len(block_indices(sd, r"body\.(\d+)\.conv1\.weight$")),
+        "upscale": upscale,
+    }
+
+
+@register("msrresnet", pixel_range="0,1", infer=infer_msrresnet)
+def build_msrresnet(**hparams) -> MSRResNet:
+    return MSRResNet(**hparams)
+
+
+# --- RRDBNet (ESRGAN / Real-ESRGAN) --------------------------------------------------------
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected convs; each sees the block input and every earlier output."""
+
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32):
+        super().__init__()
+        self.conv1 = conv3x3(num_feat, num_grow_ch)
+        self.conv2 = conv3x3(num_feat + num_grow_ch, num_grow_ch)
+        self.conv3 = conv3x3(num_feat + 2 * num_grow_ch, num_grow_ch)
+        self.conv4 = conv3x3(num_feat + 3 * num_grow_ch, num_grow_ch)
+        self.conv5 = conv3x3(num_feat + 4 * num_grow_ch, num_feat)
+        self.lrelu = nn.LeakyReLU(0.2)
+        scaled_kaiming_init([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5], 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            features.append(self.lrelu(conv(torch.cat(features, 1))))
+        # Residual scaling 0.2 (ESRGAN) keeps the 3 x num_block residual branches from blowing up.
+        return self.conv5(torch.cat(features, 1)) * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three dense blocks inside one more scaled residual."""
+
+    def __init__(self, num_feat: int, num_grow_ch: int = 32):
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+# The trunk always upsamples x4; smaller scales fold the input into channels first.
+RRDB_UNSHUFFLE = {4: 1, 2: 2, 1: 4}
+
+
+class RRDBNet(nn.Module):
+    """ESRGAN generator; the Real-ESRGAN x4plus / x2plus / anime_6B weights use this layout."""
+
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, scale: int = 4, num_feat: int = 64,
+                 num_block: int = 23, num_grow_ch: int = 32):
+        super().__init__()
+        if scale not in RRDB_UNSHUFFLE:
+            raise ValueError(f"rrdbnet supports scale 1, 2 or 4, not {scale}")
+        self.scale = scale
+        self.unshuffle = RRDB_UNSHUFFLE[scale]
+        self.conv_first = conv3x3(num_in_ch * self.unshuffle**2, num_feat)
+        self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
+        self.conv_body = conv3x3(num_feat, num_feat)
+        self.conv_up1 = conv3x3(num_feat, num_feat)
+        self.conv_up2 = conv3x3(num_feat, num_feat)
+        self.conv_hr = conv3x3(num_feat, num_feat)
+        self.conv_last = conv3x3(num_feat, num_out_ch)
+        self.lrelu = nn.LeakyReLU(0.2)
+
+    @property
+    def multiple(self) -> int:
+        return self.unshuffle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        for conv_up in (self.conv_up1, self.conv_up2):
+            feat = self.lrelu(conv_up(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+def infer_rrdbnet(sd) -> dict | None:
+    if not has_keys(sd, "conv_first.weight", "body.0.rdb1.conv1.weight", "conv_last.weight"):
+        return None
+    first_in = sd["conv_first.weight"].shape[1]
+    num_out_ch = sd["conv_last.weight"].shape[0]
+    # conv_first sees num_in_ch * unshuffle^2 channels. The file does not store num_in_ch, so
+    # assume it equals num_out_ch (true of every released model); otherwise take x4 as is.
+    scale, num_in_ch = 4, first_in
+    for candidate, unshuffle in RRDB_UNSHUFFLE.items():
+        if first_in == num_out_ch * unshuffle**2:
+            scale, num_in_ch = candidate, num_out_ch
+    return {
+        "num_in_ch": num_in_ch,
+        "num_out_ch": num_out_ch,
+        "scale": scale,
+        "num_feat": sd["conv_first.weight"].shape[0],
+        "num_block": len(block_indices(sd, r"body\.(\d+)\.rdb1\.conv1\.weight$")),
+        "num_grow_ch": sd["body.0.rdb1.conv1.weight"].shape[0],
+    }
+
+
+@register("rrdbnet", pixel_range="0,1", infer=infer_rrdbnet)
+def build_rrdbnet(**hparams) -> RRDBNet:
+    return RRDBNet(**hparams)
+
+
+# --- SRVGGNetCompact (Real-ESRGAN realesr-general / animevideo) -----------------------------
+
+ACT_TYPES = ("prelu", "relu", "leakyrelu")
+
+
+def make_activation(act_type: str, num_feat: int) -> nn.Module:
+    if act_type == "prelu":
+        return nn.PReLU(num_parameters=num_feat)
+    if act_type == "relu":
+        return nn.ReLU()
+    if act_type == "leakyrelu":
+        return nn.LeakyReLU(0.1)
+    raise ValueError(f"unknown act_type {act_type!r}; choose one of {', '.join(ACT_TYPES)}")
+
+
+class SRVGGNetCompact(nn.Module):
+    """A plain conv stack working at low resolution, one pixel shuffle at the end."""
+
+    multiple = 1
+
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
+                 num_conv: int = 16, upscale: int = 4, act_type: str = "prelu"):
+        super().__init__()
+        self.scale = upscale
+        # One flat ModuleList (convs and activations interleaved) because the released files
+        # index it that way: body.0 conv, body.1 activation, body.2 conv, ...
+        self.body = nn.ModuleList([conv3x3(num_in_ch, num_feat), make_activation(act_type, num_feat)])
+        for _ in range(num_conv):
+            self.body.extend([conv3x3(num_feat, num_feat), make_activation(act_type, num_feat)])
+        self.body.append(conv3x3(num_feat, num_out_ch * upscale * upscale))
+        self.upsampler = nn.PixelShuffle(upscale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        # Learns the residual over a nearest-neighbour upscale of the input.
+        return self.upsampler(out) + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+def infer_srvgg(sd) -> dict | None:
+    first = sd.get("body.0.weight")
+    if first is None or first.ndim != 4 or "conv_first.weight" in sd:
+        return None
+    conv_indices = sorted(i for i in block_indices(sd, r"body\.(\d+)\.weight$") if sd[f"body.{i}.weight"].ndim == 4)
+    num_in_ch = first.shape[1]
+    last_out = sd[f"body.{conv_indices[-1]}.weight"].shape[0]
+    # The file stores num_out_ch * upscale^2 only; assume num_out_ch == num_in_ch (true of the
+    # released models), and fall back to RGB output if that does not give a square.
+    upscale = None
+    for num_out_ch in dict.fromkeys((num_in_ch, 3, 1)):
+        root = math.isqrt(last_out // num_out_ch)
+        if last_out % num_out_ch == 0 and root * root * num_out_ch == last_out:
+            upscale = root
+            break
+    if upscale is None:
+        return None
+    # Only PReLU has weights; ReLU and LeakyReLU leave no trace in the state_dict and cannot be
+    # told apart, so guess 'leakyrelu'. A wrong guess still loads but changes the outputs.
+    act_type = "prelu" if "body.1.weight" in sd else "leakyrelu"
+    return {
+        "num_in_ch": num_in_ch,
+        "num_out_ch": num_out_ch,
+        "num_feat": first.shape[0],
+        "num_conv": len(conv_indices) - 2,
+        "upscale": upscale,
+        "act_type": act_type,
+    }
+
+
+@register("srvgg", pixel_range="0,1", infer=infer_srvgg)
+def build_srvgg(**hparams) -> SRVGGNetCompact:
+    return SRVGGNetCompact(**hparams)

@@ -1,0 +1,67 @@
+"""Network choices shared by the pix2pix and CycleGAN tasks: --netG / --netD names -> modules."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from img2img.config import ConfigError, TrainConfig
+from img2img.gan.checkpoint import GeneratorSpec
+from img2img.nets import registry
+
+MIN_UNET_LEVELS = 5
+
+
+def generator_arch(cfg: TrainConfig, in_ch: int = 3, out_ch: int = 3) -> tuple[str, dict, str | None]:
+    """(arch, hparams, note) for --netG; note says how a U-Net was adapted to --size."""
+    if m := re.fullmatch(r"resnet_(\d+)blocks", cfg.netG):
+        if cfg.size % 4:
+            raise ConfigError(f"--netG {cfg.netG} needs --size to be a multiple of 4, got {cfg.size}")
+        hparams = {"in_ch": in_ch, "out_ch": out_ch, "ngf": cfg.ngf, "n_blocks": int(m.group(1)),
+                   "norm": cfg.norm, "use_dropout": cfg.dropout}
+        return "resnet", hparams, None
+    if m := re.fullmatch(r"unet_(\d+)", cfg.netG):
+        levels, note = unet_levels(int(m.group(1)), cfg.size, cfg.netG)
+        hparams = {"in_ch": in_ch, "out_ch": out_ch, "num_downs": levels, "ngf": cfg.ngf,
+                   "norm": cfg.norm, "use_dropout": cfg.dropout}
+        return "unet", hparams, note
+    raise ConfigError(f"unknown --netG {cfg.netG!r}; choose unet_256, unet_128 (or unet_N for N a power of 2), "
+                      "resnet_9blocks or resnet_6blocks")
+
+
+def unet_levels(input_px: int, size: int, name: str) -> tuple[int, str | None]:
+    """U-Net depth for crops of `size`: each level halves the image, so 2**levels must divide it."""
+    requested = input_px.bit_length() - 1
+    if 2**requested != input_px or requested < MIN_UNET_LEVELS:
+        raise ConfigError(f"--netG {name}: the number after unet_ must be a power of 2 of at least 32 (e.g. unet_256)")
+    levels = requested
+    while levels >= MIN_UNET_LEVELS and size % 2**levels:
+        levels -= 1
+    if levels < MIN_UNET_LEVELS:
+        raise ConfigError(f"--size {size} does not suit a U-Net: it must be a multiple of 32 "
+                          f"(try --size {max(32, round(size / 32) * 32)})")
+    if levels == requested:
+        return levels, None
+    return levels, (f"{name} has {requested} levels, which need crops of a multiple of {input_px} px; "
+                    f"with --size {size} it is built with {levels} levels (unet_{2**levels})")
+
+
+def build_discriminator(cfg: TrainConfig, in_ch: int) -> nn.Module:
+    if cfg.netD == "basic":
+        return registry.build("patchgan", in_ch=in_ch, ndf=cfg.ndf, n_layers=3, norm=cfg.norm)
+    if cfg.netD == "n_layers":
+        return registry.build("patchgan", in_ch=in_ch, ndf=cfg.ndf, n_layers=cfg.n_layers_d, norm=cfg.norm)
+    if cfg.netD == "pixel":
+        return registry.build("pixel", in_ch=in_ch, ndf=cfg.ndf, norm=cfg.norm)
+    raise ConfigError(f"unknown --netD {cfg.netD!r}; choose basic (70x70 PatchGAN), n_layers or pixel")
+
+
+def generator_spec(arch: str, hparams: dict, cfg: TrainConfig, direction: str) -> GeneratorSpec:
+    return GeneratorSpec(arch=arch, hparams=hparams, pixel_range="-1,1", scale=1, task=cfg.task,
+                         direction=direction, config=cfg.to_dict())
+
+
+def to_unit(x):
+    """[-1, 1] -> [0, 1] for sample grids."""
+    return (x + 1) / 2

@@ -1,0 +1,62 @@
+"""Image files: 8/16-bit, grayscale, alpha and EXIF orientation survive a read/write round trip."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from img2img.data.images import Image, ImageError, read_image, write_image
+
+
+def test_sixteen_bit_colour_png_keeps_its_precision(tmp_path):
+    pixels = (np.arange(16 * 16 * 3, dtype=np.uint16).reshape(16, 16, 3) * 85) % 65535
+    cv2.imwrite(str(tmp_path / "in.png"), pixels)
+    image = read_image(tmp_path / "in.png")
+    assert image.bits == 16 and not image.gray
+    write_image(tmp_path / "out.png", image)
+    back = cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and np.array_equal(back, pixels)
+
+
+def test_grayscale_with_alpha_round_trips(tmp_path):
+    gray = np.random.default_rng(0).integers(0, 255, (9, 7), dtype=np.uint8)
+    alpha = np.full_like(gray, 128)
+    PILImage.fromarray(np.stack([gray, alpha], -1), mode="LA").save(tmp_path / "in.png")
+    image = read_image(tmp_path / "in.png")
+    assert image.gray and image.alpha is not None and image.rgb.shape == (3, 9, 7)
+    write_image(tmp_path / "out.png", image)
+    back = np.array(PILImage.open(tmp_path / "out.png"))
+    assert back.shape == (9, 7, 2)
+    assert np.array_equal(back[..., 0], gray) and np.array_equal(back[..., 1], alpha)
+
+
+def test_colour_order_is_rgb(tmp_path):
+    PILImage.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "red.png")
+    rgb = read_image(tmp_path / "red.png").rgb
+    assert rgb[0].min() == 1.0 and rgb[1:].max() == 0.0
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # white band on the left of a landscape image
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    PILImage.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    image = read_image(tmp_path / "rotated.jpg")
+    assert image.size == (40, 20)  # portrait after rotation
+    assert image.rgb[:, :10].mean() > 0.9  # the band is now at the top
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="broken.png"):
+        read_image(tmp_path / "broken.png")
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
+    image = Image(rgb=torch.rand(3, 8, 8), alpha=None, gray=False, bits=8)
+    write_image(tmp_path / "sub" / "out.jpg", image)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.jpg"]

@@ -1,0 +1,76 @@
+"""The reference CycleGAN/pix2pix architectures: parameter counts, key layout, inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from img2img.config import ConfigError, make_config
+from img2img.nets import registry
+from img2img.nets.patchgan import NLayerDiscriminator, PixelDiscriminator
+from img2img.tasks.common import generator_arch
+
+count = registry.count_parameters
+
+
+@pytest.mark.parametrize("arch, hparams, expected", [
+    ("unet", {"num_downs": 8, "norm": "batch"}, 54_413_955),
+    ("resnet", {"n_blocks": 9, "norm": "instance"}, 11_378_179),
+    ("resnet", {"n_blocks": 6, "norm": "instance"}, 7_837_699),
+])
+def test_generator_parameter_counts_equal_the_reference(arch, hparams, expected):
+    assert count(registry.build(arch, **hparams)) == expected
+
+
+def test_patchgan_parameter_counts_equal_the_reference():
+    assert count(NLayerDiscriminator(in_ch=6, n_layers=3, norm="batch")) == 2_768_705
+    assert count(NLayerDiscriminator(in_ch=3, n_layers=3, norm="instance")) == 2_764_737
+
+
+def test_reference_key_names():
+    resnet = registry.build("resnet", n_blocks=6, ngf=8, norm="instance").state_dict()
+    assert {"model.1.weight", "model.1.bias", "model.10.conv_block.1.weight", "model.10.conv_block.5.weight",
+            "model.23.weight"} <= resnet.keys()
+    dropout = registry.build("resnet", n_blocks=6, ngf=8, norm="instance", use_dropout=True).state_dict()
+    assert "model.10.conv_block.6.weight" in dropout
+    unet = registry.build("unet", num_downs=7, ngf=8, norm="batch").state_dict()
+    assert {"model.model.0.weight", "model.model.1.model.1.weight", "model.model.1.model.2.running_mean",
+            "model.model.1.model.3.model.3.model.3.model.3.model.3.model.1.weight", "model.model.3.weight"} <= unet.keys()
+    assert "net.3.running_var" in PixelDiscriminator(norm="batch").state_dict()
+
+
+@pytest.mark.parametrize("arch, hparams", [
+    ("resnet", {"in_ch": 3, "out_ch": 3, "ngf": 8, "n_blocks": 6, "norm": "instance", "use_dropout": False}),
+    ("resnet", {"in_ch": 1, "out_ch": 3, "ngf": 16, "n_blocks": 9, "norm": "batch", "use_dropout": True}),
+    ("resnet", {"in_ch": 3, "out_ch": 1, "ngf": 8, "n_blocks": 2, "norm": "none", "use_dropout": False}),
+    ("unet", {"in_ch": 3, "out_ch": 3, "num_downs": 7, "ngf": 8, "norm": "batch", "use_dropout": True}),
+    ("unet", {"in_ch": 1, "out_ch": 2, "num_downs": 5, "ngf": 4, "norm": "instance", "use_dropout": True}),
+    ("unet", {"in_ch": 3, "out_ch": 3, "num_downs": 9, "ngf": 4, "norm": "none", "use_dropout": True}),
+])
+def test_architecture_is_inferred_from_a_state_dict(arch, hparams):
+    state_dict = registry.build(arch, **hparams).state_dict()
+    assert registry.infer_from_state_dict(state_dict) == (arch, hparams)
+
+
+def test_unknown_layout_is_refused_with_a_message():
+    with pytest.raises(ValueError, match="match no known generator layout"):
+        registry.infer_from_state_dict({"foo.weight": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("netG, size, levels", [("unet_256", 256, 8), ("unet_256", 64, 6), ("unet_128", 96, 5)])
+def test_unet_depth_follows_the_crop_size(netG, size, levels):
+    arch, hparams, note = generator_arch(make_config("pix2pix", {"netG": netG, "size": size}))
+    assert hparams["num_downs"] == levels
+    assert (note is None) == (levels == int(netG.split("_")[1]).bit_length() - 1)
+    net = registry.build(arch, **{**hparams, "ngf": 4})
+    assert net(torch.zeros(1, 3, size, size)).shape == (1, 3, size, size)
+
+
+def test_unet_refuses_a_crop_it_cannot_use():
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        generator_arch(make_config("pix2pix", {"netG": "unet_256", "size": 40}))
+
+
+def test_discriminators_give_patch_logits():
+    assert NLayerDiscriminator(in_ch=6, ndf=8)(torch.zeros(2, 6, 64, 64)).shape == (2, 1, 6, 6)
+    assert PixelDiscriminator(in_ch=6, ndf=8)(torch.zeros(2, 6, 16, 16)).shape == (2, 1, 16, 16)

@@ -1,0 +1,103 @@
+"""Training pix2pix end to end: run folder contents, exact resume, refusal to overwrite a run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from img2img import api
+from img2img.config import ConfigError, make_config
+from img2img.data.datasets import DataError
+from img2img.gan.checkpoint import load_generator
+
+
+def tiny_config(paired_photos, out, **overrides):
+    values = {"a": str(paired_photos["a"]), "b": str(paired_photos["b"]), "out": str(out), "steps": 8,
+              "size": 32, "load_size": 40, "netG": "unet_32", "ngf": 8, "ndf": 8, "batch_size": 2,
+              "workers": 0, "save_every": 4, "log_every": 1, "seed": 3}
+    return make_config("pix2pix", {**values, **overrides})
+
+
+class CrashAt:
+    """A reporter that dies at a given step, as a killed process would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def start(self, total, done, description): pass
+    def message(self, text): pass
+    def finish(self): pass
+
+    def update(self, done, info=""):
+        if done == self.step:
+            raise KeyboardInterrupt
+
+
+def generator_weights(run_dir):
+    module, _ = load_generator(run_dir)
+    return module.state_dict()
+
+
+def test_run_folder_holds_config_log_samples_and_checkpoints(paired_photos, tmp_path):
+    run = api.train(tiny_config(paired_photos, tmp_path / "run"))
+    assert (run / "config.yaml").is_file()
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert {"loss_D", "loss_G_GAN", "loss_G_L1", "D_real", "D_fake", "lr", "img_per_s"} <= records[0].keys()
+    assert 0 <= records[0]["D_real"] <= 1 and 0 <= records[0]["D_fake"] <= 1
+    assert records[0]["lr"]["G"] == pytest.approx(2e-4) and records[-1]["lr"]["G"] == pytest.approx(0.0)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_00000004.png", "step_00000008.png"]
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {
+        "generator.safetensors", "state_step00000004.pt", "state_step00000008.pt"}
+    _, spec = load_generator(run)
+    assert spec.arch == "unet" and spec.step == 8 and spec.config["size"] == 32
+
+
+@pytest.mark.parametrize("overrides", [{}, {"ema": 0.9, "norm": "instance", "gan_loss": "lsgan"}])
+def test_resume_after_a_crash_gives_the_same_weights_as_a_straight_run(paired_photos, tmp_path, overrides):
+    straight = api.train(tiny_config(paired_photos, tmp_path / "straight", **overrides))
+
+    interrupted = tiny_config(paired_photos, tmp_path / "resumed", **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(interrupted, reporter=CrashAt(6))  # dies after the step-4 checkpoint
+    api.train(interrupted, resume=True)
+
+    expected, got = generator_weights(straight), generator_weights(tmp_path / "resumed")
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_an_existing_run_is_never_overwritten(paired_photos, tmp_path):
+    cfg = tiny_config(paired_photos, tmp_path / "run", steps=4)
+    api.train(cfg)
+    with pytest.raises(ConfigError, match="--resume"):
+        api.train(cfg)
+
+
+def test_aligned_layout_trains_and_samples_from_val(aligned_photos, tmp_path):
+    cfg = make_config("pix2pix", {"data": str(aligned_photos), "out": str(tmp_path / "run"), "steps": 2,
+                                  "size": 32, "netG": "resnet_6blocks", "ngf": 4, "ndf": 4,
+                                  "norm": "instance", "workers": 0, "save_every": 2})
+    run = api.train(cfg)
+    _, spec = load_generator(run)
+    assert spec.arch == "resnet"
+    assert (run / "samples" / "step_00000002.png").is_file()
+
+
+def test_pairs_with_missing_partners_or_different_sizes_are_named(tmp_path, paired_photos):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(paired_photos["a"], a)
+    shutil.copytree(paired_photos["b"], b)
+    (b / "coffee_0.png").unlink()
+    import cv2
+
+    cv2.imwrite(str(b / "hubble_1.png"), cv2.imread(str(b / "hubble_1.png"))[:50])
+    cfg = make_config("pix2pix", {"a": str(a), "b": str(b), "out": str(tmp_path / "run"), "steps": 1})
+    with pytest.raises(DataError) as err:
+        api.train(cfg)
+    assert "coffee_0.png: no partner" in str(err.value)
+    assert "hubble_1.png is 64x64" in str(err.value) and "is 64x50" in str(err.value)
