@@ -96,3 +96,14 @@ def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = No
         trainer.load_state_dict(state)  # after iter(): the loader draws from the RNG
     trainer.run(batches, sample_batch)
     return run_dir
+
+
+def translate(model: str | Path, source: str | Path, out_dir: str | Path, *, device: str = "auto",
+              direction: str = "AtoB", bn_mode: str = "eval", overwrite: bool = False,
+              reporter: Reporter | None = None):
+    """Translate an image, a folder (recursively) or '-' (paths on stdin) into `out_dir`.
+    Returns one infer.Result per input; failures are in `.error`, not raised."""
+    from img2img import infer
+
+    return infer.translate(model, str(source), out_dir, device=resolve_device(device), direction=direction,
+                           bn_mode=bn_mode, overwrite=overwrite, reporter=reporter)

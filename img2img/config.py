@@ -30,7 +30,13 @@ class TrainConfig:
     size: int = 256  # training crop
     load_size: int | None = None  # resize before cropping; default size * 286 / 256
     flip: bool = True
+    serial: bool = False  # unpaired data: take B in order instead of at random
     workers: int | None = None  # DataLoader workers; None: chosen from the CPU count
+    # super-resolution data
+    hr: str | None = None  # high-resolution images; LR made on the fly unless lr_dir is given
+    lr_dir: str | None = None  # explicit low-resolution partners of hr (CLI: --lr for srgan)
+    scale: int = 4
+    degradation: str = "bicubic"  # bicubic, realesrgan
     # length
     steps: int | None = None
     epochs: int | None = None
@@ -54,6 +60,14 @@ class TrainConfig:
     beta2: float = 0.999
     decay_start: float = 0.5  # fraction of the run after which the LR decays linearly to 0
     ema: float = 0.0  # EMA decay of G's weights; 0 disables
+    # super-resolution losses and stages
+    pretrain_steps: int = 0  # pixel-loss-only steps before the GAN phases start
+    init: str | None = None  # start G from this generator checkpoint
+    perceptual: str = "vgg19"  # vgg19, none
+    perceptual_weights: str | None = None  # local VGG19 weights file
+    lambda_pixel: float = 1e-2
+    lambda_perceptual: float = 1.0
+    lambda_gan: float = 5e-3
     amp: str = "auto"  # auto (bf16/fp16 on CUDA), off
     # bookkeeping
     out: str = "runs/run"
@@ -62,6 +76,7 @@ class TrainConfig:
     save_every: int = 1000
     sample_every: int | None = None  # default: save_every
     log_every: int = 10
+    val_every: int | None = None  # validation metrics every N steps (and at the end)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

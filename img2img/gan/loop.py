@@ -57,6 +57,9 @@ class Task:
     # file stem -> (net name, its spec): the generator files a checkpoint writes
     exports: dict[str, tuple[str, Callable[[], checkpoint.GeneratorSpec]]]
     ema_nets: tuple[str, ...] = ()
+    # Validation metrics (e.g. PSNR next to the bicubic baseline), given the module to export
+    # for each net name (the EMA where there is one); logged as "val" records.
+    validate: Callable[[Callable[[str], nn.Module]], dict[str, float]] | None = None
     extra_state: Callable[[], dict] = dict
     load_extra_state: Callable[[dict], None] = lambda state: None
     pixel_range: str = "-1,1"
@@ -164,6 +167,9 @@ class Trainer:
                 self.log()
             if sample_batch is not None and (self.step % sample_every == 0 or self.step == self.total_steps):
                 self.write_samples(sample_batch)
+            val_every = cfg.val_every or cfg.save_every
+            if self.task.validate is not None and (self.step % val_every == 0 or self.step == self.total_steps):
+                self.run_validation()
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                 self.save()
         self.reporter.finish()
@@ -183,6 +189,20 @@ class Trainer:
         if self.rank == 0:
             with open(self.run_dir / "log.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def run_validation(self) -> None:
+        modes = {name: net.training for name, net in self.task.nets.items()}
+        for net in [*self.task.nets.values(), *self.ema.values()]:
+            net.eval()
+        metrics = self.task.validate(self.export_module)
+        for name, net in self.task.nets.items():
+            net.train(modes[name])
+        text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        self.reporter.message(f"step {self.step} validation: {text}")
+        if self.rank == 0:
+            with open(self.run_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps({"step": self.step, "val": metrics, "time": time.time()}) + "\n")
 
     @torch.no_grad()
     def write_samples(self, batch: dict) -> None:
