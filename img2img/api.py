@@ -99,11 +99,11 @@ def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = No
 
 
 def translate(model: str | Path, source: str | Path, out_dir: str | Path, *, device: str = "auto",
-              direction: str = "AtoB", bn_mode: str = "eval", overwrite: bool = False,
-              reporter: Reporter | None = None):
+              reporter: Reporter | None = None, **options):
     """Translate an image, a folder (recursively) or '-' (paths on stdin) into `out_dir`.
+    `options` are the fields of infer.Options (batch_size, tile, ext, overwrite, ...).
     Returns one infer.Result per input; failures are in `.error`, not raised."""
     from img2img import infer
 
-    return infer.translate(model, str(source), out_dir, device=resolve_device(device), direction=direction,
-                           bn_mode=bn_mode, overwrite=overwrite, reporter=reporter)
+    return infer.translate(model, str(source), out_dir, reporter=reporter,
+                           options=infer.Options(device=resolve_device(device), **options))

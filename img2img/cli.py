@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from img2img.config import ConfigError
 from img2img.data.datasets import DataError
-from img2img.data.images import ImageError
+from img2img.data.images import IMAGE_EXTENSIONS, ImageError
 from img2img.gan.checkpoint import CheckpointError
 from img2img.infer import InputError
 
@@ -164,23 +164,79 @@ def translate(
     direction: Direction = typer.Option(Direction.AtoB, "--direction", help="For CycleGAN runs: which generator."),
     bn_mode: BnMode = typer.Option(BnMode.eval, "--bn-mode", help="eval: running statistics; train: the reference test script's default."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Shard the files over several devices: cuda:0,cuda:1 or all."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images (or tiles) per forward pass (default: 8 on GPU, 1 on CPU)."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Process large images in tiles of this many input pixels."),
+    tile_overlap: int = typer.Option(32, "--tile-overlap", min=0, help="Pixels shared by neighbouring tiles, cross-faded."),
+    resize: Optional[int] = typer.Option(None, "--resize", min=1, help="Resize inputs so the shorter side has this many pixels."),
+    ext: Optional[str] = typer.Option(None, "--ext", help="Output format: png, jpg, webp, bmp, tif (default: the input's)."),
+    amp: str = typer.Option("auto", "--amp", help="auto: bf16/fp16 on CUDA; off: fp32."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the generator (pays off on long GPU runs)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist (default: skip them)."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
 ):
-    """Translate images with a trained generator (any size; no resizing)."""
+    """Translate images with a trained generator (any size; no resizing unless asked)."""
     from img2img import api, infer
 
+    if ext is not None and f".{ext.lstrip('.').lower()}" not in IMAGE_EXTENSIONS:
+        fail(f"--ext {ext}: choose one of png, jpg, webp, bmp, tif", 2)
+    if tile is not None and tile_overlap * 2 >= tile:
+        fail(f"--tile-overlap {tile_overlap} must be less than half of --tile {tile}", 2)
+
+    def print_json(result) -> None:
+        if json_output:
+            typer.echo(json.dumps(result.to_json()))
+
     def action():
-        results = infer.translate(model, input, output, device=api.resolve_device(device),
-                                  direction=direction.value, bn_mode=bn_mode.value, overwrite=overwrite,
-                                  reporter=RichReporter())
-        failures = [r for r in results if r.error]
-        written = sum(1 for r in results if r.output and not r.skipped and not r.error)
-        skipped = sum(1 for r in results if r.skipped)
-        console.print(f"wrote {written} image(s) to {output}" + (f", skipped {skipped} that exist" if skipped else ""))
+        options = infer.Options(
+            device=api.resolve_device(device), batch_size=batch_size, direction=direction.value,
+            bn_mode=bn_mode.value, overwrite=overwrite, ext=f".{ext.lstrip('.').lower()}" if ext else None,
+            tile=tile, tile_overlap=tile_overlap, resize=resize, amp=amp, compile=compile, workers=workers)
+        if devices:
+            results = infer.translate_sharded(model, input, output, infer.parse_devices(devices), options=options,
+                                              reporter=RichReporter(), on_result=print_json)
+        else:
+            results = infer.translate(model, input, output, options=options, reporter=RichReporter(),
+                                      on_result=print_json)
+        _summarise(results, output)
+
+    run_guarded(action)
+
+
+def _summarise(results, output: Path) -> None:
+    failures = [r for r in results if r.error]
+    written = sum(1 for r in results if r.output and not r.skipped and not r.error)
+    skipped = sum(1 for r in results if r.skipped)
+    console.print(f"wrote {written} image(s) to {output}" + (f", skipped {skipped} that exist" if skipped else ""))
+    if failures:
+        console.print(f"[red]{len(failures)} input(s) failed:[/]")
         for failure in failures:
-            console.print(f"[red]failed:[/] {failure.error}", highlight=False)
-        if failures:
-            raise typer.Exit(1)
+            console.print(f"  {failure.error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="The file to write, e.g. model.onnx."),
+    model: Path = typer.Option(..., "--model", help="A .safetensors/.pth generator or a run folder."),
+    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="Export format."),
+    direction: Direction = typer.Option(Direction.AtoB, "--direction", help="For CycleGAN runs: which generator."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+):
+    """Export a generator (ONNX: [0, 1] images in and out, dynamic batch, height and width)."""
+    from img2img.export import ExportError, export_onnx
+
+    def action():
+        try:
+            spec = export_onnx(model, out, direction.value, opset)
+        except ExportError as err:
+            fail(str(err), 1)
+        console.print(f"wrote {out} ({spec.arch}, x{spec.scale}, input and output in [0, 1])")
 
     run_guarded(action)
 

@@ -1,19 +1,29 @@
-"""Applying a generator to image files: any size (pad to what the network needs, crop back),
-8/16-bit, grayscale and alpha kept, relative paths kept, every output written atomically.
+"""Applying a generator to image files, fast and safely.
+
+Pipeline: DataLoader workers decode; images of one size are batched together; batches go to
+the device through pinned memory; the network runs under inference_mode (channels_last and
+bf16/fp16 autocast on CUDA, with an fp32 retry for a batch that produces NaN/Inf); writer
+threads encode and write while the device computes the next batch. Any image size works:
+inputs are padded (reflect) to what the network needs and cropped back; large images can be
+tiled with feathered blending. Every output is written atomically (temp file + rename).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Callable, Iterator, TextIO
 
 import torch
 import torch.nn.functional as F
+from PIL import Image as PILImage
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from img2img.data.images import Image, ImageError, is_image_file, list_images, read_image, write_image
 from img2img.gan.checkpoint import GeneratorSpec, load_generator
@@ -21,7 +31,7 @@ from img2img.progress import Reporter, Silent
 
 
 class InputError(Exception):
-    """INPUT names nothing usable (missing path, empty folder, empty stdin)."""
+    """INPUT names nothing usable (missing path, empty folder, empty stdin, bad option)."""
 
 
 @dataclass
@@ -37,18 +47,57 @@ class Result:
     error: str | None = None
     milliseconds: float = 0.0
     skipped: bool = False
+    size: tuple[int, int] | None = None  # output height, width
+
+    def to_json(self) -> dict:
+        record = {"input": str(self.job.source), "output": str(self.output) if self.output else None}
+        if self.size:
+            record["size"] = list(self.size)
+        if self.error:
+            record["error"] = self.error
+        if self.skipped:
+            record["skipped"] = True
+        record["ms"] = round(self.milliseconds, 2)
+        return record
 
 
-def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None) -> list[Job]:
+@dataclass
+class Options:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int | None = None  # None: per device (see default_batch_size)
+    direction: str = "AtoB"
+    bn_mode: str = "eval"
+    overwrite: bool = False
+    ext: str | None = None  # output extension (".png"); None keeps the input's
+    tile: int | None = None  # tile side in input pixels; None: whole images
+    tile_overlap: int = 32
+    resize: int | None = None  # resize so the shorter side has this many pixels
+    amp: str = "auto"  # auto: bf16/fp16 on CUDA; off: fp32
+    compile: bool = False
+    workers: int | None = None
+    writers: int = 4
+
+
+# ---- what to translate ------------------------------------------------------------------
+
+
+def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: str | None = None) -> list[Job]:
     """INPUT as a file, a folder (recursive) or '-' (newline-separated paths on stdin)."""
+    jobs = _collect(source, Path(out_dir), stdin)
+    if ext:
+        jobs = [Job(j.source, j.relative.with_suffix(ext)) for j in jobs]
+    return jobs
+
+
+def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
     if source == "-":
         lines = [line.strip() for line in (stdin or sys.stdin).read().splitlines()]
         paths = [Path(line) for line in lines if line]
         if not paths:
             raise InputError("INPUT is '-' but no paths arrived on standard input")
         # Keep the layout below the paths' common folder, as for a folder INPUT.
-        root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
-        return [Job(p, p.resolve().relative_to(root)) for p in paths]
+        root = Path(os.path.commonpath([str(p.absolute().parent) for p in paths]))
+        return [Job(p, p.absolute().relative_to(root)) for p in paths]
     path = Path(source)
     if path.is_file():
         return [Job(path, Path(path.name))]
@@ -59,6 +108,21 @@ def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None) -> lis
             raise InputError(f"{path}: no images found in this folder (png, jpg, webp, bmp, tif)")
         return [Job(p, p.relative_to(path)) for p in files]
     raise InputError(f"{path}: no such file or folder")
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """(height, width) after EXIF rotation, from the header alone; (0, 0) when unreadable."""
+    try:
+        with PILImage.open(path) as handle:
+            width, height = handle.size
+            if handle.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            return height, width
+    except Exception:  # decoding will report it properly
+        return 0, 0
+
+
+# ---- the network ------------------------------------------------------------------------
 
 
 def set_bn_mode(module: nn.Module, mode: str) -> None:
@@ -85,62 +149,417 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, 
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), height, width
 
 
-class Translator:
-    """A loaded generator applied to one image at a time, in its own pixel convention."""
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    def __init__(self, module: nn.Module, spec: GeneratorSpec, device: torch.device, bn_mode: str = "eval"):
-        self.module, self.spec, self.device = module.to(device), spec, device
+
+class Translator:
+    """A loaded generator applied to batches of same-sized images in [0, 1]."""
+
+    def __init__(self, module: nn.Module, spec: GeneratorSpec, device: torch.device,
+                 bn_mode: str = "eval", amp: str = "auto", compile: bool = False):
+        self.spec, self.device = spec, device
+        self.module = module.to(device)
         set_bn_mode(self.module, bn_mode)
         self.multiple = int(getattr(module, "multiple", 1))
+        self.scale = int(spec.scale)
         self.in_channels = int(spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
+        self.dtype = autocast_dtype(device, amp)
+        self.fp32_retries = 0
+        if device.type == "cuda":
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.module, dynamic=True) if compile else self.module
 
     @torch.inference_mode()
-    def __call__(self, image: Image) -> Image:
-        x = image.rgb[:1] if self.in_channels == 1 else image.rgb
-        x = x.unsqueeze(0).to(self.device)
+    def run(self, rgb: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W in [0, 1] (any device) -> N x 3 x sH x sW in [0, 1] on the device."""
+        x = rgb.to(self.device, non_blocking=True).float()
+        if self.in_channels == 1:
+            x = x[:, :1]
         if self.spec.pixel_range == "-1,1":
             x = x * 2 - 1
         padded, height, width = pad_to_multiple(x, self.multiple)
-        y = self.module(padded).float()
-        y = y[..., : height * self.spec.scale, : width * self.spec.scale]
+        if self.device.type == "cuda":
+            padded = padded.contiguous(memory_format=torch.channels_last)
+        y = self._forward(padded)
+        y = y[..., : height * self.scale, : width * self.scale]
         if self.spec.pixel_range == "-1,1":
             y = (y + 1) / 2
-        y = y.clamp(0, 1)[0].cpu()
-        if y.shape[0] == 1:
-            y = y.expand(3, -1, -1)
-        alpha = image.alpha
-        if alpha is not None and self.spec.scale != 1:
-            alpha = F.interpolate(alpha[None], scale_factor=self.spec.scale, mode="bicubic")[0].clamp(0, 1)
-        return Image(rgb=y, alpha=alpha, gray=image.gray, bits=image.bits)
+        y = y.clamp(0, 1)
+        return y.expand(-1, 3, -1, -1) if y.shape[1] == 1 else y
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype is None:
+            return self.forward(x).float()
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            y = self.forward(x).float()
+        if torch.isfinite(y).all():
+            return y
+        self.fp32_retries += 1  # fp16 overflow: this batch again in full precision
+        return self.module(x).float()
+
+    def __call__(self, image: Image) -> Image:
+        """One image in, one image out (alpha carried through, upscaled for SR)."""
+        y = self.run(image.rgb.unsqueeze(0))[0].cpu()
+        return Image(rgb=y, alpha=scale_alpha(image.alpha, self.scale), gray=image.gray, bits=image.bits)
 
 
-def translate(model: str | Path, source: str, out_dir: str | Path, *, device: torch.device,
-              direction: str = "AtoB", bn_mode: str = "eval", overwrite: bool = False,
-              reporter: Reporter | None = None, stdin: TextIO | None = None) -> list[Result]:
+def scale_alpha(alpha: torch.Tensor | None, scale: int) -> torch.Tensor | None:
+    if alpha is None or scale == 1:
+        return alpha
+    return F.interpolate(alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
+
+
+# ---- tiling -----------------------------------------------------------------------------
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile offsets covering [0, length) with at least `overlap` pixels shared by neighbours."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def edge_ramp(length: int, overlap: int, before: bool, after: bool) -> torch.Tensor:
+    """1-D blend weights of a tile: 1 inside; towards an edge shared with a neighbour, 0 for
+    the outer quarter of the overlap (pixels whose receptive field the tile cut off), then a
+    linear rise across the middle half, so neighbours cross-fade and seams do not show."""
+    weights = torch.ones(length)
+    margin = overlap // 4
+    rise = max(1, overlap - 2 * margin)
+    ramp = ((torch.arange(min(overlap, length), dtype=torch.float32) - margin + 0.5) / rise).clamp(0, 1)
+    if before:
+        weights[: len(ramp)] = ramp
+    if after:
+        weights[length - len(ramp):] = torch.minimum(weights[length - len(ramp):], ramp.flip(0))
+    return weights
+
+
+def run_tiled(translator: Translator, rgb: torch.Tensor, tile: int, overlap: int, batch: int) -> torch.Tensor:
+    """3 x H x W -> 3 x sH x sW through overlapping tiles, `batch` tiles per forward pass.
+    Memory beyond the output (and its weight plane) is one batch of tiles."""
+    _, height, width = rgb.shape
+    scale = translator.scale
+    out = torch.zeros(3, height * scale, width * scale)
+    weight = torch.zeros(1, height * scale, width * scale)
+    th, tw = min(tile, height), min(tile, width)
+    ys, xs = tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
+    boxes = [(y, x) for y in ys for x in xs]
+    for i in range(0, len(boxes), batch):
+        chunk = boxes[i : i + batch]
+        tiles = torch.stack([rgb[:, y : y + th, x : x + tw] for y, x in chunk])
+        results = translator.run(tiles).float().cpu()
+        for (y, x), result in zip(chunk, results):
+            ramp_y = edge_ramp(th * scale, overlap * scale, y > 0, y + th < height)
+            ramp_x = edge_ramp(tw * scale, overlap * scale, x > 0, x + tw < width)
+            ramp = ramp_y[:, None] * ramp_x[None, :]
+            rows, cols = slice(y * scale, (y + th) * scale), slice(x * scale, (x + tw) * scale)
+            out[:, rows, cols] += result * ramp
+            weight[:, rows, cols] += ramp
+    return out / weight
+
+
+# ---- decoding in workers ----------------------------------------------------------------
+
+
+class DecodeDataset(Dataset):
+    """Decodes jobs in DataLoader workers; failures travel back as messages, not exceptions."""
+
+    def __init__(self, jobs: list[Job], resize: int | None):
+        self.jobs, self.resize = jobs, resize
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> dict:
+        job = self.jobs[index]
+        start = time.perf_counter()
+        if not is_image_file(job.source):
+            return {"index": index, "error": f"{job.source}: not an image file name (png, jpg, webp, bmp, tif)"}
+        try:
+            image = read_image(job.source)
+        except (ImageError, OSError) as err:
+            return {"index": index, "error": str(err)}
+        if self.resize:
+            image = resize_shorter_side(image, self.resize)
+        return {"index": index, "image": image, "decode_ms": (time.perf_counter() - start) * 1000}
+
+
+def resize_shorter_side(image: Image, pixels: int) -> Image:
+    height, width = image.size
+    factor = pixels / min(height, width)
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    resize = lambda t: F.interpolate(t[None], size=size, mode="bicubic", antialias=True)[0].clamp(0, 1)
+    alpha = None if image.alpha is None else resize(image.alpha)
+    return Image(rgb=resize(image.rgb), alpha=alpha, gray=image.gray, bits=image.bits)
+
+
+def collate(items: list[dict]) -> list[dict]:
+    return items  # images keep their own sizes; batches are stacked per size in the main loop
+
+
+def size_batches(jobs: list[Job], batch_size: int) -> list[list[int]]:
+    """Job indices grouped into batches of one image size (read from the headers)."""
+    if batch_size == 1:
+        return [[i] for i in range(len(jobs))]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, job in enumerate(jobs):
+        by_size.setdefault(header_size(job.source), []).append(index)
+    return [batch for indices in by_size.values() for batch in _chunks(indices, batch_size)]
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def default_batch_size(device: torch.device, tile: int | None) -> int:
+    # CPUs gain little from batching; GPUs need several images in flight to stay busy.
+    if device.type != "cuda":
+        return 1
+    return 16 if tile else 8
+
+
+def default_workers(device: torch.device) -> int:
+    cpus = os.cpu_count() or 1
+    return min(8, cpus - 1) if device.type == "cuda" else min(2, cpus - 1)
+
+
+# ---- the run ----------------------------------------------------------------------------
+
+
+class Writer:
+    """Encodes and writes results on threads while the device computes; bounded in flight."""
+
+    def __init__(self, threads: int):
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="img2img-write")
+        self.slots = threading.Semaphore(threads * 2)
+        self.pending: list[Future] = []
+
+    def submit(self, fn: Callable[[], Result]) -> None:
+        self.slots.acquire()
+        future = self.pool.submit(fn)
+        future.add_done_callback(lambda _: self.slots.release())
+        self.pending.append(future)
+
+    def done(self) -> Iterator[Result]:
+        """Results finished so far, in completion order (and forgets them)."""
+        finished = [f for f in self.pending if f.done()]
+        self.pending = [f for f in self.pending if not f.done()]
+        return (f.result() for f in finished)
+
+    def close(self) -> Iterator[Result]:
+        self.pool.shutdown(wait=True)
+        yield from self.done()
+
+
+def translate(model: str | Path, source: str, out_dir: str | Path, *, options: Options | None = None,
+              reporter: Reporter | None = None, stdin: TextIO | None = None,
+              on_result: Callable[[Result], None] | None = None, **overrides) -> list[Result]:
+    """Translate INPUT (file, folder or '-') into `out_dir`; returns one Result per input."""
+    options = options or Options(**overrides)
     reporter = reporter or Silent()
     out_dir = Path(out_dir)
-    jobs = collect_jobs(source, out_dir, stdin)
-    module, spec = load_generator(Path(model), direction)
-    translator = Translator(module, spec, device, bn_mode)
-    results = []
+    jobs = collect_jobs(source, out_dir, stdin, options.ext)
+    module, spec = load_generator(Path(model), options.direction)
+    translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
+    return run_jobs(translator, jobs, out_dir, options, reporter, on_result)
+
+
+def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,
+             reporter: Reporter, on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    results: list[Result] = []
+
+    def record(result: Result) -> None:
+        results.append(result)
+        if on_result:
+            on_result(result)
+        reporter.update(len(results))
+
     reporter.start(len(jobs), 0, "translating")
-    for number, job in enumerate(jobs, 1):
-        results.append(_translate_one(translator, job, out_dir, overwrite))
-        reporter.update(number)
+    todo = []
+    for job in jobs:
+        if (out_dir / job.relative).exists() and not options.overwrite:
+            record(Result(job, out_dir / job.relative, skipped=True))
+        else:
+            todo.append(job)
+    if todo:
+        _run_pipeline(translator, todo, out_dir, options, reporter, record)
     reporter.finish()
+    if translator.fp32_retries:
+        reporter.message(f"{translator.fp32_retries} batch(es) overflowed in reduced precision and ran again in fp32")
     return results
 
 
-def _translate_one(translator: Translator, job: Job, out_dir: Path, overwrite: bool) -> Result:
-    target = out_dir / job.relative
-    if target.exists() and not overwrite:
-        return Result(job, target, skipped=True)
-    if not is_image_file(job.source):
-        return Result(job, None, error=f"{job.source}: not an image file name (png, jpg, webp, bmp, tif)")
+def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,
+                  reporter: Reporter, record: Callable[[Result], None]) -> None:
+    device = options.device
+    batch_size = options.batch_size or default_batch_size(device, options.tile)
+    workers = default_workers(device) if options.workers is None else options.workers
+    loader = DataLoader(DecodeDataset(jobs, options.resize),
+                        batch_sampler=size_batches(jobs, 1 if options.tile else batch_size),
+                        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    writer = Writer(options.writers)
+    state = {"batch": batch_size, "tile": options.tile}
+    for items in loader:
+        for item in items:
+            if "error" in item:
+                record(Result(jobs[item["index"]], None, error=item["error"]))
+        decoded = [item for item in items if "image" in item]
+        for group in _same_size_groups(decoded):
+            _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
+        for result in writer.done():
+            record(result)
+    for result in writer.close():
+        record(result)
+
+
+def _same_size_groups(items: list[dict]) -> list[list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for item in items:
+        groups.setdefault(item["image"].size, []).append(item)
+    return list(groups.values())
+
+
+def _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer) -> None:
     start = time.perf_counter()
+    outputs = _run_with_fallback(translator, [item["image"] for item in group], state, options, reporter)
+    elapsed = (time.perf_counter() - start) * 1000 / len(group)
+    for item, rgb in zip(group, outputs):
+        image, job = item["image"], jobs[item["index"]]
+        result_image = Image(rgb=rgb, alpha=scale_alpha(image.alpha, translator.scale), gray=image.gray, bits=image.bits)
+        ms = elapsed + item.get("decode_ms", 0.0)
+        writer.submit(lambda job=job, result_image=result_image, ms=ms: _write(job, result_image, out_dir, ms))
+
+
+def _run_with_fallback(translator: Translator, images: list[Image], state: dict, options: Options,
+                       reporter: Reporter) -> list[torch.Tensor]:
+    """Translate same-size images; on out-of-memory, retry with smaller batches, then tiles."""
+    while True:
+        try:
+            if state["tile"]:
+                return [run_tiled(translator, im.rgb, state["tile"], options.tile_overlap, state["batch"])
+                        for im in images]
+            outputs = []
+            for i in range(0, len(images), state["batch"]):
+                batch = torch.stack([im.rgb for im in images[i : i + state["batch"]]])
+                outputs.extend(translator.run(batch).cpu())
+            return outputs
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            _shrink_after_oom(state, images[0].size, reporter, err)
+
+
+def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, err: Exception) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if state["batch"] > 1:
+        state["batch"] //= 2
+        reporter.message(f"out of memory: retrying with batch size {state['batch']}")
+    elif state["tile"] is None or state["tile"] > 64:
+        state["tile"] = max(64, (state["tile"] or max(size)) // 2)
+        reporter.message(f"out of memory: retrying with {state['tile']} px tiles")
+    else:
+        raise err
+
+
+def _write(job: Job, image: Image, out_dir: Path, ms: float) -> Result:
+    target = out_dir / job.relative
     try:
-        image = read_image(job.source)
-        write_image(target, translator(image))
+        write_image(target, image)
     except (ImageError, OSError) as err:
-        return Result(job, None, error=str(err))
-    return Result(job, target, milliseconds=(time.perf_counter() - start) * 1000)
+        return Result(job, None, error=f"{target}: could not be written ({err})")
+    return Result(job, target, milliseconds=ms, size=image.size)
+
+
+# ---- several devices --------------------------------------------------------------------
+
+
+def parse_devices(spec: str) -> list[torch.device]:
+    """'cuda:0,cuda:1', 'all' (every CUDA device) or a single device name."""
+    if spec == "all":
+        if not torch.cuda.is_available():
+            raise InputError("--devices all: no CUDA GPU is available here")
+        return [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    try:
+        devices = [torch.device(name.strip()) for name in spec.split(",") if name.strip()]
+    except RuntimeError:
+        raise InputError(f"--devices {spec!r}: use names like cuda:0,cuda:1, or all") from None
+    for device in devices:
+        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+            raise InputError(f"--devices: {device} is not available here")
+    return devices
+
+
+def translate_sharded(model: str | Path, source: str, out_dir: str | Path, devices: list[torch.device], *,
+                      options: Options, reporter: Reporter | None = None, stdin: TextIO | None = None,
+                      on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """One process per device, each translating every len(devices)-th file."""
+    import torch.multiprocessing as mp
+
+    reporter = reporter or Silent()
+    out_dir = Path(out_dir)
+    jobs = collect_jobs(source, out_dir, stdin, options.ext)
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    shards = [list(range(rank, len(jobs), len(devices))) for rank in range(len(devices))]
+    processes = [context.Process(target=_shard_main, daemon=True,
+                                 args=(str(model), [jobs[i] for i in shard], str(out_dir), options, str(device),
+                                       len(devices), queue))
+                 for shard, device in zip(shards, devices)]
+    for process in processes:
+        process.start()
+    results = []
+    reporter.start(len(jobs), 0, f"translating on {len(devices)} devices")
+    while len(results) < len(jobs):
+        message = _next_message(queue, processes)
+        if message is None:
+            break
+        result = Result(Job(Path(message["source"]), Path(message["relative"])),
+                        Path(message["output"]) if message["output"] else None, message["error"],
+                        message["ms"], message["skipped"], tuple(message["size"]) if message["size"] else None)
+        results.append(result)
+        if on_result:
+            on_result(result)
+        reporter.update(len(results))
+    reporter.finish()
+    for process in processes:
+        process.join(timeout=10)
+    done = {str(r.job.source) for r in results}
+    for job in jobs:  # a shard that died leaves its remaining files unaccounted for
+        if str(job.source) not in done:
+            results.append(Result(job, None, error=f"{job.source}: not translated: a device process stopped early"))
+    return results
+
+
+def _next_message(queue, processes) -> dict | None:
+    import queue as queue_module
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_module.Empty:
+            if not any(p.is_alive() for p in processes):
+                return None
+
+
+def _shard_main(model: str, jobs: list[Job], out_dir: str, options: Options, device: str, shards: int, queue) -> None:
+    device = torch.device(device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // shards))
+    else:
+        torch.cuda.set_device(device)
+    options = Options(**{**options.__dict__, "device": device})
+    module, spec = load_generator(Path(model), options.direction)
+    translator = Translator(module, spec, device, options.bn_mode, options.amp, options.compile)
+
+    def send(result: Result) -> None:
+        queue.put({"source": str(result.job.source), "relative": str(result.job.relative),
+                   "output": str(result.output) if result.output else None, "error": result.error,
+                   "ms": result.milliseconds, "skipped": result.skipped,
+                   "size": list(result.size) if result.size else None})
+
+    run_jobs(translator, jobs, Path(out_dir), options, Silent(), send)

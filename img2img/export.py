@@ -1,0 +1,69 @@
+"""Export a generator to ONNX with dynamic batch, height and width.
+
+The exported graph takes and returns images in [0, 1] (N x C x H x W, float32), whatever the
+network's own convention, and pads any size to what the architecture needs and crops back,
+so an ONNX runtime needs no img2img code around it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from img2img.data.images import write_bytes_atomic
+from img2img.gan.checkpoint import GeneratorSpec, load_generator
+
+
+class ExportError(Exception):
+    """The export cannot run (missing extra, unsupported format)."""
+
+
+class UnitRangeGenerator(nn.Module):
+    """[0, 1] in, [0, 1] out, any size: normalisation, padding and cropping in the graph."""
+
+    def __init__(self, module: nn.Module, spec: GeneratorSpec):
+        super().__init__()
+        self.module, self.signed = module, spec.pixel_range == "-1,1"
+        self.multiple, self.scale = int(getattr(module, "multiple", 1)), int(spec.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        if self.signed:
+            x = x * 2 - 1
+        if self.multiple > 1:
+            pad_h = (self.multiple - height % self.multiple) % self.multiple
+            pad_w = (self.multiple - width % self.multiple) % self.multiple
+            # Reflect, as translate does, needs the pad to be smaller than the image, which a
+            # dynamic-size graph cannot check: only small multiples (ResNet: 4) can use it.
+            mode = "reflect" if self.multiple <= 4 else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        y = self.module(x)[..., : height * self.scale, : width * self.scale]
+        if self.signed:
+            y = (y + 1) / 2
+        return y.clamp(0, 1)
+
+
+def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17) -> GeneratorSpec:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ExportError("ONNX export needs the onnx extra: pip install 'img2img[onnx]'") from None
+    module, spec = load_generator(Path(model), direction)
+    wrapper = UnitRangeGenerator(module.float().eval(), spec).eval()
+    channels = int(spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
+    example = torch.rand(1, channels, 64, 64)
+    temp = Path(out).with_name(f".{Path(out).name}.export")
+    try:
+        torch.onnx.export(
+            wrapper, (example,), str(temp), input_names=["image"], output_names=["output"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                          "output": {0: "batch", 2: "out_height", 3: "out_width"}},
+            opset_version=opset, dynamo=False,
+        )
+        write_bytes_atomic(Path(out), temp.read_bytes())
+    finally:
+        temp.unlink(missing_ok=True)
+    return spec

@@ -1,0 +1,209 @@
+"""Batched folder inference: sizes, batching, tiling, formats, pipelines, failures, export."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from img2img import infer
+from img2img.cli import app
+from img2img.data.images import read_image
+from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
+from img2img.nets import registry
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    resnet = {"in_ch": 3, "out_ch": 3, "ngf": 4, "n_blocks": 1, "norm": "instance", "use_dropout": False}
+    save_generator(root / "resnet.safetensors", registry.build("resnet", **resnet),
+                   GeneratorSpec(arch="resnet", hparams=resnet, pixel_range="-1,1"))
+    srvgg = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "upscale": 2, "act_type": "prelu"}
+    sr = registry.build("srvgg", **srvgg)
+    for p in sr.parameters():  # random weights with a real effect, so outputs depend on the input
+        torch.nn.init.normal_(p, 0, 0.3)
+    save_generator(root / "sr.safetensors", sr, GeneratorSpec(arch="srvgg", hparams=srvgg, pixel_range="0,1", scale=2))
+    return root
+
+
+def photo(path, height, width, channels=3, dtype=np.uint8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(height * 1000 + width)
+    top = 65535 if dtype == np.uint16 else 255
+    smooth = cv2.GaussianBlur(rng.integers(0, top, (height, width, channels)).astype(np.float32), (0, 0), 3)
+    pixels = np.clip((smooth - smooth.mean()) * 8 + top / 2, 0, top).astype(dtype)
+    cv2.imwrite(str(path), pixels[..., 0] if channels == 1 else pixels)
+    return path
+
+
+def translate(models, name, source, out, **options):
+    return infer.translate(models / name, str(source), out, options=infer.Options(**options))
+
+
+def test_batches_of_mixed_sizes_give_the_same_images_as_one_at_a_time(models, tmp_path):
+    for i, (h, w) in enumerate([(40, 52), (40, 52), (33, 17), (40, 52), (33, 17)]):
+        photo(tmp_path / "in" / f"{i}.png", h, w)
+    one = translate(models, "resnet.safetensors", tmp_path / "in", tmp_path / "one", batch_size=1, workers=0)
+    many = translate(models, "resnet.safetensors", tmp_path / "in", tmp_path / "many", batch_size=4, workers=1)
+    assert len(one) == len(many) == 5 and not any(r.error for r in one + many)
+    for i in range(5):
+        a, b = read_image(tmp_path / "one" / f"{i}.png"), read_image(tmp_path / "many" / f"{i}.png")
+        assert a.size == b.size and (a.rgb - b.rgb).abs().max() <= 1 / 255
+
+
+def test_batches_group_images_by_size(tmp_path):
+    sizes = [(10, 12), (8, 8), (10, 12), (10, 12), (8, 8), (10, 12), (10, 12)]
+    jobs = [infer.Job(photo(tmp_path / f"{i}.png", h, w), None) for i, (h, w) in enumerate(sizes)]
+    batches = infer.size_batches(jobs, 4)
+    assert sorted(i for batch in batches for i in batch) == list(range(7))
+    assert all(len({sizes[i] for i in batch}) == 1 and len(batch) <= 4 for batch in batches)
+    assert len(batches) == 3  # five of one size in 4 + 1, two of the other
+
+
+def test_tiles_reproduce_the_whole_image_when_the_overlap_covers_the_receptive_field(models, tmp_path):
+    image = read_image(photo(tmp_path / "big.png", 150, 230))
+    module, spec = load_generator(models / "sr.safetensors")
+    translator = infer.Translator(module, spec, torch.device("cpu"))
+    whole = translator.run(image.rgb[None])[0]
+    largest_input = []
+    run = translator.run
+    translator.run = lambda x: (largest_input.append(x.numel()), run(x))[1]
+    tiled = infer.run_tiled(translator, image.rgb, tile=48, overlap=16, batch=3)
+    assert tiled.shape == whole.shape == (3, 300, 460)
+    assert (tiled - whole).abs().max() < 1e-4  # no seams
+    assert max(largest_input) <= 3 * 3 * 48 * 48  # memory per pass is bounded by the tiles
+
+
+def test_feathering_hides_seams_of_a_network_with_global_context(models, tmp_path):
+    image = read_image(photo(tmp_path / "big.png", 120, 160))
+    module, spec = load_generator(models / "resnet.safetensors")
+    translator = infer.Translator(module, spec, torch.device("cpu"))
+    tiled = infer.run_tiled(translator, image.rgb, tile=64, overlap=24, batch=4)
+    # Across the middle of the overlap, neighbouring columns differ no more than elsewhere.
+    column_steps = (tiled[:, :, 1:] - tiled[:, :, :-1]).abs().mean(dim=(0, 1))
+    assert column_steps.max() < 4 * column_steps.median()
+
+
+def test_out_of_memory_retries_with_smaller_batches_then_tiles(models, tmp_path, monkeypatch):
+    for i in range(4):
+        photo(tmp_path / "in" / f"{i}.png", 160, 160)
+    messages = []
+    real_run = infer.Translator.run
+
+    def tight_memory(self, x):
+        if x.numel() > 3 * 100 * 100:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_run(self, x)
+
+    monkeypatch.setattr(infer.Translator, "run", tight_memory)
+
+    class Recorder(infer.Silent):
+        def message(self, text):
+            messages.append(text)
+
+    results = infer.translate(models / "resnet.safetensors", str(tmp_path / "in"), tmp_path / "out",
+                              options=infer.Options(batch_size=4, workers=0, tile_overlap=8), reporter=Recorder())
+    assert not any(r.error for r in results) and len(list((tmp_path / "out").iterdir())) == 4
+    assert any("batch size 2" in m for m in messages) and any("tiles" in m for m in messages)
+
+
+def test_nan_from_reduced_precision_is_retried_in_fp32(models):
+    module, spec = load_generator(models / "resnet.safetensors")
+    translator = infer.Translator(module, spec, torch.device("cpu"))
+    translator.dtype = torch.bfloat16
+    calls = []
+    translator.forward = lambda x: (calls.append(1), torch.full_like(x, float("nan")))[1]
+    y = translator.run(torch.rand(1, 3, 16, 16))
+    assert torch.isfinite(y).all() and translator.fp32_retries == 1
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".bmp", ".tif"])
+def test_every_format_keeps_its_extension(models, tmp_path, ext):
+    photo(tmp_path / "in" / f"x{ext}", 24, 20)
+    results = translate(models, "resnet.safetensors", tmp_path / "in", tmp_path / "out", workers=0)
+    assert not results[0].error and read_image(tmp_path / "out" / f"x{ext}").size == (24, 20)
+
+
+def test_sixteen_bit_alpha_and_grayscale_are_kept(models, tmp_path):
+    photo(tmp_path / "in" / "deep.png", 20, 24, dtype=np.uint16)
+    photo(tmp_path / "in" / "gray.png", 20, 24, channels=1)
+    rgba = np.zeros((20, 24, 4), np.uint8)
+    rgba[..., 3] = np.linspace(0, 255, 24, dtype=np.uint8)
+    PILImage.fromarray(rgba, "RGBA").save(tmp_path / "in" / "alpha.png")
+    translate(models, "sr.safetensors", tmp_path / "in", tmp_path / "out", workers=0)
+    deep = cv2.imread(str(tmp_path / "out" / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape == (40, 48, 3)
+    assert read_image(tmp_path / "out" / "gray.png").gray
+    alpha = read_image(tmp_path / "out" / "alpha.png").alpha
+    assert alpha is not None and alpha.shape == (1, 40, 48)
+    assert alpha[0, :, 2].mean() < 0.1 and alpha[0, :, -2].mean() > 0.9  # upscaled, not replaced
+
+
+def test_ext_chooses_the_output_format(models, tmp_path):
+    photo(tmp_path / "in" / "a.jpg", 16, 16)
+    translate(models, "resnet.safetensors", tmp_path / "in", tmp_path / "out", ext=".png", workers=0)
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_json_lines_on_stdout_and_failures_named_with_exit_code_1(models, tmp_path):
+    photo(tmp_path / "in" / "good.png", 16, 20)
+    photo(tmp_path / "in" / "sub" / "good2.jpg", 18, 22)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--json",
+                                 "--workers", "0", str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 3
+    good = {r["input"].split("/")[-1]: r for r in records}
+    assert good["good.png"]["size"] == [16, 20] and good["good.png"]["ms"] >= 0
+    assert "broken.png" in good["broken.png"]["error"]
+    assert (tmp_path / "out" / "sub" / "good2.jpg").is_file()
+    assert "broken.png" in result.stderr
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]  # no temp files
+
+
+def test_usage_errors_exit_2(models, tmp_path):
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--ext", "gif",
+                                 str(tmp_path), str(tmp_path / "out")])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "-", str(tmp_path / "out")],
+                           input="")
+    assert result.exit_code == 2 and "no paths" in result.stderr
+
+
+def test_a_rerun_finishes_an_interrupted_job(models, tmp_path):
+    for i in range(3):
+        photo(tmp_path / "in" / f"{i}.png", 16, 16)
+    translate(models, "resnet.safetensors", tmp_path / "in" / "0.png", tmp_path / "out", workers=0)
+    results = translate(models, "resnet.safetensors", tmp_path / "in", tmp_path / "out", workers=0)
+    assert sorted((r.job.source.name, r.skipped) for r in results) == [("0.png", True), ("1.png", False), ("2.png", False)]
+
+
+def test_files_are_sharded_over_several_devices(models, tmp_path):
+    for i in range(5):
+        photo(tmp_path / "in" / f"{i}.png", 16, 16 + i)
+    results = infer.translate_sharded(models / "resnet.safetensors", str(tmp_path / "in"), tmp_path / "out",
+                                      infer.parse_devices("cpu,cpu"), options=infer.Options(workers=0))
+    assert len(results) == 5 and not any(r.error for r in results)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.png" for i in range(5)]
+
+
+def test_onnx_export_matches_torch_on_an_odd_size(models, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    result = runner.invoke(app, ["export", str(tmp_path / "g.onnx"), "--model", str(models / "resnet.safetensors")])
+    assert result.exit_code == 0, result.output
+    module, spec = load_generator(models / "resnet.safetensors")
+    x = torch.rand(2, 3, 37, 45)
+    expected = infer.Translator(module, spec, torch.device("cpu")).run(x).numpy()
+    got = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"image": x.numpy()})[0]
+    assert got.shape == (2, 3, 37, 45)
+    assert np.abs(got - expected).max() < 1e-4
