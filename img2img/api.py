@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from img2img.config import ConfigError, TrainConfig, load_config, make_config
 from img2img.data.datasets import SeededSampler
-from img2img.gan import checkpoint
+from img2img.gan import checkpoint, distributed
 from img2img.gan.checkpoint import load_generator  # noqa: F401  (part of the API)
 from img2img.gan.loop import Trainer, epochs_to_steps
 from img2img.progress import Reporter, Silent
@@ -61,41 +61,62 @@ def default_workers(device: torch.device) -> int:
 
 
 def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None) -> Path:
-    """Train `cfg.task` into the run folder `cfg.out`; returns that folder."""
-    reporter = reporter or Silent()
+    """Train `cfg.task` into the run folder `cfg.out`; returns that folder. Under torchrun
+    every process calls this; rank 0 alone writes files and reports."""
+    world = distributed.from_environment()
+    reporter = (reporter or Silent()) if world.is_main else Silent()
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "checkpoints"
-    state = None
-    if resume:
-        found = checkpoint.load_latest_state(ckpt_dir)
-        if found is None:
-            raise ConfigError(f"--resume: no readable training state in {ckpt_dir}")
-        state, path = found
-        reporter.message(f"resuming from {path} (step {state['step']})")
-    elif any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
+    if distributed.elastic_restart() and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
+        resume = True  # torchrun restarted the workers after a failure: continue the run
+    state = _load_resume_state(ckpt_dir, reporter) if resume else None
+    if state is None and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
         raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it, "
                           "or choose another --out")
-    device = resolve_device(cfg.device)
+    device = distributed.setup(world, resolve_device(cfg.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest kernels
     seed_everything(cfg.seed)
     task_module = TASKS[cfg.task]
     task = task_module.build(cfg, device, reporter)  # first: bad network flags fail before the data scan
     dataset, sample_batch = task_module.prepare_data(cfg)
-    total_steps = cfg.steps or epochs_to_steps(cfg.epochs or DEFAULT_EPOCHS, len(dataset), cfg.batch_size)
-    trainer = Trainer(task, cfg, run_dir, device, total_steps, reporter)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
+    cfg.world_size = world.world_size
+    cfg.effective_batch_size = cfg.batch_size * cfg.grad_accum * world.world_size
+    steps_per_epoch_batch = cfg.batch_size * cfg.grad_accum
+    total_steps = cfg.steps or epochs_to_steps(cfg.epochs or DEFAULT_EPOCHS, len(dataset), steps_per_epoch_batch,
+                                               world.world_size)
+    trainer = Trainer(task, cfg, run_dir, device, total_steps, reporter, world)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+    if world.distributed:
+        reporter.message(f"{world.world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "
+                         f"accumulated = effective batch {cfg.effective_batch_size}")
 
     start = 0 if state is None else int(state["step"])
     workers = default_workers(device) if cfg.workers is None else cfg.workers
-    loader = DataLoader(dataset, batch_size=cfg.batch_size,
-                        sampler=SeededSampler(len(dataset), cfg.seed, start=start * cfg.batch_size),
-                        num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world.world_size,
+                            start=start * steps_per_epoch_batch)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=4 if workers else None)
     batches = iter(loader)
     if state is not None:
         trainer.load_state_dict(state)  # after iter(): the loader draws from the RNG
-    trainer.run(batches, sample_batch)
+    try:
+        trainer.run(batches, sample_batch)
+    finally:
+        distributed.teardown()
     return run_dir
+
+
+def _load_resume_state(ckpt_dir: Path, reporter: Reporter) -> dict:
+    found = checkpoint.load_latest_state(ckpt_dir)
+    if found is None:
+        raise ConfigError(f"--resume: no readable training state in {ckpt_dir}")
+    state, path = found
+    reporter.message(f"resuming from {path} (step {state['step']})")
+    return state
 
 
 def translate(model: str | Path, source: str | Path, out_dir: str | Path, *, device: str = "auto",

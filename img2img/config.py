@@ -37,6 +37,8 @@ class TrainConfig:
     lr_dir: str | None = None  # explicit low-resolution partners of hr (CLI: --lr for srgan)
     scale: int = 4
     degradation: str = "bicubic"  # bicubic, realesrgan
+    val_hr: str | None = None  # held-out HR images for PSNR/SSIM; default: the first training images
+    val_lr: str | None = None  # their explicit LR partners; default: made by `degradation`, seeded per image
     # length
     steps: int | None = None
     epochs: int | None = None
@@ -47,6 +49,7 @@ class TrainConfig:
     ndf: int = 64
     netD: str = "basic"  # basic (70x70 PatchGAN), n_layers, pixel
     n_layers_d: int = 3
+    n_blocks: int | None = None  # SR generators' depth (blocks, or convs for srvgg); None: the published one
     norm: str = "batch"
     dropout: bool = True
     # losses and optimisation
@@ -65,10 +68,17 @@ class TrainConfig:
     init: str | None = None  # start G from this generator checkpoint
     perceptual: str = "vgg19"  # vgg19, none
     perceptual_weights: str | None = None  # local VGG19 weights file
+    perceptual_layers: str = "conv5_4:1"  # VGG19 layers (before ReLU) and their weights
     lambda_pixel: float = 1e-2
     lambda_perceptual: float = 1.0
     lambda_gan: float = 5e-3
     amp: str = "auto"  # auto (bf16/fp16 on CUDA), off
+    grad_accum: int = 1  # micro-batches per optimizer step
+    compile: bool = False  # torch.compile G and D
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA, BatchNorm networks)
+    # recorded by train(): processes and images per optimizer step over all of them
+    world_size: int = 1
+    effective_batch_size: int = 1
     # bookkeeping
     out: str = "runs/run"
     device: str = "auto"
@@ -91,6 +101,11 @@ class TrainConfig:
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "pix2pix": {},
     "cyclegan": {"netG": "resnet_9blocks", "norm": "instance", "gan_loss": "lsgan", "dropout": False},
+    # BasicSR's train_SRGAN_x4.yml: MSRResNet + VGG-style D, 128 px HR patches, batch 16, Adam 1e-4
+    # with betas (0.9, 0.99), L1 1e-2 + perceptual (conv5_4) 1 + vanilla GAN 5e-3, EMA 0.999.
+    "srgan": {"netG": "msrresnet", "netD": "vgg", "gan_loss": "vanilla", "ema": 0.999, "lr": 1e-4,
+              "beta1": 0.9, "beta2": 0.99, "size": 128, "batch_size": 16, "lambda_pixel": 1e-2,
+              "lambda_perceptual": 1.0, "lambda_gan": 5e-3, "perceptual_layers": "conv5_4:1"},
 }
 
 

@@ -11,7 +11,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from img2img.config import TrainConfig
 from img2img.data.images import Image, write_image
-from img2img.gan import checkpoint
+from img2img.gan import checkpoint, distributed
 from img2img.progress import Reporter
 
 LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, float]]]
@@ -57,6 +57,9 @@ class Task:
     # file stem -> (net name, its spec): the generator files a checkpoint writes
     exports: dict[str, tuple[str, Callable[[], checkpoint.GeneratorSpec]]]
     ema_nets: tuple[str, ...] = ()
+    # Networks whose forward pass in `forward` is back-propagated by a phase (the generators):
+    # they run through their DDP wrappers there.
+    forward_nets: tuple[str, ...] = ()
     # Validation metrics (e.g. PSNR next to the bicubic baseline), given the module to export
     # for each net name (the EMA where there is one); logged as "val" records.
     validate: Callable[[Callable[[str], nn.Module]], dict[str, float]] | None = None
@@ -90,29 +93,46 @@ def autocast_for(device: torch.device, mode: str):
 
 
 class Trainer:
+    """Runs a Task. `task.nets` is routed: while a phase runs, the networks it trains are
+    called through their DDP wrappers (so their gradients are averaged across processes) and
+    every other network through the plain module; `self.raw` always holds the modules."""
+
     def __init__(self, task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device,
-                 total_steps: int, reporter: Reporter, rank: int = 0):
+                 total_steps: int, reporter: Reporter, world: distributed.World | None = None):
         self.task, self.cfg, self.run_dir, self.device = task, cfg, Path(run_dir), device
-        self.total_steps, self.reporter, self.rank = total_steps, reporter, rank
+        self.total_steps, self.reporter = total_steps, reporter
+        self.world = world or distributed.World()
         self.step = 0
         self.amp_dtype = autocast_for(device, cfg.amp)
+        self.raw = dict(task.nets)
+        if device.type == "cuda":
+            for net in self.raw.values():
+                net.to(memory_format=torch.channels_last)
+        self.synced = {n: distributed.wrap(m, device, self.world, cfg.sync_bn) for n, m in self.raw.items()}
+        self.plain = dict(self.raw)
+        if cfg.compile:
+            self.synced = {n: torch.compile(m) for n, m in self.synced.items()}
+            self.plain = {n: torch.compile(m) for n, m in self.plain.items()}
         self.optimizers, self.schedulers, self.scalers = {}, {}, {}
         for phase in task.phases:
-            params = [p for name in phase.nets for p in task.nets[name].parameters()]
-            opt = torch.optim.Adam(params, lr=phase.lr or cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                   foreach=device.type == "cuda" or None)
-            self.optimizers[phase.name] = opt
-            self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
-                opt, linear_decay(total_steps, cfg.decay_start))
-            self.scalers[phase.name] = torch.amp.GradScaler(
-                device.type, enabled=self.amp_dtype == torch.float16)
-        self.ema = {name: AveragedModel(task.nets[name], multi_avg_fn=get_ema_multi_avg_fn(cfg.ema),
+            self._add_optimizer(phase)
+        self.ema = {name: AveragedModel(self.raw[name], multi_avg_fn=get_ema_multi_avg_fn(cfg.ema),
                                         use_buffers=True)
                     for name in task.ema_nets if cfg.ema > 0}
         self.window: dict[str, list[float]] = defaultdict(list)
         self.window_start = time.perf_counter()
         self.window_images = 0
         self.skipped_nonfinite = 0
+
+    def _add_optimizer(self, phase: Phase) -> None:
+        params = [p for name in phase.nets for p in self.raw[name].parameters()]
+        cuda = self.device.type == "cuda"
+        opt = torch.optim.Adam(params, lr=phase.lr or self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
+                               fused=True if cuda else None)
+        self.optimizers[phase.name] = opt
+        self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
+            opt, linear_decay(self.total_steps, self.cfg.decay_start))
+        self.scalers[phase.name] = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     # ---- one step ---------------------------------------------------------------------
 
@@ -121,36 +141,64 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, batch: dict) -> None:
-        for net in self.task.nets.values():
+    def route(self, trained: tuple[str, ...]) -> None:
+        """Trained networks through DDP, the others through their plain modules."""
+        for name in self.raw:
+            self.task.nets[name] = self.synced[name] if name in trained else self.plain[name]
+
+    def train_step(self, batches: list[dict]) -> None:
+        """One optimizer step per active phase over `batches` (several for accumulation)."""
+        for net in self.raw.values():
             net.train()
-        with self.autocast():
-            shared = self.task.forward(batch)
-        for phase in self.task.phases:
-            if phase.active(self.step):
-                self._run_phase(phase, shared)
+        active = [phase for phase in self.task.phases if phase.active(self.step)]
+        if len(batches) == 1:
+            # The reference's order: the shared forward once, then each phase in turn.
+            self.route(self.task.forward_nets)
+            with self.autocast():
+                shared = self.task.forward(batches[0])
+            for phase in active:
+                self._run_phase(phase, [shared])
+        else:
+            for phase in active:  # each phase recomputes the forward on every micro-batch
+                self._run_phase(phase, batches)
         for scheduler in self.schedulers.values():
             scheduler.step()
         for name, ema in self.ema.items():
-            ema.update_parameters(self.task.nets[name])
+            ema.update_parameters(self.raw[name])
         self.step += 1
 
-    def _run_phase(self, phase: Phase, shared: dict) -> None:
-        set_requires_grad(self.task.nets, phase.nets)
+    def _run_phase(self, phase: Phase, inputs: list[dict]) -> None:
+        set_requires_grad(self.raw, phase.nets)
+        self.route(phase.nets)
         opt, scaler = self.optimizers[phase.name], self.scalers[phase.name]
         opt.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss, metrics = phase.loss(shared)
-        if not torch.isfinite(loss.detach()):
-            self.skipped_nonfinite += 1
-            self.reporter.message(f"step {self.step}: {phase.name} loss is {loss.item()}; step skipped")
-            opt.zero_grad(set_to_none=True)
-            return
-        scaler.scale(loss).backward()
+        accumulate = len(inputs) > 1
+        for index, item in enumerate(inputs):
+            last = index == len(inputs) - 1
+            # Gradients are averaged across processes once, on the last micro-batch.
+            with self._no_sync(phase.nets, skip=last or not accumulate), self.autocast():
+                shared = self.task.forward(item) if accumulate else item
+                loss, metrics = phase.loss(shared)
+            if not torch.isfinite(loss.detach()):
+                self.skipped_nonfinite += 1
+                self.reporter.message(f"step {self.step}: {phase.name} loss is {loss.item()}; step skipped")
+                opt.zero_grad(set_to_none=True)
+                return
+            scaler.scale(loss / len(inputs)).backward()
+            for key, value in metrics.items():
+                self.window[key].append(float(value))
         scaler.step(opt)
         scaler.update()
-        for key, value in metrics.items():
-            self.window[key].append(float(value))
+
+    def _no_sync(self, names: tuple[str, ...], skip: bool):
+        if skip or not self.world.distributed:
+            return nullcontext()
+        stack = ExitStack()
+        for name in names:
+            module = getattr(self.synced[name], "_orig_mod", self.synced[name])
+            if hasattr(module, "no_sync"):
+                stack.enter_context(module.no_sync())
+        return stack
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -159,10 +207,9 @@ class Trainer:
         sample_every = cfg.sample_every or cfg.save_every
         self.reporter.start(self.total_steps, self.step, f"training {self.task.name}")
         while self.step < self.total_steps:
-            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                     for k, v in next(batches).items()}
-            self.train_step(batch)
-            self.window_images += batch_size(batch)
+            micro = [self.to_device(next(batches)) for _ in range(cfg.grad_accum)]
+            self.train_step(micro)
+            self.window_images += sum(batch_size(b) for b in micro) * self.world.world_size
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 self.log()
             if sample_batch is not None and (self.step % sample_every == 0 or self.step == self.total_steps):
@@ -173,6 +220,17 @@ class Trainer:
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                 self.save()
         self.reporter.finish()
+
+    def to_device(self, batch: dict) -> dict:
+        cuda = self.device.type == "cuda"
+        moved = {}
+        for key, value in batch.items():
+            if torch.is_tensor(value):
+                value = value.to(self.device, non_blocking=True)
+                if cuda and value.ndim == 4:
+                    value = value.contiguous(memory_format=torch.channels_last)
+            moved[key] = value
+        return moved
 
     def log(self) -> None:
         elapsed = time.perf_counter() - self.window_start
@@ -186,36 +244,38 @@ class Trainer:
         self.window_start, self.window_images = time.perf_counter(), 0
         info = " ".join(f"{k.removeprefix('loss_')} {v:.3g}" for k, v in record.items() if k.startswith("loss"))
         self.reporter.update(self.step, f"{info} | {record['img_per_s'] or 0:.1f} img/s")
-        if self.rank == 0:
+        if self.world.is_main:
             with open(self.run_dir / "log.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
     @torch.no_grad()
     def run_validation(self) -> None:
-        modes = {name: net.training for name, net in self.task.nets.items()}
-        for net in [*self.task.nets.values(), *self.ema.values()]:
+        if not self.world.is_main:
+            return
+        self.route(())
+        for net in [*self.raw.values(), *self.ema.values()]:
             net.eval()
         metrics = self.task.validate(self.export_module)
-        for name, net in self.task.nets.items():
-            net.train(modes[name])
+        for net in self.raw.values():
+            net.train()
         text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.reporter.message(f"step {self.step} validation: {text}")
-        if self.rank == 0:
+        if self.world.is_main:
             with open(self.run_dir / "log.jsonl", "a") as handle:
                 handle.write(json.dumps({"step": self.step, "val": metrics, "time": time.time()}) + "\n")
 
     @torch.no_grad()
     def write_samples(self, batch: dict) -> None:
-        if self.rank != 0:
+        if not self.world.is_main:
             return
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        modes = {name: net.training for name, net in self.task.nets.items()}
-        for net in self.task.nets.values():
+        batch = self.to_device(batch)
+        self.route(())
+        for net in self.raw.values():
             net.eval()
         with self.autocast():
             columns = [c.float().clamp(0, 1) for c in self.task.sample_columns(batch)]
-        for name, net in self.task.nets.items():
-            net.train(modes[name])
+        for net in self.raw.values():
+            net.train()
         # One row per sample: input | output | target (or the task's own columns).
         grid = torch.cat([torch.cat([c[i] for c in columns], dim=2) for i in range(len(columns[0]))], dim=1)
         write_image(self.run_dir / "samples" / f"step_{self.step:08d}.png",
@@ -224,10 +284,10 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------
 
     def export_module(self, name: str) -> nn.Module:
-        return self.ema[name].module if name in self.ema else self.task.nets[name]
+        return self.ema[name].module if name in self.ema else self.raw[name]
 
     def save(self) -> None:
-        if self.rank != 0:
+        if not self.world.is_main:
             return
         folder = self.run_dir / "checkpoints"
         for stem, (net_name, spec_fn) in self.task.exports.items():
@@ -241,7 +301,7 @@ class Trainer:
             "format": "img2img-train-state",
             "format_version": checkpoint.FORMAT_VERSION,
             "step": self.step,
-            "nets": {k: v.state_dict() for k, v in self.task.nets.items()},
+            "nets": {k: v.state_dict() for k, v in self.raw.items()},
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
             "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
@@ -252,7 +312,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-        for group, objects in (("nets", self.task.nets), ("optimizers", self.optimizers),
+        for group, objects in (("nets", self.raw), ("optimizers", self.optimizers),
                                ("schedulers", self.schedulers), ("scalers", self.scalers),
                                ("ema", self.ema)):
             for name, obj in objects.items():

@@ -40,37 +40,38 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
     arch, hparams, note = generator_arch(cfg)
     if note:
         reporter.message(note)
-    G = registry.build(arch, **hparams).to(device)
-    D = build_discriminator(cfg, in_ch=6).to(device)
+    # The loop swaps DDP wrappers in and out of `nets`: always call networks through it.
+    nets = {"G": registry.build(arch, **hparams).to(device), "D": build_discriminator(cfg, in_ch=6).to(device)}
     kind = cfg.gan_loss
 
     def forward(batch: dict) -> dict:
-        return {"A": batch["A"], "B": batch["B"], "fake": G(batch["A"])}
+        return {"A": batch["A"], "B": batch["B"], "fake": nets["G"](batch["A"])}
 
     def d_step(s: dict) -> tuple[torch.Tensor, dict]:
         real_ab = torch.cat([s["A"], s["B"]], 1)
         fake_ab = torch.cat([s["A"], s["fake"].detach()], 1)
-        real, fake = D(real_ab), D(fake_ab)
+        real, fake = nets["D"](real_ab), nets["D"](fake_ab)
         loss = losses.d_loss(kind, real, fake)
         if kind == "wgangp":
-            loss = loss + losses.gradient_penalty(D, real_ab, fake_ab)
+            loss = loss + losses.gradient_penalty(nets["D"], real_ab, fake_ab)
         return loss, {"loss_D": loss.item(), "D_real": losses.probability(real, kind),
                       "D_fake": losses.probability(fake, kind)}
 
     def g_step(s: dict) -> tuple[torch.Tensor, dict]:
-        gan = losses.g_loss(kind, D(torch.cat([s["A"], s["fake"]], 1)))
+        gan = losses.g_loss(kind, nets["D"](torch.cat([s["A"], s["fake"]], 1)))
         l1 = F.l1_loss(s["fake"], s["B"])
         return gan + cfg.lambda_l1 * l1, {"loss_G_GAN": gan.item(), "loss_G_L1": l1.item()}
 
     def sample_columns(batch: dict) -> list[torch.Tensor]:
-        return [to_unit(batch["A"]), to_unit(G(batch["A"])), to_unit(batch["B"])]
+        return [to_unit(batch["A"]), to_unit(nets["G"](batch["A"])), to_unit(batch["B"])]
 
     return Task(
         name="pix2pix",
-        nets={"G": G, "D": D},
+        nets=nets,
         phases=[Phase("D", ("D",), d_step), Phase("G", ("G",), g_step)],
         forward=forward,
         sample_columns=sample_columns,
         exports={"generator": ("G", lambda: generator_spec(arch, hparams, cfg, cfg.direction))},
         ema_nets=("G",),
+        forward_nets=("G",),
     )
