@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +107,32 @@ def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = No
     if state is not None:
         trainer.load_state_dict(state)  # after iter(): the loader draws from the RNG
     try:
-        trainer.run(batches, sample_batch)
+        with stop_on_signals(trainer):
+            trainer.run(batches, sample_batch)
     finally:
         distributed.teardown()
     return run_dir
+
+
+@contextmanager
+def stop_on_signals(trainer: Trainer):
+    """SIGINT/SIGTERM: finish the current step, write a checkpoint, raise TrainingStopped.
+    A second SIGINT stops at once (the newest checkpoint on disk stays intact)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if trainer.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_signal = signum
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _load_resume_state(ckpt_dir: Path, reporter: Reporter) -> dict:

@@ -21,11 +21,11 @@ from typing import Callable, Iterator, TextIO
 
 import torch
 import torch.nn.functional as F
-from PIL import Image as PILImage
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from img2img.data.images import Image, ImageError, is_image_file, list_images, read_image, write_image
+from img2img.data.header import ImageError, check_image
+from img2img.data.images import TEMP_SUFFIX, Image, is_image_file, list_images, read_image, write_image
 from img2img.gan.checkpoint import GeneratorSpec, load_generator
 from img2img.progress import Reporter, Silent
 
@@ -111,15 +111,12 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
 
 
 def header_size(path: Path) -> tuple[int, int]:
-    """(height, width) after EXIF rotation, from the header alone; (0, 0) when unreadable."""
+    """(height, width) as displayed, from the header alone; (0, 0) when unreadable."""
     try:
-        with PILImage.open(path) as handle:
-            width, height = handle.size
-            if handle.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                width, height = height, width
-            return height, width
-    except Exception:  # decoding will report it properly
+        header = check_image(path)
+    except ImageError:  # decoding will report it properly
         return 0, 0
+    return header.height, header.width
 
 
 # ---- the network ------------------------------------------------------------------------
@@ -139,10 +136,13 @@ def set_bn_mode(module: nn.Module, mode: str) -> None:
                 layer.momentum = 0.0  # batch statistics are used but never stored
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Pad right/bottom to a multiple; reflect where the image is large enough, else replicate."""
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> tuple[torch.Tensor, int, int]:
+    """Pad right/bottom to a multiple (and at least min_size); reflect where the image is large
+    enough, else replicate."""
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    pad_h = max(-height % multiple, min_size - height)
+    pad_w = max(-width % multiple, min_size - width)
+    pad_h, pad_w = pad_h + -(height + pad_h) % multiple, pad_w + -(width + pad_w) % multiple
     if pad_h == 0 and pad_w == 0:
         return x, height, width
     mode = "reflect" if pad_h < height and pad_w < width else "replicate"
@@ -164,6 +164,7 @@ class Translator:
         self.module = module.to(device)
         set_bn_mode(self.module, bn_mode)
         self.multiple = int(getattr(module, "multiple", 1))
+        self.min_size = int(getattr(module, "min_size", 1))
         self.scale = int(spec.scale)
         self.in_channels = int(spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
         self.dtype = autocast_dtype(device, amp)
@@ -180,7 +181,7 @@ class Translator:
             x = x[:, :1]
         if self.spec.pixel_range == "-1,1":
             x = x * 2 - 1
-        padded, height, width = pad_to_multiple(x, self.multiple)
+        padded, height, width = pad_to_multiple(x, self.multiple, self.min_size)
         if self.device.type == "cuda":
             padded = padded.contiguous(memory_format=torch.channels_last)
         y = self._forward(padded)
@@ -316,6 +317,10 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+AUTO_TILE_PIXELS = 4096 * 4096  # output pixels beyond which an image is tiled unasked
+AUTO_TILE = 1024
+
+
 def default_batch_size(device: torch.device, tile: int | None) -> int:
     # CPUs gain little from batching; GPUs need several images in flight to stay busy.
     if device.type != "cuda":
@@ -366,7 +371,15 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     jobs = collect_jobs(source, out_dir, stdin, options.ext)
     module, spec = load_generator(Path(model), options.direction)
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
+    remove_stale_temporaries(out_dir)
     return run_jobs(translator, jobs, out_dir, options, reporter, on_result)
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Half-written files of a run that was killed (SIGKILL skips all clean-up)."""
+    if out_dir.is_dir():
+        for stale in out_dir.rglob(f"*{TEMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
 
 
 def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,
@@ -411,7 +424,12 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
                 record(Result(jobs[item["index"]], None, error=item["error"]))
         decoded = [item for item in items if "image" in item]
         for group in _same_size_groups(decoded):
-            _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
+            try:
+                _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
+            except (RuntimeError, ValueError) as err:  # the network refused this input: name it, go on
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+                for item in group:
+                    record(Result(jobs[item["index"]], None, error=f"{jobs[item['index']].source}: translation failed: {reason}"))
         for result in writer.done():
             record(result)
     for result in writer.close():
@@ -438,11 +456,18 @@ def _translate_group(translator, group, jobs, out_dir, state, options, reporter,
 
 def _run_with_fallback(translator: Translator, images: list[Image], state: dict, options: Options,
                        reporter: Reporter) -> list[torch.Tensor]:
-    """Translate same-size images; on out-of-memory, retry with smaller batches, then tiles."""
+    """Translate same-size images; on out-of-memory, retry with smaller batches, then tiles.
+    Huge images are tiled from the start: their activations would not fit anywhere."""
+    height, width = images[0].size
+    huge = height * width * translator.scale**2 > AUTO_TILE_PIXELS
+    if huge and not state["tile"] and not state.get("told_huge"):
+        reporter.message(f"images of {width}x{height} px and larger are translated in {AUTO_TILE} px tiles")
+        state["told_huge"] = True
     while True:
         try:
-            if state["tile"]:
-                return [run_tiled(translator, im.rgb, state["tile"], options.tile_overlap, state["batch"])
+            tile = state["tile"] or (AUTO_TILE if huge else None)
+            if tile:
+                return [run_tiled(translator, im.rgb, tile, options.tile_overlap, state["batch"])
                         for im in images]
             outputs = []
             for i in range(0, len(images), state["batch"]):
@@ -470,8 +495,10 @@ def _write(job: Job, image: Image, out_dir: Path, ms: float) -> Result:
     target = out_dir / job.relative
     try:
         write_image(target, image)
-    except (ImageError, OSError) as err:
-        return Result(job, None, error=f"{target}: could not be written ({err})")
+    except ImageError as err:
+        return Result(job, None, error=str(err))
+    except OSError as err:  # e.g. a full disk: the temporary file is already gone
+        return Result(job, None, error=f"{target}: could not be written: {err.strerror or err}")
     return Result(job, target, milliseconds=ms, size=image.size)
 
 
@@ -503,6 +530,7 @@ def translate_sharded(model: str | Path, source: str, out_dir: str | Path, devic
     reporter = reporter or Silent()
     out_dir = Path(out_dir)
     jobs = collect_jobs(source, out_dir, stdin, options.ext)
+    remove_stale_temporaries(out_dir)
     context = mp.get_context("spawn")
     queue = context.Queue()
     shards = [list(range(rank, len(jobs), len(devices))) for rank in range(len(devices))]

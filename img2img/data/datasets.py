@@ -15,11 +15,11 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from PIL import Image as PILImage
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from img2img.config import ConfigError
-from img2img.data.images import ImageError, is_image_file, list_images, read_image
+from img2img.data.header import ImageError, check_image
+from img2img.data.images import is_image_file, list_images, read_image
 
 
 class DataError(Exception):
@@ -44,12 +44,9 @@ def _report(problems: list[str], what: str) -> None:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header alone."""
-    try:
-        with PILImage.open(path) as handle:
-            return handle.size
-    except Exception as err:
-        raise ImageError(f"{path}: not a readable image ({err.__class__.__name__})") from None
+    """(width, height) after the checks that need no decoding (readable, not truncated, not a bomb)."""
+    header = check_image(path)
+    return header.width, header.height
 
 
 def _split_folder(root: Path, split: str) -> Path:

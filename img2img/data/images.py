@@ -1,7 +1,7 @@
 """Image files <-> float tensors: 8/16-bit, grayscale, alpha, EXIF orientation, atomic writes.
 
 OpenCV does the decoding and encoding (it reads and writes 16-bit PNG/TIFF, which Pillow
-cannot do for colour images); Pillow only reads the EXIF orientation tag.
+cannot do for colour images); header.py checks a file before it is decoded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from img2img.data.header import ImageError, check_image, read_bytes
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+TEMP_SUFFIX = ".img2img-tmp"  # files being written; a SIGKILL can leave one behind
 
 # cv2 flips or rotates to undo each EXIF orientation value (2..8).
 _EXIF_FIXES = {
@@ -29,10 +32,6 @@ _EXIF_FIXES = {
     7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
     8: lambda a: np.swapaxes(a, 0, 1)[::-1],
 }
-
-
-class ImageError(Exception):
-    """A file that cannot be read or written as an image; the message names the file."""
 
 
 @dataclass
@@ -58,11 +57,12 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_image(path: Path) -> Image:
     path = Path(path)
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    data = read_bytes(path)
+    header = check_image(path, data)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        raise ImageError(f"{path}: cannot be read as an image (missing, empty, truncated or not an image)")
-    orientation, header_gray = _read_header(path)
-    fix = _EXIF_FIXES.get(orientation)
+        raise ImageError(f"{path}: the {header.format or 'image'} data is corrupt and cannot be decoded")
+    fix = _EXIF_FIXES.get(header.orientation)
     if fix is not None:
         pixels = fix(pixels)
     if pixels.dtype == np.uint8:
@@ -79,7 +79,7 @@ def read_image(path: Path) -> Image:
         array = array[:, :, None]
     channels = array.shape[2]
     # OpenCV expands gray+alpha files to BGRA; the header says what the file really holds.
-    gray = channels in (1, 2) or header_gray
+    gray = channels in (1, 2) or header.gray
     alpha = array[:, :, -1:].permute(2, 0, 1).contiguous() if channels in (2, 4) else None
     if gray:
         rgb = array[:, :, :1].permute(2, 0, 1).expand(3, -1, -1).contiguous()
@@ -124,25 +124,28 @@ def _encode_gray_alpha(gray: torch.Tensor, alpha: torch.Tensor, suffix: str) -> 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
-
-
-def _read_header(path: Path) -> tuple[int, bool]:
-    """(EXIF orientation, whether the file stores gray levels), from the header alone."""
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable, so a power cut cannot bring the old file back."""
     try:
-        with PILImage.open(path) as handle:
-            return handle.getexif().get(0x0112, 1), handle.mode in _GRAY_MODES
-    except Exception:  # Pillow cannot parse it but OpenCV could: assume the plain case
-        return 1, False
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -85,13 +85,19 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def broadcast_flag(world: World, value: bool) -> bool:
-    """Rank 0's value on every rank (e.g. 'stop now')."""
+def all_true(world: World, value: bool) -> bool:
+    """True on every process when it is True on every process."""
+    return not any_true(world, not value)
+
+
+def any_true(world: World, value: bool) -> bool:
+    """True on every process when it is True on any (e.g. 'a signal asked us to stop')."""
     if not world.distributed:
         return value
-    tensor = torch.tensor([1 if value else 0], dtype=torch.int64)
-    dist.broadcast(tensor, src=0)
-    return bool(tensor.item())
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    flag = torch.tensor([1 if value else 0], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def relaunch(argv: list[str], nproc_per_node: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None,

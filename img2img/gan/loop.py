@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import time
 from collections import defaultdict
 from contextlib import ExitStack, nullcontext
@@ -23,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from img2img.config import TrainConfig
 from img2img.data.images import Image, write_image
 from img2img.gan import checkpoint, distributed
+from img2img.gan.health import Health
 from img2img.progress import Reporter
 
 LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, float]]]
@@ -123,6 +125,10 @@ class Trainer:
         self.window_start = time.perf_counter()
         self.window_images = 0
         self.skipped_nonfinite = 0
+        self.health = Health()
+        self.rollback_requested = False
+        self.lr_scale = 1.0  # halved by each roll-back after repeated non-finite losses
+        self.stop_signal: int | None = None  # set by a signal handler: checkpoint and stop
 
     def _add_optimizer(self, phase: Phase) -> None:
         params = [p for name in phase.nets for p in self.raw[name].parameters()]
@@ -179,9 +185,11 @@ class Trainer:
             with self._no_sync(phase.nets, skip=last or not accumulate), self.autocast():
                 shared = self.task.forward(item) if accumulate else item
                 loss, metrics = phase.loss(shared)
-            if not torch.isfinite(loss.detach()):
+            # Every process must skip together, or the others would wait for its gradients.
+            if not distributed.all_true(self.world, bool(torch.isfinite(loss.detach()))):
                 self.skipped_nonfinite += 1
-                self.reporter.message(f"step {self.step}: {phase.name} loss is {loss.item()}; step skipped")
+                self.reporter.message(f"step {self.step}: {phase.name} loss is not finite; step skipped")
+                self.rollback_requested |= self.health.nonfinite(self.step)
                 opt.zero_grad(set_to_none=True)
                 return
             scaler.scale(loss / len(inputs)).backward()
@@ -210,6 +218,11 @@ class Trainer:
             micro = [self.to_device(next(batches)) for _ in range(cfg.grad_accum)]
             self.train_step(micro)
             self.window_images += sum(batch_size(b) for b in micro) * self.world.world_size
+            if self.rollback_requested:
+                self.roll_back()
+            if distributed.any_true(self.world, self.stop_signal is not None):
+                self.save()
+                raise TrainingStopped(self.stop_signal or signal.SIGTERM, self.step)
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 self.log()
             if sample_batch is not None and (self.step % sample_every == 0 or self.step == self.total_steps):
@@ -242,6 +255,10 @@ class Trainer:
             record["skipped_nonfinite"] = self.skipped_nonfinite
         self.window.clear()
         self.window_start, self.window_images = time.perf_counter(), 0
+        warning = self.health.discriminator_wins(self.step, record)
+        if warning:
+            record["warning"] = warning
+            self.reporter.message(f"warning: {warning}")
         info = " ".join(f"{k.removeprefix('loss_')} {v:.3g}" for k, v in record.items() if k.startswith("loss"))
         self.reporter.update(self.step, f"{info} | {record['img_per_s'] or 0:.1f} img/s")
         if self.world.is_main:
@@ -296,6 +313,28 @@ class Trainer:
             checkpoint.save_generator(folder / f"{stem}.safetensors", self.export_module(net_name), spec)
         checkpoint.save_state(folder, self.step, self.state_dict())
 
+    def roll_back(self) -> None:
+        """Back to the newest checkpoint with half the learning rate."""
+        self.rollback_requested = False
+        found = checkpoint.load_latest_state(self.run_dir / "checkpoints")
+        failed_at = self.step
+        if found is not None:
+            self.load_state_dict(found[0])
+        self.set_lr_scale(self.lr_scale * 0.5)
+        where = f"rolled back to step {self.step}" if found else "no checkpoint to roll back to yet"
+        self.reporter.message(f"repeated non-finite losses up to step {failed_at}: {where}; "
+                              f"learning rate now x{self.lr_scale:g} of the configured one")
+
+    def set_lr_scale(self, scale: float) -> None:
+        for phase in self.task.phases:
+            scheduler = self.schedulers[phase.name]
+            base = (phase.lr or self.cfg.lr) * scale
+            scheduler.base_lrs = [base] * len(scheduler.base_lrs)
+            factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+            for group in scheduler.optimizer.param_groups:
+                group["lr"] = base * factor
+        self.lr_scale = scale
+
     def state_dict(self) -> dict:
         return {
             "format": "img2img-train-state",
@@ -308,6 +347,7 @@ class Trainer:
             "ema": {k: v.state_dict() for k, v in self.ema.items()},
             "rng": rng_state(),
             "task": self.task.extra_state(),
+            "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -319,6 +359,16 @@ class Trainer:
                 obj.load_state_dict(state[group][name])
         self.task.load_extra_state(state.get("task", {}))
         set_rng_state(state["rng"])
+        if state.get("lr_scale", 1.0) != 1.0:
+            self.set_lr_scale(float(state["lr_scale"]))
+
+
+class TrainingStopped(Exception):
+    """A signal asked the run to stop; a checkpoint of `step` has been written."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
 
 
 def batch_size(batch: dict) -> int:

@@ -31,6 +31,7 @@ class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamplings, n residual blocks, two upsamplings, c7s1-out, tanh."""
 
     multiple = 4  # two stride-2 stages: inputs are padded to a multiple of this
+    min_size = 8  # InstanceNorm needs more than one value per channel after the two stages
 
     def __init__(self, in_ch: int = 3, out_ch: int = 3, ngf: int = 64, n_blocks: int = 9,
                  norm: str = "instance", use_dropout: bool = False):

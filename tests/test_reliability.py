@@ -1,0 +1,275 @@
+"""Messy inputs, killed processes, signals, non-finite losses and hostile checkpoints."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from img2img import api
+from img2img.cli import app
+from img2img.config import make_config
+from img2img.data import header, images
+from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
+from img2img.gan.health import Health
+from img2img.nets import registry
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "g.safetensors"
+    hparams = {"in_ch": 3, "out_ch": 3, "ngf": 4, "n_blocks": 1, "norm": "instance", "use_dropout": False}
+    save_generator(path, registry.build("resnet", **hparams), GeneratorSpec(arch="resnet", hparams=hparams, pixel_range="-1,1"))
+    return path
+
+
+def rgb(height=24, width=20) -> np.ndarray:
+    return np.random.default_rng(height + width).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+def bad_input_corpus(folder: Path) -> tuple[dict[str, str], list[str]]:
+    """(bad file -> what the message must say, good files) for every kind of messy input."""
+    folder.mkdir()
+    PILImage.fromarray(rgb()).save(folder / "good.jpg", quality=90)
+    data = (folder / "good.jpg").read_bytes()
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    PILImage.fromarray(rgb()).save(folder / "whole.png")
+    png = (folder / "whole.png").read_bytes()
+    (folder / "truncated.png").write_bytes(png[: len(png) // 2])
+    (folder / "notes.png").write_text("this is not an image")
+    (folder / "corrupt.png").write_bytes(png[:60] + b"\0" * (len(png) - 72) + png[-12:])
+    PILImage.fromarray(rgb()).convert("CMYK").save(folder / "cmyk.jpg")
+    PILImage.fromarray(rgb()).convert("P").save(folder / "palette.png")
+    PILImage.fromarray(rgb()[..., :2]).convert("LA").save(folder / "gray_alpha.png")
+    cv2.imwrite(str(folder / "deep.png"), (rgb().astype(np.uint16) * 257))
+    cv2.imwrite(str(folder / "float.tiff"), rgb().astype(np.float32) / 255)
+    PILImage.fromarray(rgb(1, 1)).save(folder / "tiny.png")
+    bad = {"zero.png": "empty file (0 bytes)", "truncated.jpg": "truncated", "truncated.png": "truncated",
+           "notes.png": "not an image", "corrupt.png": "corrupt"}
+    good = ["good.jpg", "whole.png", "cmyk.jpg", "palette.png", "gray_alpha.png", "deep.png", "float.tiff", "tiny.png"]
+    return bad, good
+
+
+def test_translate_names_every_bad_file_and_writes_every_good_one(model, tmp_path):
+    bad, good = bad_input_corpus(tmp_path / "in")
+    result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0", "--json",
+                                 str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    errors = " ".join(result.stderr.split())
+    for name, message in bad.items():
+        assert f"{name}: " in errors and message in errors, name
+    for name in good:
+        written = images.read_image(tmp_path / "out" / name)
+        assert written.size == images.read_image(tmp_path / "in" / name).size, name
+    assert images.read_image(tmp_path / "out" / "gray_alpha.png").gray
+    assert cv2.imread(str(tmp_path / "out" / "deep.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sum("error" in r for r in records) == len(bad) and len(records) == len(bad) + len(good)
+
+
+def test_decompression_bombs_are_refused_below_a_configurable_limit(model, tmp_path):
+    PILImage.fromarray(rgb(64, 64)).save(tmp_path / "big.png")
+    result = runner.invoke(app, ["translate", "--model", str(model), "--max-pixels", "1000", "--workers", "0",
+                                 str(tmp_path / "big.png"), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "over the limit" in result.stderr and "--max-pixels" in result.stderr
+    header.set_max_pixels(header.DEFAULT_MAX_PIXELS)
+
+
+def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "secret.png"
+    PILImage.fromarray(rgb()).save(path)
+    real = Path.read_bytes
+
+    def deny(self):
+        if self.name == "secret.png":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(header.ImageError, match="secret.png: cannot be read: permission denied"):
+        images.read_image(path)
+
+
+def test_a_full_disk_fails_the_file_and_leaves_nothing_partial(model, tmp_path, monkeypatch):
+    PILImage.fromarray(rgb()).save(tmp_path / "a.png")
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            self.handle.write(data[: len(data) // 3])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(images.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0",
+                                 str(tmp_path / "a.png"), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back(model, tmp_path):
+    PILImage.fromarray(rgb()).save(tmp_path / "a.png")
+    for _ in range(2):
+        result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0", "--overwrite",
+                                     str(tmp_path), str(tmp_path / "out")])
+        assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == ["a.png", "out/a.png"]
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(model, tmp_path):
+    PILImage.fromarray(rgb()).save(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    stale = tmp_path / "out" / f".a.png.x1y2{images.TEMP_SUFFIX}"
+    stale.write_bytes(b"half an image")
+    result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0", str(tmp_path / "a.png"),
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 0 and not stale.exists() and (tmp_path / "out" / "a.png").is_file()
+
+
+def test_metadata_never_decides_where_files_go(tmp_path):
+    hparams = {"ngf": 4, "n_blocks": 1}
+    spec = GeneratorSpec(arch="resnet", hparams=hparams, pixel_range="-1,1", task="../../escape",
+                         direction="/etc/passwd", config={"out": "/tmp/evil"})
+    save_generator(tmp_path / "g.safetensors", registry.build("resnet", **hparams), spec)
+    PILImage.fromarray(rgb()).save(tmp_path / "a.png")
+    result = runner.invoke(app, ["translate", "--model", str(tmp_path / "g.safetensors"), "--workers", "0",
+                                 str(tmp_path / "a.png"), str(tmp_path / "out")])
+    assert result.exit_code == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
+    assert not Path("/tmp/evil").exists()
+
+
+# ---- training ---------------------------------------------------------------------------
+
+TRAIN = ["--size", "32", "--load-size", "36", "--netG", "unet_32", "--ngf", "4", "--ndf", "4",
+         "--workers", "0", "--device", "cpu", "--seed", "7", "--log-every", "1"]
+
+
+def train_cmd(paired_photos, out, *extra):
+    return [sys.executable, "-m", "img2img", "train", "pix2pix", "--a", str(paired_photos["a"]), "--b",
+            str(paired_photos["b"]), "--out", str(out), *TRAIN, *map(str, extra)]
+
+
+def wait_for_checkpoint(folder: Path, process: subprocess.Popen, newer_than: int = -1, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        steps = [int(p.stem.removeprefix("state_step")) for p in folder.glob("state_step*.pt")]
+        if steps and max(steps) > newer_than:
+            return
+        time.sleep(0.05)
+
+
+def test_sigkill_at_any_moment_then_resume_reaches_the_same_weights(paired_photos, tmp_path):
+    steps = ["--steps", 40, "--save-every", 4]
+    straight = subprocess.run(train_cmd(paired_photos, tmp_path / "straight", *steps), capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+
+    run = tmp_path / "killed"
+    kills, last = 0, -1
+    for delay in (0.0, 0.15, 0.4):  # right after a checkpoint appears, and part-way to the next
+        args = train_cmd(paired_photos, run, *steps, *(["--resume"] if kills else []))
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for_checkpoint(run / "checkpoints", process, newer_than=last)
+        time.sleep(delay)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=60)
+        found = [int(p.stem.removeprefix("state_step")) for p in (run / "checkpoints").glob("state_step*.pt")]
+        last = max(found)
+        load_generator(run)  # whatever the moment of the kill, the files on disk read back
+    assert kills >= 2
+    finish = subprocess.run(train_cmd(paired_photos, run, *steps, "--resume"), capture_output=True, text=True,
+                            timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    assert "resuming from" in finish.stderr
+    a, spec = load_generator(tmp_path / "straight")
+    b, spec_b = load_generator(run)
+    assert spec.step == spec_b.step == 40
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_write_a_checkpoint_and_exit(paired_photos, tmp_path, sig, code):
+    process = subprocess.Popen(train_cmd(paired_photos, tmp_path / "run", "--steps", 100000, "--save-every", 100000),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    log = tmp_path / "run" / "log.jsonl"
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code
+    assert "a checkpoint was written" in stderr and "--resume" in stderr
+    states = list((tmp_path / "run" / "checkpoints").glob("state_step*.pt"))
+    assert len(states) == 1 and int(states[0].stem.removeprefix("state_step")) >= 3
+
+
+def test_repeated_non_finite_losses_roll_back_with_a_lower_learning_rate(paired_photos, tmp_path, monkeypatch):
+    from img2img.gan import losses
+
+    calls = {"n": 0}
+    real_g_loss = losses.g_loss
+
+    def sometimes_nan(kind, fake, real=None):
+        calls["n"] += 1
+        loss = real_g_loss(kind, fake, real)
+        return loss * float("nan") if 13 <= calls["n"] <= 24 else loss
+
+    monkeypatch.setattr(losses, "g_loss", sometimes_nan)
+    messages = []
+
+    class Recorder:
+        def start(self, *args): pass
+        def update(self, *args): pass
+        def finish(self): pass
+        def message(self, text): messages.append(text)
+
+    cfg = make_config("pix2pix", {"a": str(paired_photos["a"]), "b": str(paired_photos["b"]), "out": str(tmp_path / "run"),
+                                  "steps": 30, "save_every": 5, "size": 32, "netG": "unet_32", "ngf": 4, "ndf": 4,
+                                  "workers": 0, "decay_start": 1.0})
+    api.train(cfg, reporter=Recorder())
+    # G losses of steps 12-23 are NaN: ten skips (12-21) trigger a roll-back to the step-20
+    # checkpoint, whose steps 20 and 21 are then skipped once more.
+    assert sum("not finite" in m for m in messages) == 12
+    rollbacks = [m for m in messages if "rolled back" in m]
+    assert len(rollbacks) == 1 and "rolled back to step 20" in rollbacks[0] and "x0.5" in rollbacks[0]
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["lr"]["G"] == pytest.approx(1e-4)
+    state = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("state_step*.pt"))[-1], weights_only=True)
+    assert state["lr_scale"] == 0.5 and state["step"] == 30
+
+
+def test_a_discriminator_that_wins_outright_is_flagged_once():
+    health = Health(win_steps=50)
+    assert health.discriminator_wins(10, {"D_real": 0.99, "D_fake": 0.01}) is None
+    warnings = [health.discriminator_wins(step, {"D_real": 0.99, "D_fake": 0.01}) for step in range(20, 200, 10)]
+    assert sum(w is not None for w in warnings) == 1 and "won outright since step 10" in next(w for w in warnings if w)
+    assert health.discriminator_wins(300, {"D_real": 0.7, "D_fake": 0.3}) is None
+    assert health.nonfinite(1) is False
