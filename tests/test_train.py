@@ -101,3 +101,18 @@ def test_pairs_with_missing_partners_or_different_sizes_are_named(tmp_path, pair
         api.train(cfg)
     assert "coffee_0.png: no partner" in str(err.value)
     assert "hubble_1.png is 64x64" in str(err.value) and "is 64x50" in str(err.value)
+
+
+def test_validation_metrics_are_logged_and_the_best_generator_kept(aligned_photos, tmp_path):
+    cfg = make_config("pix2pix", {"data": str(aligned_photos), "out": str(tmp_path / "run"), "steps": 6,
+                                  "save_every": 3, "size": 32, "netG": "unet_32", "ngf": 8, "ndf": 8,
+                                  "workers": 0, "gan_loss": "lsgan", "lr": 1e-3})
+    run = api.train(cfg)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    vals = [r["val"] for r in records if "val" in r]
+    assert len(vals) == 2
+    assert {"val_l1", "val_psnr", "val_l1_identity", "val_psnr_identity"} <= vals[0].keys()
+    best = [r["best"]["val_l1"] for r in records if "best" in r]
+    assert best and best[-1] == min(v["val_l1"] for v in vals)
+    _, spec = load_generator(run / "checkpoints" / "best_generator.safetensors")
+    assert spec.arch == "unet"

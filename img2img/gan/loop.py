@@ -65,6 +65,7 @@ class Task:
     # Validation metrics (e.g. PSNR next to the bicubic baseline), given the module to export
     # for each net name (the EMA where there is one); logged as "val" records.
     validate: Callable[[Callable[[str], nn.Module]], dict[str, float]] | None = None
+    default_best_metric: str | None = None  # the validation metric that picks best_*.safetensors
     extra_state: Callable[[], dict] = dict
     load_extra_state: Callable[[dict], None] = lambda state: None
     pixel_range: str = "-1,1"
@@ -129,6 +130,7 @@ class Trainer:
         self.rollback_requested = False
         self.lr_scale = 1.0  # halved by each roll-back after repeated non-finite losses
         self.stop_signal: int | None = None  # set by a signal handler: checkpoint and stop
+        self.best: float | None = None  # the best validation value so far (best_metric)
 
     def _add_optimizer(self, phase: Phase) -> None:
         params = [p for name in phase.nets for p in self.raw[name].parameters()]
@@ -277,6 +279,7 @@ class Trainer:
             net.train()
         text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.reporter.message(f"step {self.step} validation: {text}")
+        self.keep_best(metrics)
         if self.world.is_main:
             with open(self.run_dir / "log.jsonl", "a") as handle:
                 handle.write(json.dumps({"step": self.step, "val": metrics, "time": time.time()}) + "\n")
@@ -300,18 +303,37 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------
 
+    def keep_best(self, metrics: dict[str, float]) -> None:
+        """Copy the exported generators to best_*.safetensors when `best_metric` improves."""
+        name = self.cfg.best_metric or self.task.default_best_metric
+        if not name:
+            return
+        if name not in metrics:
+            self.reporter.message(f"best_metric {name!r} is not among the validation metrics: {', '.join(metrics)}")
+            return
+        value, lower_is_better = metrics[name], not name.startswith(HIGHER_IS_BETTER)
+        if self.best is not None and (value >= self.best if lower_is_better else value <= self.best):
+            return
+        self.best = value
+        self.export("best_")
+        with open(self.run_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": self.step, "best": {name: value}, "time": time.time()}) + "\n")
+
     def export_module(self, name: str) -> nn.Module:
         return self.ema[name].module if name in self.ema else self.raw[name]
 
     def save(self) -> None:
         if not self.world.is_main:
             return
-        folder = self.run_dir / "checkpoints"
+        self.export()
+        checkpoint.save_state(self.run_dir / "checkpoints", self.step, self.state_dict())
+
+    def export(self, prefix: str = "") -> None:
         for stem, (net_name, spec_fn) in self.task.exports.items():
             spec = spec_fn()
             spec.step = self.step
-            checkpoint.save_generator(folder / f"{stem}.safetensors", self.export_module(net_name), spec)
-        checkpoint.save_state(folder, self.step, self.state_dict())
+            path = self.run_dir / "checkpoints" / f"{prefix}{stem}.safetensors"
+            checkpoint.save_generator(path, self.export_module(net_name), spec)
 
     def roll_back(self) -> None:
         """Back to the newest checkpoint with half the learning rate."""
@@ -348,6 +370,7 @@ class Trainer:
             "rng": rng_state(),
             "task": self.task.extra_state(),
             "lr_scale": self.lr_scale,
+            "best": self.best,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -359,8 +382,12 @@ class Trainer:
                 obj.load_state_dict(state[group][name])
         self.task.load_extra_state(state.get("task", {}))
         set_rng_state(state["rng"])
+        self.best = state.get("best")
         if state.get("lr_scale", 1.0) != 1.0:
             self.set_lr_scale(float(state["lr_scale"]))
+
+
+HIGHER_IS_BETTER = ("psnr", "ssim", "val_psnr", "val_ssim")  # metric name prefixes; others: lower is better
 
 
 class TrainingStopped(Exception):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kornia
 import torch
 import torch.nn.functional as F
 
-from img2img.config import TrainConfig
+from img2img.config import ConfigError, TrainConfig
 from img2img.data import datasets
 from img2img.gan import losses
 from img2img.gan.loop import Phase, Task
@@ -21,6 +22,7 @@ from img2img.progress import Reporter
 from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, to_unit
 
 SAMPLE_COUNT = 4
+VAL_COUNT = 64  # validation pairs measured; enough for a stable mean, cheap on a CPU
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[datasets.PairedDataset, dict]:
@@ -29,11 +31,46 @@ def prepare_data(cfg: TrainConfig) -> tuple[datasets.PairedDataset, dict]:
     pairs = datasets.scan_training_pairs(data, a, b)
     load_size = cfg.load_size or round(cfg.size * 286 / 256)
     train_set = datasets.PairedDataset(pairs, cfg.size, load_size, cfg.flip, cfg.direction)
-    sample_pairs = datasets.scan_validation_pairs(data)[:SAMPLE_COUNT] or pairs[:SAMPLE_COUNT]
-    sample_set = datasets.PairedDataset(sample_pairs, cfg.size, cfg.size, direction=cfg.direction, augment=False)
-    items = [sample_set[i] for i in range(len(sample_set))]
-    sample_batch = {"A": torch.stack([x["A"] for x in items]), "B": torch.stack([x["B"] for x in items])}
-    return train_set, sample_batch
+    sample_pairs = validation_pairs(cfg)[:SAMPLE_COUNT] or pairs[:SAMPLE_COUNT]
+    return train_set, fixed_batch(sample_pairs, cfg)
+
+
+def validation_pairs(cfg: TrainConfig) -> list[datasets.Pair]:
+    """--val-a/--val-b, else the aligned data's val/ (or test/) split, else none."""
+    if cfg.val_a or cfg.val_b:
+        if not (cfg.val_a and cfg.val_b):
+            raise ConfigError("give both --val-a and --val-b")
+        return datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b))
+    return datasets.scan_validation_pairs(None if cfg.data is None else Path(cfg.data))
+
+
+def fixed_batch(pairs: list[datasets.Pair], cfg: TrainConfig) -> dict:
+    """Pairs resized to the training crop, without augmentation: the same images every time."""
+    items = datasets.PairedDataset(pairs, cfg.size, cfg.size, direction=cfg.direction, augment=False)
+    rows = [items[i] for i in range(len(items))]
+    return {"A": torch.stack([x["A"] for x in rows]), "B": torch.stack([x["B"] for x in rows])}
+
+
+def make_validate(cfg: TrainConfig, device: torch.device):
+    """L1 and PSNR of G(A) against B on the validation pairs, next to those of A itself."""
+    pairs = validation_pairs(cfg)[:VAL_COUNT]
+    if not pairs:
+        return None
+    batch = fixed_batch(pairs, cfg)
+
+    def validate(export_module) -> dict[str, float]:
+        generator = export_module("G")
+        a, b = to_unit(batch["A"]), to_unit(batch["B"])
+        fakes = torch.cat([to_unit(generator(batch["A"][i : i + 8].to(device))).float().cpu().clamp(0, 1)
+                           for i in range(0, len(a), 8)])
+        return {"val_l1": float((fakes - b).abs().mean()), "val_psnr": psnr(fakes, b),
+                "val_l1_identity": float((a - b).abs().mean()), "val_psnr_identity": psnr(a, b)}
+
+    return validate
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(torch.stack([kornia.metrics.psnr(p, t, max_val=1.0) for p, t in zip(x, y)]).mean())
 
 
 def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
@@ -72,6 +109,8 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
         forward=forward,
         sample_columns=sample_columns,
         exports={"generator": ("G", lambda: generator_spec(arch, hparams, cfg, cfg.direction))},
+        validate=make_validate(cfg, device),
+        default_best_metric="val_l1",
         ema_nets=("G",),
         forward_nets=("G",),
     )
