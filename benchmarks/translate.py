@@ -26,6 +26,7 @@ from PIL import Image as PILImage
 from img2img import infer
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
 from img2img.nets import registry
+from img2img.translator import Translator
 
 
 def make_inputs(folder: Path, count: int, size: int) -> None:
@@ -62,7 +63,7 @@ def pipeline(model_path: Path, inputs: Path, out: Path, device: torch.device, ba
 
 def model_only(model_path: Path, device: torch.device, size: int, batch: int, repeats: int) -> float:
     module, spec = load_generator(model_path)
-    translator = infer.Translator(module, spec, device)
+    translator = Translator(module, spec, device)
     x = torch.rand(batch, 3, size, size, device=device)
     translator.run(x)  # warm-up (cudnn autotuning, allocator)
     if device.type == "cuda":

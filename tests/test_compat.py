@@ -8,7 +8,7 @@ import torch
 
 from img2img.data.images import read_image
 from img2img.gan.checkpoint import load_generator
-from img2img.infer import Translator
+from img2img.translator import Translator
 
 
 def cases(manifest):

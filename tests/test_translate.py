@@ -11,11 +11,13 @@ import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from img2img import infer
+from img2img import infer, sharding
 from img2img.cli import app
 from img2img.data.images import read_image
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
 from img2img.nets import registry
+from img2img.tiling import run_tiled
+from img2img.translator import Translator
 
 runner = CliRunner()
 
@@ -72,12 +74,12 @@ def test_batches_group_images_by_size(tmp_path):
 def test_tiles_reproduce_the_whole_image_when_the_overlap_covers_the_receptive_field(models, tmp_path):
     image = read_image(photo(tmp_path / "big.png", 150, 230))
     module, spec = load_generator(models / "sr.safetensors")
-    translator = infer.Translator(module, spec, torch.device("cpu"))
+    translator = Translator(module, spec, torch.device("cpu"))
     whole = translator.run(image.rgb[None])[0]
     largest_input = []
     run = translator.run
     translator.run = lambda x: (largest_input.append(x.numel()), run(x))[1]
-    tiled = infer.run_tiled(translator, image.rgb, tile=48, overlap=16, batch=3)
+    tiled = run_tiled(translator, image.rgb, tile=48, overlap=16, batch=3)
     assert tiled.shape == whole.shape == (3, 300, 460)
     assert (tiled - whole).abs().max() < 1e-4  # no seams
     assert max(largest_input) <= 3 * 3 * 48 * 48  # memory per pass is bounded by the tiles
@@ -86,8 +88,8 @@ def test_tiles_reproduce_the_whole_image_when_the_overlap_covers_the_receptive_f
 def test_feathering_hides_seams_of_a_network_with_global_context(models, tmp_path):
     image = read_image(photo(tmp_path / "big.png", 120, 160))
     module, spec = load_generator(models / "resnet.safetensors")
-    translator = infer.Translator(module, spec, torch.device("cpu"))
-    tiled = infer.run_tiled(translator, image.rgb, tile=64, overlap=24, batch=4)
+    translator = Translator(module, spec, torch.device("cpu"))
+    tiled = run_tiled(translator, image.rgb, tile=64, overlap=24, batch=4)
     # Across the middle of the overlap, neighbouring columns differ no more than elsewhere.
     column_steps = (tiled[:, :, 1:] - tiled[:, :, :-1]).abs().mean(dim=(0, 1))
     assert column_steps.max() < 4 * column_steps.median()
@@ -97,14 +99,14 @@ def test_out_of_memory_retries_with_smaller_batches_then_tiles(models, tmp_path,
     for i in range(4):
         photo(tmp_path / "in" / f"{i}.png", 160, 160)
     messages = []
-    real_run = infer.Translator.run
+    real_run = Translator.run
 
     def tight_memory(self, x):
         if x.numel() > 3 * 100 * 100:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_run(self, x)
 
-    monkeypatch.setattr(infer.Translator, "run", tight_memory)
+    monkeypatch.setattr(Translator, "run", tight_memory)
 
     class Recorder(infer.Silent):
         def message(self, text):
@@ -118,7 +120,7 @@ def test_out_of_memory_retries_with_smaller_batches_then_tiles(models, tmp_path,
 
 def test_nan_from_reduced_precision_is_retried_in_fp32(models):
     module, spec = load_generator(models / "resnet.safetensors")
-    translator = infer.Translator(module, spec, torch.device("cpu"))
+    translator = Translator(module, spec, torch.device("cpu"))
     translator.dtype = torch.bfloat16
     calls = []
     translator.forward = lambda x: (calls.append(1), torch.full_like(x, float("nan")))[1]
@@ -191,8 +193,8 @@ def test_a_rerun_finishes_an_interrupted_job(models, tmp_path):
 def test_files_are_sharded_over_several_devices(models, tmp_path):
     for i in range(5):
         photo(tmp_path / "in" / f"{i}.png", 16, 16 + i)
-    results = infer.translate_sharded(models / "resnet.safetensors", str(tmp_path / "in"), tmp_path / "out",
-                                      infer.parse_devices("cpu,cpu"), options=infer.Options(workers=0))
+    results = sharding.translate_sharded(models / "resnet.safetensors", str(tmp_path / "in"), tmp_path / "out",
+                                      sharding.parse_devices("cpu,cpu"), options=infer.Options(workers=0))
     assert len(results) == 5 and not any(r.error for r in results)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.png" for i in range(5)]
 
@@ -203,7 +205,7 @@ def test_onnx_export_matches_torch_on_an_odd_size(models, tmp_path):
     assert result.exit_code == 0, result.output
     module, spec = load_generator(models / "resnet.safetensors")
     x = torch.rand(2, 3, 37, 45)
-    expected = infer.Translator(module, spec, torch.device("cpu")).run(x).numpy()
+    expected = Translator(module, spec, torch.device("cpu")).run(x).numpy()
     got = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"image": x.numpy()})[0]
     assert got.shape == (2, 3, 37, 45)
     assert np.abs(got - expected).max() < 1e-4

@@ -88,10 +88,4 @@ def count_parameters(module: nn.Module) -> int:
 
 def _load_all() -> None:
     # Importing the architecture modules runs their @register decorators.
-    from img2img.nets import patchgan, resnet, unet  # noqa: F401
-
-    try:
-        from img2img.nets import sr, sr_disc  # noqa: F401
-    except ImportError as err:  # the SR family lands in its own module
-        if err.name not in ("img2img.nets.sr", "img2img.nets.sr_disc"):
-            raise
+    from img2img.nets import patchgan, resnet, sr, sr_disc, unet  # noqa: F401

@@ -1,0 +1,102 @@
+"""A generator applied to batches of images in [0, 1], whatever its own pixel convention:
+padding to what the architecture needs, eval/train norm modes, autocast with an fp32 retry."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from img2img.data.images import Image
+from img2img.gan.checkpoint import GeneratorSpec
+
+
+def set_bn_mode(module: nn.Module, mode: str) -> None:
+    """eval: BatchNorm running statistics, dropout off. train: what the reference test script
+    does by default (it never calls eval()): each image normalised by its own statistics and
+    dropout active; running statistics are left untouched."""
+    module.eval()
+    if mode == "eval":
+        return
+    for layer in module.modules():
+        if isinstance(layer, (nn.BatchNorm2d, nn.Dropout)):
+            layer.train()
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.momentum = 0.0  # batch statistics are used but never stored
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> tuple[torch.Tensor, int, int]:
+    """Pad right/bottom to a multiple (and at least min_size); reflect where the image is large
+    enough, else replicate."""
+    height, width = x.shape[-2:]
+    pad_h = max(-height % multiple, min_size - height)
+    pad_w = max(-width % multiple, min_size - width)
+    pad_h, pad_w = pad_h + -(height + pad_h) % multiple, pad_w + -(width + pad_w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x, height, width
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), height, width
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class Translator:
+    """A loaded generator applied to batches of same-sized images in [0, 1]."""
+
+    def __init__(self, module: nn.Module, spec: GeneratorSpec, device: torch.device,
+                 bn_mode: str = "eval", amp: str = "auto", compile: bool = False):
+        self.spec, self.device = spec, device
+        self.module = module.to(device)
+        set_bn_mode(self.module, bn_mode)
+        self.multiple = int(getattr(module, "multiple", 1))
+        self.min_size = int(getattr(module, "min_size", 1))
+        self.scale = int(spec.scale)
+        self.in_channels = int(spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
+        self.dtype = autocast_dtype(device, amp)
+        self.fp32_retries = 0
+        if device.type == "cuda":
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.module, dynamic=True) if compile else self.module
+
+    @torch.inference_mode()
+    def run(self, rgb: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W in [0, 1] (any device) -> N x 3 x sH x sW in [0, 1] on the device."""
+        x = rgb.to(self.device, non_blocking=True).float()
+        if self.in_channels == 1:
+            x = x[:, :1]
+        if self.spec.pixel_range == "-1,1":
+            x = x * 2 - 1
+        padded, height, width = pad_to_multiple(x, self.multiple, self.min_size)
+        if self.device.type == "cuda":
+            padded = padded.contiguous(memory_format=torch.channels_last)
+        y = self._forward(padded)
+        y = y[..., : height * self.scale, : width * self.scale]
+        if self.spec.pixel_range == "-1,1":
+            y = (y + 1) / 2
+        y = y.clamp(0, 1)
+        return y.expand(-1, 3, -1, -1) if y.shape[1] == 1 else y
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype is None:
+            return self.forward(x).float()
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            y = self.forward(x).float()
+        if torch.isfinite(y).all():
+            return y
+        self.fp32_retries += 1  # fp16 overflow: this batch again in full precision
+        return self.module(x).float()
+
+    def __call__(self, image: Image) -> Image:
+        """One image in, one image out (alpha carried through, upscaled for SR)."""
+        y = self.run(image.rgb.unsqueeze(0))[0].cpu()
+        return Image(rgb=y, alpha=scale_alpha(image.alpha, self.scale), gray=image.gray, bits=image.bits)
+
+
+def scale_alpha(alpha: torch.Tensor | None, scale: int) -> torch.Tensor | None:
+    if alpha is None or scale == 1:
+        return alpha
+    return F.interpolate(alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
