@@ -36,14 +36,14 @@ class Pair:
         return str(self.a)
 
 
-def _report(problems: list[str], what: str) -> None:
+def raise_problems(problems: list[str], what: str) -> None:
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise DataError(f"{what}:\n  {shown}{more}")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     """(width, height) after the checks that need no decoding (readable, not truncated, not a bomb)."""
     header = check_image(path)
     return header.width, header.height
@@ -54,7 +54,7 @@ def _split_folder(root: Path, split: str) -> Path:
     return root / split if (root / split).is_dir() else root
 
 
-def _require_folder(folder: Path, flag: str) -> None:
+def require_folder(folder: Path, flag: str) -> None:
     # A wrong path is a usage error (exit 2), unlike bad files inside a right one.
     if not folder.exists():
         raise ConfigError(f"{flag} {folder}: no such folder")
@@ -64,7 +64,7 @@ def _require_folder(folder: Path, flag: str) -> None:
 
 def scan_aligned(root: Path, split: str = "train") -> list[Pair]:
     """Files holding A|B side by side; the width must be even (two equal halves)."""
-    _require_folder(root, "--data")
+    require_folder(root, "--data")
     folder = _split_folder(root, split)
     files = list_images(folder)
     if not files:
@@ -72,26 +72,26 @@ def scan_aligned(root: Path, split: str = "train") -> list[Pair]:
     problems = []
     for path in files:
         try:
-            width, height = _image_size(path)
+            width, height = image_size(path)
         except ImageError as err:
             problems.append(str(err))
             continue
         if width % 2:
             problems.append(f"{path}: width {width} is odd, so it cannot hold two equal halves A|B")
-    _report(problems, f"{len(problems)} unusable file(s) in {folder}")
+    raise_problems(problems, f"{len(problems)} unusable file(s) in {folder}")
     return [Pair(path, None) for path in files]
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
+def files_by_stem(folder: Path) -> dict[str, Path]:
     """Relative path without extension -> file; pairs match on this key."""
     return {str(p.relative_to(folder).with_suffix("")): p for p in list_images(folder)}
 
 
 def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
     """Two folders paired by relative path and file stem (any extension); same sizes required."""
-    _require_folder(a_root, "--a")
-    _require_folder(b_root, "--b")
-    a_files, b_files = _by_stem(a_root), _by_stem(b_root)
+    require_folder(a_root, "--a")
+    require_folder(b_root, "--b")
+    a_files, b_files = files_by_stem(a_root), files_by_stem(b_root)
     if not a_files:
         raise DataError(f"--a {a_root}: no images found")
     problems = [f"{a_files[k]}: no partner in {b_root} (looked for {k}.*)" for k in sorted(a_files.keys() - b_files.keys())]
@@ -99,14 +99,14 @@ def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
     pairs = []
     for key in sorted(a_files.keys() & b_files.keys()):
         try:
-            size_a, size_b = _image_size(a_files[key]), _image_size(b_files[key])
+            size_a, size_b = image_size(a_files[key]), image_size(b_files[key])
         except ImageError as err:
             problems.append(str(err))
             continue
         if size_a != size_b:
             problems.append(f"{a_files[key]} is {size_a[0]}x{size_a[1]} but {b_files[key]} is {size_b[0]}x{size_b[1]}")
         pairs.append(Pair(a_files[key], b_files[key]))
-    _report(problems, f"{len(problems)} problem(s) pairing {a_root} with {b_root}")
+    raise_problems(problems, f"{len(problems)} problem(s) pairing {a_root} with {b_root}")
     return pairs
 
 

@@ -11,6 +11,7 @@ import math
 import random
 import signal
 import time
+import warnings
 from collections import defaultdict
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -169,8 +170,11 @@ class Trainer:
         else:
             for phase in active:  # each phase recomputes the forward on every micro-batch
                 self._run_phase(phase, batches)
-        for scheduler in self.schedulers.values():
-            scheduler.step()
+        with warnings.catch_warnings():
+            # Phases that have not started yet (GAN after pretraining) follow the global step too.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            for scheduler in self.schedulers.values():
+                scheduler.step()
         for name, ema in self.ema.items():
             ema.update_parameters(self.raw[name])
         self.step += 1

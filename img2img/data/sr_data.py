@@ -1,0 +1,246 @@
+"""Super-resolution data: HR-only folders whose LR is made on the fly by a degradation, or
+explicit LR/HR folders paired by relative path and file stem.
+
+Each training sample is a random HR patch of `size` pixels (a multiple of the scale) and its LR
+patch of size // scale, with a random flip/rotation (the 8 symmetries of the square). Crop,
+symmetry and degradation all draw from one numpy Generator seeded with the sample's seed
+(see datasets.SeededSampler), so a run makes the same batches however it is resumed or
+however many loader workers it uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from img2img.config import ConfigError, TrainConfig
+from img2img.data.datasets import DataError, files_by_stem, image_size, raise_problems, require_folder, to_tensor
+from img2img.data.degrade import DEGRADATIONS, degrade
+from img2img.data.images import ImageError, list_images, read_image
+from img2img.metrics import SSIM_WINDOW
+
+VAL_COUNT = 4  # training images measured when no --val-hr folder is given
+SAMPLE_COUNT = 4
+PATCH = "the {} px HR patch (--size)"
+
+
+@dataclass(frozen=True)
+class SRItem:
+    hr: Path
+    lr: Path | None  # None: made from hr by the degradation
+
+
+# ---- scanning ----------------------------------------------------------------------------
+
+
+def scan_hr(folder: Path, min_size: int, flag: str = "--hr", need: str = PATCH) -> list[SRItem]:
+    """HR images at least min_size px on each side; smaller ones are named."""
+    require_folder(folder, flag)
+    files = list_images(folder)
+    if not files:
+        raise DataError(f"{flag} {folder}: no images found")
+    problems = []
+    for path in files:
+        try:
+            width, height = image_size(path)
+        except ImageError as err:
+            problems.append(str(err))
+            continue
+        if min(width, height) < min_size:
+            problems.append(f"{path} is {width}x{height}, smaller than {need.format(min_size)}")
+    raise_problems(problems, f"{len(problems)} unusable file(s) in {folder}")
+    return [SRItem(path, None) for path in files]
+
+
+def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
+                  flags: tuple[str, str] = ("--lr", "--hr"), need: str = PATCH) -> list[SRItem]:
+    """LR/HR files matched by relative path and stem; each LR must be HR // scale in size."""
+    require_folder(lr_root, flags[0])
+    require_folder(hr_root, flags[1])
+    lr_files, hr_files = files_by_stem(lr_root), files_by_stem(hr_root)
+    if not hr_files:
+        raise DataError(f"{flags[1]} {hr_root}: no images found")
+    problems = [f"{hr_files[k]}: no partner in {lr_root} (looked for {k}.*)" for k in sorted(hr_files.keys() - lr_files.keys())]
+    problems += [f"{lr_files[k]}: no partner in {hr_root} (looked for {k}.*)" for k in sorted(lr_files.keys() - hr_files.keys())]
+    items = []
+    for key in sorted(hr_files.keys() & lr_files.keys()):
+        try:
+            problem = pair_problem(lr_files[key], hr_files[key], scale, min_size, need)
+        except ImageError as err:
+            problem = str(err)
+        if problem:
+            problems.append(problem)
+        items.append(SRItem(hr_files[key], lr_files[key]))
+    raise_problems(problems, f"{len(problems)} problem(s) pairing {lr_root} with {hr_root} at --scale {scale}")
+    return items
+
+
+def pair_problem(lr: Path, hr: Path, scale: int, min_size: int, need: str = PATCH) -> str | None:
+    (lw, lh), (hw, hh) = image_size(lr), image_size(hr)
+    if (lw, lh) != (hw // scale, hh // scale):
+        return (f"{lr} is {lw}x{lh} but {hr} is {hw}x{hh}: with --scale {scale} the LR image must be "
+                f"{hw // scale}x{hh // scale}")
+    if min(hw, hh) < min_size:
+        return f"{hr} is {hw}x{hh}, smaller than {need.format(min_size)}"
+    return None
+
+
+def check_sizes(cfg: TrainConfig) -> None:
+    if cfg.scale < 2:
+        raise ConfigError(f"--scale must be 2, 3 or 4, got {cfg.scale}")
+    if cfg.size % cfg.scale:
+        raise ConfigError(f"--size {cfg.size} (the HR patch) must be a multiple of --scale {cfg.scale} "
+                          f"(try --size {max(cfg.scale, cfg.size // cfg.scale * cfg.scale)})")
+    if cfg.degradation not in DEGRADATIONS:
+        raise ConfigError(f"unknown --degradation {cfg.degradation!r}; choose {' or '.join(DEGRADATIONS)}")
+
+
+def scan_training(cfg: TrainConfig) -> list[SRItem]:
+    check_sizes(cfg)
+    if cfg.hr is None:
+        raise ConfigError("give --hr DIR (high-resolution images), and --lr DIR if their LR partners exist")
+    if cfg.lr_dir is not None:
+        return scan_sr_pairs(Path(cfg.lr_dir), Path(cfg.hr), cfg.scale, cfg.size)
+    return scan_hr(Path(cfg.hr), cfg.size)
+
+
+def validation_min_size(scale: int) -> int:
+    # After trimming to the generator's multiple and cropping the scale-pixel border, the Y
+    # channel must still hold one 11x11 SSIM window.
+    return SSIM_WINDOW + 4 * scale + 4
+
+
+def scan_validation(cfg: TrainConfig, training: list[SRItem]) -> list[SRItem]:
+    """--val-hr (with --val-lr if given), else the first training images large enough."""
+    if cfg.val_lr is not None and cfg.val_hr is None:
+        raise ConfigError("--val-lr needs --val-hr (the HR partners of the LR images)")
+    min_size, need = validation_min_size(cfg.scale), f"the {{}} px needed to measure SSIM at x{cfg.scale}"
+    if cfg.val_hr is None:
+        usable = list(islice((item for item in training if min(image_size(item.hr)) >= min_size), VAL_COUNT))
+        if training and not usable:
+            raise DataError(f"no training image is large enough to validate on (at least {min_size} px "
+                            "a side); give --val-hr DIR")
+        return usable
+    if cfg.val_lr is not None:
+        return scan_sr_pairs(Path(cfg.val_lr), Path(cfg.val_hr), cfg.scale, min_size, ("--val-lr", "--val-hr"), need)
+    return scan_hr(Path(cfg.val_hr), min_size, "--val-hr", need)
+
+
+# ---- loading and cropping ----------------------------------------------------------------
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """HxWx3 float32 in [0, 1]; alpha is dropped (SR trains on colour only)."""
+    return read_image(path).rgb.permute(1, 2, 0).numpy()
+
+
+def load_item(item: SRItem, scale: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(hr, lr or None), the HR trimmed to exactly lr * scale where an LR file exists."""
+    hr = load_rgb(item.hr)
+    if item.lr is None:
+        return hr, None
+    lr = load_rgb(item.lr)
+    return hr[: lr.shape[0] * scale, : lr.shape[1] * scale], lr
+
+
+def crop(hr: np.ndarray, lr: np.ndarray | None, scale: int, lr_h: int, lr_w: int, top: int,
+         left: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """An LR window at (top, left) of lr_h x lr_w and the HR window over the same scene."""
+    hr = hr[top * scale:(top + lr_h) * scale, left * scale:(left + lr_w) * scale]
+    return hr, None if lr is None else lr[top:top + lr_h, left:left + lr_w]
+
+
+def lr_shape(hr: np.ndarray, lr: np.ndarray | None, scale: int) -> tuple[int, int]:
+    return lr.shape[:2] if lr is not None else (hr.shape[0] // scale, hr.shape[1] // scale)
+
+
+def random_crop(hr, lr, scale: int, size: int, rng: np.random.Generator):
+    height, width = lr_shape(hr, lr, scale)
+    patch = size // scale
+    top, left = int(rng.integers(height - patch + 1)), int(rng.integers(width - patch + 1))
+    return crop(hr, lr, scale, patch, patch, top, left)
+
+
+def center_crop(hr, lr, scale: int, lr_h: int, lr_w: int):
+    height, width = lr_shape(hr, lr, scale)
+    return crop(hr, lr, scale, lr_h, lr_w, (height - lr_h) // 2, (width - lr_w) // 2)
+
+
+def random_symmetry(images: Sequence[np.ndarray | None], rng: np.random.Generator) -> list:
+    """The same one of the square's 8 symmetries applied to every image."""
+    flip, turns = bool(rng.integers(2)), int(rng.integers(4))
+
+    def apply(x):
+        if x is None:
+            return None
+        x = x[:, ::-1] if flip else x
+        return np.rot90(x, turns)
+
+    return [apply(x) for x in images]
+
+
+# ---- datasets ----------------------------------------------------------------------------
+
+
+class SRDataset(Dataset):
+    """Yields {"lr", "hr"} tensors in [0, 1]; indexed by (index, seed) pairs."""
+
+    def __init__(self, items: Sequence[SRItem], size: int, scale: int, degradation: str,
+                 train: bool = True, symmetry: bool = True):
+        self.items, self.size, self.scale = list(items), size, scale
+        # train: random crops (and symmetries); else the centre crop, for fixed sample grids.
+        self.degradation, self.train, self.symmetry = degradation, train, symmetry
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict:
+        index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
+        rng = np.random.default_rng(seed)
+        hr, lr = load_item(self.items[index], self.scale)
+        if self.train:
+            hr, lr = random_crop(hr, lr, self.scale, self.size, rng)
+            if self.symmetry:
+                hr, lr = random_symmetry([hr, lr], rng)
+        else:
+            hr, lr = center_crop(hr, lr, self.scale, self.size // self.scale, self.size // self.scale)
+        if lr is None:
+            lr = degrade(np.ascontiguousarray(hr), self.scale, self.degradation, rng)
+        return {"lr": to_tensor(lr, "0,1"), "hr": to_tensor(hr, "0,1"), "index": index}
+
+
+def index_seed(index: int) -> int:
+    # A fixed seed per image for samples and validation, so their LR never changes in a run.
+    return int(np.random.SeedSequence([index, 0x5EED]).generate_state(1)[0])
+
+
+def validation_images(items: Sequence[SRItem], scale: int, degradation: str,
+                      multiple: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(lr, hr) 1x3xHxW tensors of whole images, trimmed to what the generator accepts."""
+    pairs = []
+    for index, item in enumerate(items):
+        hr, lr = load_item(item, scale)
+        height, width = lr_shape(hr, lr, scale)
+        hr, lr = center_crop(hr, lr, scale, height // multiple * multiple, width // multiple * multiple)
+        if lr is None:
+            lr = degrade(np.ascontiguousarray(hr), scale, degradation, np.random.default_rng(index_seed(index)))
+        pairs.append((to_tensor(lr, "0,1")[None], to_tensor(hr, "0,1")[None]))
+    return pairs
+
+
+def sample_batch(items: Sequence[SRItem], fallback: Sequence[SRItem], size: int, scale: int,
+                 degradation: str) -> dict:
+    """Centre crops of the first SAMPLE_COUNT images big enough for a --size patch."""
+    def big_enough(item: SRItem) -> bool:
+        return min(image_size(item.hr)) >= size
+
+    chosen = [item for item in items if big_enough(item)][:SAMPLE_COUNT] or list(fallback[:SAMPLE_COUNT])
+    dataset = SRDataset(chosen, size, scale, degradation, train=False)
+    samples = [dataset[i] for i in range(len(dataset))]
+    return {"lr": torch.stack([s["lr"] for s in samples]), "hr": torch.stack([s["hr"] for s in samples])}
