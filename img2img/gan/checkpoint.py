@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
+from img2img.config import ConfigError
 from img2img.data.images import write_bytes_atomic
 from img2img.nets import registry
 
@@ -76,9 +77,22 @@ def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, Gene
         state_dict, spec = _read_safetensors(path)
     else:
         state_dict, spec = _read_foreign(path)
+    _check_direction(path, spec, direction)
     module = build_generator(spec)
     _load_state(module, state_dict, path)
     return module.eval(), spec
+
+
+def _check_direction(path: Path, spec: GeneratorSpec, direction: str) -> None:
+    """Refuse to run one of our single-direction generators (pix2pix, SR, a CycleGAN G_AB file)
+    backwards just because no B->A file exists. AtoB is every caller's default, so it is the
+    direction that is never checked; foreign files say nothing about their direction."""
+    if direction != "BtoA" or spec.source != "img2img" or spec.direction == "BtoA":
+        return
+    trained = f"maps {spec.direction}" if spec.direction else "has one direction"
+    raise ConfigError(f"{path}: --direction BtoA, but this {spec.task or 'img2img'} generator {trained}; "
+                      "only CycleGAN runs hold a B->A generator (G_BA.safetensors). "
+                      "Leave out --direction to use this one.")
 
 
 def resolve_generator_path(path: Path, direction: str = "AtoB") -> Path:

@@ -1,5 +1,5 @@
 """One module per model family; each exposes prepare_data(cfg) and build(cfg, device, reporter)."""
 
-from img2img.tasks import pix2pix
+from img2img.tasks import cyclegan, pix2pix, srgan
 
-TASKS = {"pix2pix": pix2pix}
+TASKS = {"pix2pix": pix2pix, "cyclegan": cyclegan, "srgan": srgan}

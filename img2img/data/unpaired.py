@@ -1,0 +1,79 @@
+"""Unpaired training data (CycleGAN): two folders of images with no correspondence.
+
+As in the reference's unaligned dataset, an epoch covers the larger domain: item `index`
+takes A = files_a[index % len_a] and B either at random or, with `serial`, files_b[index % len_b].
+All randomness (the B draw and each side's own crop and flip) comes from the item's seed, so
+the data a step sees does not depend on resuming or on the number of loader workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from img2img.data.datasets import DataError, image_size, raise_problems, require_folder, paired_augmentation, to_tensor
+from img2img.data.images import IMAGE_EXTENSIONS, ImageError, list_images, read_image
+
+
+def scan_domain(root: Path, flag: str) -> list[Path]:
+    """Every image below `root`, recursively; unreadable files are listed by name."""
+    require_folder(root, flag)
+    files = list_images(root)
+    if not files:
+        raise DataError(f"{flag} {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    problems = []
+    for path in files:
+        try:
+            image_size(path)
+        except ImageError as err:
+            problems.append(str(err))
+    raise_problems(problems, f"{len(problems)} unusable file(s) in {root}")
+    return files
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """float32 HxWx3 in [0, 1]."""
+    return read_image(path).rgb.permute(1, 2, 0).numpy()
+
+
+class UnpairedDataset(Dataset):
+    """Yields {"A", "B"} tensors in [-1, 1] (and their indices); indexed by (index, seed) pairs."""
+
+    def __init__(self, files_a: Sequence[Path], files_b: Sequence[Path], size: int, load_size: int,
+                 flip: bool = True, serial: bool = False, augment: bool = True):
+        self.files_a, self.files_b = list(files_a), list(files_b)
+        self.size, self.serial = size, serial
+        self.transform = paired_augmentation(size, load_size, flip) if augment else None
+
+    def __len__(self) -> int:
+        return max(len(self.files_a), len(self.files_b))
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict:
+        index, seed = item if isinstance(item, tuple) else (item, 0)
+        rng = np.random.default_rng(seed)
+        index_a = index % len(self.files_a)
+        index_b = index % len(self.files_b) if self.serial else int(rng.integers(len(self.files_b)))
+        # Independent crops and flips: the two sides have nothing to keep aligned.
+        seed_a, seed_b = (int(s) for s in rng.integers(0, 2**31, size=2))
+        a = self.load(self.files_a[index_a], seed_a)
+        b = self.load(self.files_b[index_b], seed_b)
+        return {"A": to_tensor(a, "-1,1"), "B": to_tensor(b, "-1,1"), "index_a": index_a, "index_b": index_b}
+
+    def load(self, path: Path, seed: int) -> np.ndarray:
+        rgb = load_rgb(path)
+        if self.transform is None:
+            return cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
+        self.transform.set_random_seed(seed)
+        return self.transform(image=rgb)["image"]
+
+
+def stack_samples(dataset: UnpairedDataset, count: int) -> dict[str, torch.Tensor]:
+    """The first `count` images of each domain, unaugmented: a fixed batch for sample grids."""
+    a = [to_tensor(dataset.load(path, 0), "-1,1") for path in dataset.files_a[:count]]
+    b = [to_tensor(dataset.load(path, 0), "-1,1") for path in dataset.files_b[:count]]
+    return {"A": torch.stack(a), "B": torch.stack(b)}
