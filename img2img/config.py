@@ -37,6 +37,8 @@ class TrainConfig:
     lr_dir: str | None = None  # explicit low-resolution partners of hr (CLI: --lr for srgan)
     scale: int = 4
     degradation: str = "bicubic"  # bicubic, realesrgan
+    val_a: str | None = None  # paired validation inputs (pix2pix); default: the data's val/ split
+    val_b: str | None = None  # their targets
     val_hr: str | None = None  # held-out HR images for PSNR/SSIM; default: the first training images
     val_lr: str | None = None  # their explicit LR partners; default: made by `degradation`, seeded per image
     # length
@@ -86,7 +88,9 @@ class TrainConfig:
     save_every: int = 1000
     sample_every: int | None = None  # default: save_every
     log_every: int = 10
+    tensorboard: bool = False  # mirror log.jsonl into RUN/tensorboard/ (needs the tensorboard extra)
     val_every: int | None = None  # validation metrics every N steps (and at the end)
+    best_metric: str | None = None  # keep checkpoints/best_*.safetensors by this validation metric
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,17 +117,56 @@ def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
-def make_config(task: str, values: dict[str, Any]) -> TrainConfig:
-    """TrainConfig for `task`: task defaults, then `values` (None means "not given")."""
+def make_config(task: str, values: dict[str, Any], recipe: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig for `task`: task defaults, then a recipe, then `values` (None: not given)."""
     if task not in TASK_DEFAULTS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_DEFAULTS)}")
     merged = {"task": task, **TASK_DEFAULTS[task]}
-    for key, value in values.items():
-        if key not in field_names():
-            raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key)}")
-        if value is not None:
-            merged[key] = value
+    for source in (recipe or {}, values):
+        for key, value in source.items():
+            if value is not None:
+                merged[key] = check_value(key, value)
     return TrainConfig(**merged)
+
+
+def check_value(key: str, value: Any) -> Any:
+    """`value` as the type of setting `key`, or a ConfigError that says what was expected."""
+    types = {f.name: str(f.type) for f in fields(TrainConfig)}
+    if key not in types:
+        raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key)}")
+    expected, optional = types[key].replace(" | None", ""), "None" in types[key]
+    if value is None and optional:
+        return None
+    if expected == "float" and isinstance(value, str):  # YAML reads 2e-4 (no dot) as text
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if expected == "bool" and isinstance(value, bool):
+        return value
+    if expected == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if expected == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if expected == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"setting {key!r} takes {'an' if expected == 'int' else 'a'} {expected}"
+                      f"{' or null' if optional else ''}, not {value!r}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` items (YAML values: 2e-4, true, null, unet_128) to a dict, checked."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: write it as key=value, e.g. --set lambda_l1=50")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        overrides[key.strip()] = check_value(key.strip(), value)
+    return overrides
 
 
 def load_config(path: Path) -> TrainConfig:

@@ -1,0 +1,58 @@
+"""YAML recipes for the classic setups: `train --recipe NAME|FILE`, `img2img recipes [NAME]`.
+
+A recipe is a flat mapping of TrainConfig settings plus `task`, with comments saying where
+its numbers come from and what data layout it expects.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from img2img.config import ConfigError, check_value
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def path_of(name_or_file: str) -> Path:
+    candidate = Path(name_or_file)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    if (RECIPES / f"{name_or_file}.yaml").is_file():
+        return RECIPES / f"{name_or_file}.yaml"
+    close = difflib.get_close_matches(name_or_file, names(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known recipes: {', '.join(names())}"
+    raise ConfigError(f"no recipe {name_or_file!r} (neither a bundled recipe nor a .yaml file){hint}")
+
+
+def load(name_or_file: str) -> tuple[str, dict[str, Any]]:
+    """(task, checked settings) of a recipe."""
+    path = path_of(name_or_file)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict) or "task" not in data:
+        raise ConfigError(f"{path}: a recipe is a mapping of settings with a 'task' (pix2pix, cyclegan, srgan)")
+    task = data.pop("task")
+    try:
+        return task, {key: check_value(key, value) for key, value in data.items()}
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def summary(name: str) -> str:
+    """The recipe's first comment line."""
+    first = (RECIPES / f"{name}.yaml").read_text().splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def text(name_or_file: str) -> str:
+    return path_of(name_or_file).read_text()

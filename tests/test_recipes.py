@@ -1,0 +1,73 @@
+"""Recipes and --set overrides."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from img2img import recipes
+from img2img.cli import app
+from img2img.config import ConfigError, make_config, parse_overrides
+from img2img.progress import Silent
+from img2img.tasks import TASKS
+
+runner = CliRunner()
+EXPECTED = {"horse2zebra", "monet2photo", "summer2winter_yosemite", "facades", "maps", "edges2shoes", "cityscapes",
+            "srresnet_x4", "srgan_x4", "esrgan_x4", "realesrgan_x4"}
+
+
+def test_every_classic_setup_has_a_recipe():
+    assert EXPECTED <= set(recipes.names())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_recipe_parses_and_builds_its_networks_at_tiny_size(name, monkeypatch):
+    task, values = recipes.load(name)
+    assert recipes.summary(name) and "data:" in recipes.text(name)
+    # The VGG-style discriminator takes 128 px patches only (as BasicSR's).
+    tiny = {"ngf": 4, "ndf": 4, "size": 128, "perceptual": "none", "n_blocks": 1} if task == "srgan" else {"ngf": 4, "ndf": 4, "size": 64}
+    cfg = make_config(task, tiny, values)
+    built = TASKS[task].build(cfg, torch.device("cpu"), Silent())
+    assert built.nets and built.phases
+    for key, value in values.items():
+        if key not in tiny:
+            assert getattr(cfg, key) == value, key
+
+
+def test_overrides_are_typed_and_checked():
+    assert parse_overrides(["lambda_l1=50", "lr=2e-4", "flip=false", "load_size=null"]) == {
+        "lambda_l1": 50.0, "lr": 2e-4, "flip": False, "load_size": None}
+    with pytest.raises(ConfigError, match="did you mean 'lambda_l1'"):
+        parse_overrides(["lamda_l1=3"])
+    with pytest.raises(ConfigError, match="takes an int"):
+        parse_overrides(["steps=many"])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["steps"])
+
+
+def test_an_unknown_recipe_gets_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'facades'"):
+        recipes.load("facdes")
+
+
+def test_recipes_command_lists_and_prints(tmp_path):
+    listing = runner.invoke(app, ["recipes"])
+    assert listing.exit_code == 0 and all(name in listing.stdout for name in EXPECTED)
+    one = runner.invoke(app, ["recipes", "horse2zebra"])
+    assert yaml.safe_load(one.stdout)["task"] == "cyclegan"
+
+
+def test_train_with_a_recipe_and_overrides_saves_the_resolved_config(aligned_photos, tmp_path):
+    result = runner.invoke(app, ["train", "pix2pix", "--recipe", "facades", "--data", str(aligned_photos),
+                                 "--out", str(tmp_path / "run"), "--steps", "1", "--workers", "0",
+                                 "--set", "ngf=4", "--set", "ndf=4", "--set", "size=32", "--set", "lambda_l1=50"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["direction"] == "BtoA" and saved["lambda_l1"] == 50.0 and saved["ngf"] == 4 and saved["steps"] == 1
+
+
+def test_a_recipe_of_another_task_is_refused(tmp_path):
+    result = runner.invoke(app, ["train", "pix2pix", "--recipe", "horse2zebra", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "train cyclegan" in result.stderr
