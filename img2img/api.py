@@ -111,7 +111,19 @@ def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = No
             trainer.run(batches, sample_batch)
     finally:
         distributed.teardown()
+    if world.is_main:
+        write_report(run_dir, reporter)
     return run_dir
+
+
+def write_report(run_dir: Path, reporter: Reporter) -> None:
+    """RUN/report.html with plots; a missing plotting library costs the plots, not the run."""
+    from img2img.report import write_run_report
+
+    report = write_run_report(run_dir)
+    for note in report.notes:
+        reporter.message(note)
+    reporter.message(f"report: {report.path}")
 
 
 @contextmanager

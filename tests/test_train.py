@@ -116,3 +116,11 @@ def test_validation_metrics_are_logged_and_the_best_generator_kept(aligned_photo
     assert best and best[-1] == min(v["val_l1"] for v in vals)
     _, spec = load_generator(run / "checkpoints" / "best_generator.safetensors")
     assert spec.arch == "unet"
+
+
+def test_tensorboard_mirrors_the_log_while_training(paired_photos, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    run = api.train(tiny_config(paired_photos, tmp_path / "run", steps=4, tensorboard=True))
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert (run / "report.html").is_file()  # written when training ends

@@ -26,6 +26,7 @@ from img2img.config import TrainConfig
 from img2img.data.images import Image, write_image
 from img2img.gan import checkpoint, distributed
 from img2img.gan.health import Health
+from img2img.report import TensorBoardWriter
 from img2img.progress import Reporter
 
 LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, float]]]
@@ -132,6 +133,7 @@ class Trainer:
         self.lr_scale = 1.0  # halved by each roll-back after repeated non-finite losses
         self.stop_signal: int | None = None  # set by a signal handler: checkpoint and stop
         self.best: float | None = None  # the best validation value so far (best_metric)
+        self.tensorboard = TensorBoardWriter(run_dir) if cfg.tensorboard and self.world.is_main else None
 
     def _add_optimizer(self, phase: Phase) -> None:
         params = [p for name in phase.nets for p in self.raw[name].parameters()]
@@ -162,6 +164,7 @@ class Trainer:
         active = [phase for phase in self.task.phases if phase.active(self.step)]
         if len(batches) == 1:
             # The reference's order: the shared forward once, then each phase in turn.
+            set_requires_grad(self.raw, self.task.forward_nets)
             self.route(self.task.forward_nets)
             with self.autocast():
                 shared = self.task.forward(batches[0])
@@ -239,6 +242,8 @@ class Trainer:
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                 self.save()
         self.reporter.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def to_device(self, batch: dict) -> dict:
         cuda = self.device.type == "cuda"
@@ -267,9 +272,16 @@ class Trainer:
             self.reporter.message(f"warning: {warning}")
         info = " ".join(f"{k.removeprefix('loss_')} {v:.3g}" for k, v in record.items() if k.startswith("loss"))
         self.reporter.update(self.step, f"{info} | {record['img_per_s'] or 0:.1f} img/s")
-        if self.world.is_main:
-            with open(self.run_dir / "log.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        self.append_log(record)
+
+    def append_log(self, record: dict) -> None:
+        """One line of log.jsonl (rank 0), mirrored to TensorBoard when asked."""
+        if not self.world.is_main:
+            return
+        with open(self.run_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     @torch.no_grad()
     def run_validation(self) -> None:
@@ -284,9 +296,7 @@ class Trainer:
         text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.reporter.message(f"step {self.step} validation: {text}")
         self.keep_best(metrics)
-        if self.world.is_main:
-            with open(self.run_dir / "log.jsonl", "a") as handle:
-                handle.write(json.dumps({"step": self.step, "val": metrics, "time": time.time()}) + "\n")
+        self.append_log({"step": self.step, "val": metrics, "time": time.time()})
 
     @torch.no_grad()
     def write_samples(self, batch: dict) -> None:
@@ -320,8 +330,7 @@ class Trainer:
             return
         self.best = value
         self.export("best_")
-        with open(self.run_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": self.step, "best": {name: value}, "time": time.time()}) + "\n")
+        self.append_log({"step": self.step, "best": {name: value}, "time": time.time()})
 
     def export_module(self, name: str) -> nn.Module:
         return self.ema[name].module if name in self.ema else self.raw[name]
