@@ -3,8 +3,9 @@
     python benchmarks/train.py [--task pix2pix|cyclegan|all] [--size 256] [--steps 5] [--batch-size N]
 
 Both sides use the same networks at their reference sizes (pix2pix: unet_256 + 70x70 PatchGAN,
-batch norm; CycleGAN: 2 x resnet_9blocks + 2 x PatchGAN, instance norm) on batches already in
-memory, so the figures are of the training step itself:
+batch norm; CycleGAN: 2 x resnet_9blocks + 2 x PatchGAN, instance norm; SRGAN: MSRResNet x4 +
+VGG-style D on 128 px HR patches, without the perceptual term, whose VGG19 weights cannot be
+downloaded here) on batches already in memory, so the figures are of the training step itself:
   naive  the reference's optimize_parameters(): fp32, batch 1, plain Adam, NCHW
   ours   img2img's Trainer.train_step: autocast bf16/fp16 on CUDA, channels_last, fused Adam,
          cudnn.benchmark, at batch 1 and at --batch-size (default 1 on CPU, 8 on CUDA)
@@ -25,7 +26,10 @@ from img2img.progress import Silent
 from img2img.tasks import TASKS
 
 
-def batch_of(size: int, batch: int, device: torch.device) -> dict:
+def batch_of(task: str, size: int, batch: int, device: torch.device) -> dict:
+    if task == "srgan":  # x4: LR patches a quarter of the HR size, pixels in [0, 1]
+        return {"lr": torch.rand(batch, 3, size // 4, size // 4, device=device),
+                "hr": torch.rand(batch, 3, size, size, device=device)}
     return {"A": torch.rand(batch, 3, size, size, device=device) * 2 - 1,
             "B": torch.rand(batch, 3, size, size, device=device) * 2 - 1}
 
@@ -55,6 +59,8 @@ def naive_step_fn(task: str, nets: dict, lr: float):
             opt_g.step()
 
         return step
+    if task == "srgan":
+        return naive_sr_step(nets, lr)
     g_ab, g_ba, d_a, d_b = nets["G_AB"], nets["G_BA"], nets["D_A"], nets["D_B"]
     opt_g = torch.optim.Adam(itertools.chain(g_ab.parameters(), g_ba.parameters()), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(itertools.chain(d_a.parameters(), d_b.parameters()), lr=lr, betas=(0.5, 0.999))
@@ -83,6 +89,30 @@ def naive_step_fn(task: str, nets: dict, lr: float):
     return step
 
 
+def naive_sr_step(nets: dict, lr: float):
+    """BasicSR's SRGANModel.optimize_parameters (without the perceptual term): G on
+    1e-2 L1 + 5e-3 GAN through a frozen D, then D on real and detached fake."""
+    G, D = nets["G"], nets["D"]
+    bce = torch.nn.BCEWithLogitsLoss()
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.9, 0.99))
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.99))
+
+    def step(batch):
+        set_requires_grad({"D": D}, ())
+        opt_g.zero_grad()
+        sr = G(batch["lr"])
+        pred = D(sr)
+        (1e-2 * F.l1_loss(sr, batch["hr"]) + 5e-3 * bce(pred, torch.ones_like(pred))).backward()
+        opt_g.step()
+        set_requires_grad({"D": D}, ("D",))
+        opt_d.zero_grad()
+        real, fake = D(batch["hr"]), D(sr.detach())
+        (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))).backward()
+        opt_d.step()
+
+    return step
+
+
 def timed(step, batch: dict, steps: int, device: torch.device) -> float:
     step(batch)  # warm-up: cuDNN autotuning, allocator, compilation
     if device.type == "cuda":
@@ -92,29 +122,34 @@ def timed(step, batch: dict, steps: int, device: torch.device) -> float:
         step(batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch["A"].shape[0] / (time.perf_counter() - start)
+    return steps * next(iter(batch.values())).shape[0] / (time.perf_counter() - start)
+
+
+SR_SETTINGS = {"perceptual": "none", "size": 128}  # no VGG weights offline; VGG-style D takes 128 px
 
 
 def ours(task: str, size: int, batch: int, steps: int, device: torch.device, compile: bool) -> float:
-    cfg = make_config(task, {"size": size, "batch_size": batch, "device": str(device), "compile": compile,
+    extra = SR_SETTINGS if task == "srgan" else {"size": size}
+    cfg = make_config(task, {**extra, "batch_size": batch, "device": str(device), "compile": compile,
                              "out": "/tmp/img2img-bench"})
     built = TASKS[task].build(cfg, device, Silent())
     trainer = Trainer(built, cfg, "/tmp/img2img-bench", device, total_steps=10**6, reporter=Silent())
-    data = trainer.to_device(batch_of(size, batch, device))
+    data = trainer.to_device(batch_of(task, cfg.size, batch, device))
     return timed(lambda b: trainer.train_step([b]), data, steps, device)
 
 
 def naive(task: str, size: int, steps: int, device: torch.device) -> float:
-    cfg = make_config(task, {"size": size, "device": str(device), "amp": "off", "out": "/tmp/img2img-bench"})
+    extra = SR_SETTINGS if task == "srgan" else {"size": size}
+    cfg = make_config(task, {**extra, "device": str(device), "amp": "off", "out": "/tmp/img2img-bench"})
     nets = TASKS[task].build(cfg, device, Silent()).nets
     for net in nets.values():
         net.train()
-    return timed(naive_step_fn(task, nets, cfg.lr), batch_of(size, 1, device), steps, device)
+    return timed(naive_step_fn(task, nets, cfg.lr), batch_of(task, cfg.size, 1, device), steps, device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="all", choices=["pix2pix", "cyclegan", "all"])
+    parser.add_argument("--task", default="all", choices=["pix2pix", "cyclegan", "srgan", "all"])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -127,7 +162,7 @@ def main() -> None:
     batch = args.batch_size or (8 if device.type == "cuda" else 1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; {args.size} px; torch {torch.__version__}; {args.steps} timed steps after a warm-up")
-    for task in (["pix2pix", "cyclegan"] if args.task == "all" else [args.task]):
+    for task in (["pix2pix", "cyclegan", "srgan"] if args.task == "all" else [args.task]):
         base = naive(task, args.size, args.steps, device)
         ours_1 = ours(task, args.size, 1, args.steps, device, args.compile)
         line = f"{task:>9}: naive fp32 b1 {base:7.2f} img/s | ours b1 {ours_1:7.2f} img/s ({ours_1 / base:4.2f}x)"
