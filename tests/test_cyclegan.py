@@ -24,6 +24,7 @@ from img2img.gan import checkpoint
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
 from img2img.gan.pool import ImagePool
 from img2img.nets import registry
+from helpers import CrashAt
 
 runner = CliRunner()
 TINY = {"size": 32, "load_size": 40, "netG": "resnet_2blocks", "ngf": 4, "ndf": 4, "workers": 0, "seed": 3}
@@ -135,21 +136,6 @@ def test_unreadable_files_and_missing_folders_are_named(unpaired, tmp_path):
 
 
 # ---- training --------------------------------------------------------------------------
-
-
-class CrashAt:
-    """A reporter that dies at a given step, as a killed process would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def start(self, total, done, description): pass
-    def message(self, text): pass
-    def finish(self): pass
-
-    def update(self, done, info=""):
-        if done == self.step:
-            raise KeyboardInterrupt
 
 
 def final_state(run: Path) -> dict:

@@ -21,24 +21,15 @@ from img2img.cli import app
 from img2img.config import ConfigError
 from img2img.demo import photo_paths
 from img2img.evaluate import INCEPTION_FILE, LPIPS_BACKBONES, evaluate, match_folders, parse_metrics
+from helpers import flat, one_thread  # noqa: F401  (one_thread is a fixture)
 
 pytest.importorskip("torchmetrics")
 runner = CliRunner()
 
 
-def flat(text: str) -> str:
-    """CLI messages with rich's line wrapping undone."""
-    return " ".join(text.split())
-
-
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are tiny: one thread is fastest, and other processes busy on the cores
-    cannot stall it (intra-op threads wait for each other at every operation)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -15,30 +15,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from img2img.cli import app
 from img2img.evaluate import evaluate
 from img2img.report import GALLERY_FILE, probability_keys, read_log, tensorboard_scalars, write_run_report
+from helpers import flat, one_thread  # noqa: F401  (one_thread is a fixture)
 
 pytest.importorskip("matplotlib")
 runner = CliRunner()
 
 
-def flat(text: str) -> str:
-    """CLI messages with rich's line wrapping undone."""
-    return " ".join(text.split())
-
-
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are tiny: one thread is fastest, and other processes busy on the cores
-    cannot stall it (intra-op threads wait for each other at every operation)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 TINY = ["--size", "32", "--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--workers", "0"]
 ODD_NAME = 'we<i>rd & "name"'
 CHROMIUM = Path("/usr/bin/chromium")

@@ -21,6 +21,7 @@ from img2img.data.images import read_image
 from img2img.demo import photo_paths
 from img2img.gan.checkpoint import load_generator
 from img2img.gan.perceptual import PerceptualLoss, build_perceptual, vgg19_layer_names
+from helpers import CrashAt
 
 runner = CliRunner()
 
@@ -208,21 +209,6 @@ def test_init_starts_from_an_earlier_generator_of_the_same_architecture(photos, 
 
     with pytest.raises(ConfigError, match="--netG msrresnet --ngf 8 --n-blocks 1 --scale 2"):
         api.train(tiny(photos, tmp_path / "wide", init=str(first), ngf=16))
-
-
-class CrashAt:
-    """A reporter that dies at a given step, as a killed process would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def start(self, total, done, description): pass
-    def message(self, text): pass
-    def finish(self): pass
-
-    def update(self, done, info=""):
-        if done == self.step:
-            raise KeyboardInterrupt
 
 
 def test_resume_across_the_stage_boundary_gives_the_same_weights(photos, tmp_path):

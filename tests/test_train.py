@@ -11,6 +11,7 @@ from img2img import api
 from img2img.config import ConfigError, make_config
 from img2img.data.datasets import DataError
 from img2img.gan.checkpoint import load_generator
+from helpers import CrashAt
 
 
 def tiny_config(paired_photos, out, **overrides):
@@ -18,21 +19,6 @@ def tiny_config(paired_photos, out, **overrides):
               "size": 32, "load_size": 40, "netG": "unet_32", "ngf": 8, "ndf": 8, "batch_size": 2,
               "workers": 0, "save_every": 4, "log_every": 1, "seed": 3}
     return make_config("pix2pix", {**values, **overrides})
-
-
-class CrashAt:
-    """A reporter that dies at a given step, as a killed process would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def start(self, total, done, description): pass
-    def message(self, text): pass
-    def finish(self): pass
-
-    def update(self, done, info=""):
-        if done == self.step:
-            raise KeyboardInterrupt
 
 
 def generator_weights(run_dir):
