@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+import pytest
 import yaml
 
 from img2img import api
@@ -91,3 +92,20 @@ def test_a_killed_rank_fails_clearly_and_the_run_resumes(paired_photos, tmp_path
     assert "resuming from" in resumed.stderr
     _, spec = load_generator(tmp_path / "run")
     assert spec.step == 12
+
+
+@pytest.mark.parametrize("task, args", [
+    ("cyclegan", ["--netG", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--pool-size", "4", "--size", "32",
+                  "--load-size", "36"]),
+    ("srgan", ["--scale", "2", "--netG", "msrresnet", "--ngf", "8", "--n-blocks", "1", "--netD", "unet",
+               "--ndf", "8", "--perceptual", "none", "--pretrain-steps", "1", "--size", "32", "--batch-size", "2"]),
+])
+def test_cyclegan_and_sr_train_on_two_processes(paired_photos, tmp_path, task, args):
+    data = (["--a", paired_photos["a"], "--b", paired_photos["b"]] if task == "cyclegan"
+            else ["--hr", paired_photos["b"]])
+    done = img2img("train", task, *data, *args, "--out", tmp_path / "run", "--steps", 3, "--save-every", 3,
+                   "--workers", 0, "--device", "cpu", "--nproc-per-node", 2)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["world_size"] == 2
+    _, spec = load_generator(tmp_path / "run")
+    assert spec.step == 3 and spec.task == task
