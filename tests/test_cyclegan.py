@@ -171,8 +171,10 @@ def test_gradient_accumulation_and_the_reference_layout_train(unpaired, tmp_path
     cfg = make_config("cyclegan", {"data": str(root), "out": str(tmp_path / "run"), "steps": 2, "save_every": 2,
                                    "grad_accum": 2, "log_every": 1, **TINY})
     run = api.train(cfg)
-    record = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    record = [r for r in records if "val" not in r and "best" not in r][-1]
     assert {"loss_G_AB", "loss_cycle_A", "loss_idt_B", "loss_D_A", "D_B_fake"} <= record.keys()
+    assert any("val_cycle_A" in r.get("val", {}) for r in records)  # testA/ and testB/ validate
     assert all(np.isfinite(v) for k, v in record.items() if k.startswith("loss"))
 
 
@@ -280,3 +282,25 @@ def test_learns_a_known_colour_mapping_from_unpaired_photographs(unpaired, tmp_p
           f"G_BA(G_AB(a)) vs a {cycle:.4f}; {seconds:.0f} s CPU")
     assert learnt < 0.35 * identity
     assert cycle < 0.13
+
+
+def test_validation_measures_cycle_and_change_on_held_out_images(tmp_path):
+    import json
+
+    from img2img import api
+    from img2img.config import make_config
+    from img2img.demo import photo_paths, write_pairs
+
+    train, held_out = photo_paths()
+    write_pairs(train[:6], tmp_path / "A", tmp_path / "B", size=40)
+    write_pairs(held_out[:3], tmp_path / "vA", tmp_path / "vB", size=40)
+    cfg = make_config("cyclegan", {"a": str(tmp_path / "A"), "b": str(tmp_path / "B"), "val_a": str(tmp_path / "vA"),
+                                   "val_b": str(tmp_path / "vB"), "out": str(tmp_path / "run"), "steps": 2,
+                                   "save_every": 2, "size": 32, "netG": "resnet_6blocks", "ngf": 4, "ndf": 4,
+                                   "workers": 0, "best_metric": "val_cycle_A"})
+    run = api.train(cfg)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    val = next(r["val"] for r in records if "val" in r)
+    assert {"val_cycle_A", "val_cycle_B", "val_change_A", "val_change_B"} == val.keys()
+    assert all(0 <= v <= 1 for v in val.values())
+    assert (run / "checkpoints" / "best_G_AB.safetensors").is_file()

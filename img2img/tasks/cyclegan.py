@@ -30,6 +30,7 @@ from img2img.progress import Reporter
 from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, to_unit
 
 SAMPLE_COUNT = 3  # per domain
+VAL_COUNT = 16  # held-out images per domain for the validation metrics
 
 
 def domain_folders(cfg: TrainConfig) -> tuple[tuple[Path, Path], tuple[Path, Path] | None]:
@@ -57,6 +58,40 @@ def prepare_data(cfg: TrainConfig) -> tuple[UnpairedDataset, dict]:
         files_a, files_b = scan_domain(sample_roots[0], "--data"), scan_domain(sample_roots[1], "--data")
     sample_set = UnpairedDataset(files_a, files_b, cfg.size, cfg.size, augment=False)
     return train_set, stack_samples(sample_set, SAMPLE_COUNT)
+
+
+def validation_batch(cfg: TrainConfig) -> dict | None:
+    """Held-out images of both domains: --val-a/--val-b, else --data's testA/ and testB/."""
+    if cfg.val_a or cfg.val_b:
+        if not (cfg.val_a and cfg.val_b):
+            raise ConfigError("give both --val-a and --val-b (held-out images of each domain)")
+        roots = (Path(cfg.val_a), Path(cfg.val_b))
+    else:
+        roots = domain_folders(cfg)[1] if cfg.data is not None else None
+    if roots is None:
+        return None
+    files_a, files_b = scan_domain(roots[0], "--val-a"), scan_domain(roots[1], "--val-b")
+    return stack_samples(UnpairedDataset(files_a, files_b, cfg.size, cfg.size, augment=False), VAL_COUNT)
+
+
+def make_validate(cfg: TrainConfig, device: torch.device):
+    """Unpaired data has no targets: measure how well each image survives the round trip
+    (cycle L1), and how far the translation moves it (a translation that changes nothing
+    would have a perfect cycle)."""
+    batch = validation_batch(cfg)
+    if batch is None:
+        return None
+
+    def validate(export_module) -> dict[str, float]:
+        g_ab, g_ba = export_module("G_AB"), export_module("G_BA")
+        a, b = batch["A"].to(device), batch["B"].to(device)
+        fake_b, fake_a = g_ab(a), g_ba(b)
+        return {"val_cycle_A": float((g_ba(fake_b) - a).abs().mean() / 2),
+                "val_cycle_B": float((g_ab(fake_a) - b).abs().mean() / 2),
+                "val_change_A": float((fake_b - a).abs().mean() / 2),
+                "val_change_B": float((fake_a - b).abs().mean() / 2)}
+
+    return validate
 
 
 def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
@@ -138,6 +173,7 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
         exports={"G_AB": ("G_AB", lambda: generator_spec(arch, hparams, cfg, "AtoB")),
                  "G_BA": ("G_BA", lambda: generator_spec(arch, hparams, cfg, "BtoA"))},
         ema_nets=("G_AB", "G_BA"),
+        validate=make_validate(cfg, device),
         extra_state=extra_state,
         load_extra_state=load_extra_state,
     )
