@@ -14,7 +14,7 @@ import time
 import warnings
 from collections import defaultdict
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -70,8 +70,6 @@ class Task:
     default_best_metric: str | None = None  # the validation metric that picks best_*.safetensors
     extra_state: Callable[[], dict] = dict
     load_extra_state: Callable[[dict], None] = lambda state: None
-    pixel_range: str = "-1,1"
-    extra: dict = field(default_factory=dict)
 
 
 def set_requires_grad(nets: dict[str, nn.Module], trained: tuple[str, ...]) -> None:

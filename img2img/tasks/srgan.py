@@ -222,5 +222,4 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
         forward_nets=("G",),
         validate=make_validate(val_items, cfg, G.multiple, device),
         default_best_metric="psnr_y",
-        pixel_range="0,1",
     )
