@@ -23,26 +23,24 @@ def rgb_to_y(rgb: torch.Tensor) -> torch.Tensor:
     return (16.0 + (rgb * weights).sum(dim=1, keepdim=True)) / 255.0
 
 
-def prepare(image: torch.Tensor, border: int, quantize: bool) -> torch.Tensor:
+def prepare(image: torch.Tensor, border: int, quantize: bool, y_channel: bool = True) -> torch.Tensor:
     image = image.detach().float().clamp(0, 1)
     if quantize:  # what a written 8-bit file holds, and what BasicSR measures
         image = (image * 255.0).round() / 255.0
-    y = rgb_to_y(image)
+    if y_channel:
+        image = rgb_to_y(image)
     if border > 0:
-        y = y[..., border:-border, border:-border]
-    return y
+        image = image[..., border:-border, border:-border]
+    return image
 
 
-def psnr_y(output: torch.Tensor, target: torch.Tensor, border: int = 0, quantize: bool = True) -> float:
-    """Mean over the batch of each image's PSNR on Y, in dB."""
-    out, ref = prepare(output, border, quantize), prepare(target, border, quantize)
-    values = [kornia.metrics.psnr(o, r, max_val=1.0) for o, r in zip(out, ref)]
-    return float(torch.stack(values).mean())
+def _psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean over the batch of each image's PSNR, in dB."""
+    return float(torch.stack([kornia.metrics.psnr(o, r, max_val=1.0) for o, r in zip(out, ref)]).mean())
 
 
-def ssim_y(output: torch.Tensor, target: torch.Tensor, border: int = 0, quantize: bool = True) -> float:
-    """Mean over the batch of each image's SSIM on Y."""
-    out, ref = prepare(output, border, quantize), prepare(target, border, quantize)
+def _ssim(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean over the batch of each image's SSIM, per channel then averaged over the channels."""
     if min(out.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px after the border crop, "
                          f"got {out.shape[-2]}x{out.shape[-1]}")
@@ -51,31 +49,25 @@ def ssim_y(output: torch.Tensor, target: torch.Tensor, border: int = 0, quantize
     return float(ssim_map.flatten(1).mean(dim=1).mean())
 
 
+def psnr_y(output: torch.Tensor, target: torch.Tensor, border: int = 0, quantize: bool = True) -> float:
+    """Mean over the batch of each image's PSNR on Y, in dB."""
+    return _psnr(prepare(output, border, quantize), prepare(target, border, quantize))
+
+
+def ssim_y(output: torch.Tensor, target: torch.Tensor, border: int = 0, quantize: bool = True) -> float:
+    """Mean over the batch of each image's SSIM on Y."""
+    return _ssim(prepare(output, border, quantize), prepare(target, border, quantize))
+
+
 # ---- the same on all three RGB channels (BasicSR's test_y_channel=False) -----------------
-
-
-def prepare_rgb(image: torch.Tensor, border: int, quantize: bool) -> torch.Tensor:
-    image = image.detach().float().clamp(0, 1)
-    if quantize:
-        image = (image * 255.0).round() / 255.0
-    if border > 0:
-        image = image[..., border:-border, border:-border]
-    return image
 
 
 def psnr_rgb(output: torch.Tensor, target: torch.Tensor, border: int = 0, quantize: bool = True) -> float:
     """Mean over the batch of each image's PSNR over all channels at once, in dB."""
-    out, ref = prepare_rgb(output, border, quantize), prepare_rgb(target, border, quantize)
-    values = [kornia.metrics.psnr(o, r, max_val=1.0) for o, r in zip(out, ref)]
-    return float(torch.stack(values).mean())
+    return _psnr(prepare(output, border, quantize, False), prepare(target, border, quantize, False))
 
 
 def ssim_rgb(output: torch.Tensor, target: torch.Tensor, border: int = 0, quantize: bool = True) -> float:
     """Mean over the batch of each image's SSIM: per channel, then averaged over the channels
     (what BasicSR and skimage's `channel_axis` do)."""
-    out, ref = prepare_rgb(output, border, quantize), prepare_rgb(target, border, quantize)
-    if min(out.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px after the border crop, "
-                         f"got {out.shape[-2]}x{out.shape[-1]}")
-    ssim_map = kornia.metrics.ssim(out, ref, SSIM_WINDOW, max_val=1.0, padding="valid")
-    return float(ssim_map.flatten(1).mean(dim=1).mean())
+    return _ssim(prepare(output, border, quantize, False), prepare(target, border, quantize, False))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import albumentations as A
 import cv2
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from img2img.config import ConfigError
 from img2img.data.header import ImageError, check_image
-from img2img.data.images import is_image_file, list_images, read_image
+from img2img.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, read_image
 
 
 class DataError(Exception):
@@ -62,13 +62,12 @@ def require_folder(folder: Path, flag: str) -> None:
         raise ConfigError(f"{flag} {folder}: not a folder")
 
 
-def scan_aligned(root: Path, split: str = "train") -> list[Pair]:
-    """Files holding A|B side by side; the width must be even (two equal halves)."""
-    require_folder(root, "--data")
-    folder = _split_folder(root, split)
+def scan_images(folder: Path, flag: str, check: Callable[[Path, int, int], str | None] | None = None) -> list[Path]:
+    """Every image below `folder`, each one's header read; unreadable files and those `check`
+    (path, width, height) objects to are reported together, by name."""
     files = list_images(folder)
     if not files:
-        raise DataError(f"--data {folder}: no images found (looked for {', '.join(('png', 'jpg', 'webp', 'bmp', 'tif'))})")
+        raise DataError(f"{flag} {folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     problems = []
     for path in files:
         try:
@@ -76,10 +75,21 @@ def scan_aligned(root: Path, split: str = "train") -> list[Pair]:
         except ImageError as err:
             problems.append(str(err))
             continue
-        if width % 2:
-            problems.append(f"{path}: width {width} is odd, so it cannot hold two equal halves A|B")
+        problem = check(path, width, height) if check else None
+        if problem:
+            problems.append(problem)
     raise_problems(problems, f"{len(problems)} unusable file(s) in {folder}")
-    return [Pair(path, None) for path in files]
+    return files
+
+
+def scan_aligned(root: Path, split: str = "train") -> list[Pair]:
+    """Files holding A|B side by side; the width must be even (two equal halves)."""
+    require_folder(root, "--data")
+
+    def even_width(path: Path, width: int, height: int) -> str | None:
+        return f"{path}: width {width} is odd, so it cannot hold two equal halves A|B" if width % 2 else None
+
+    return [Pair(path, None) for path in scan_images(_split_folder(root, split), "--data", even_width)]
 
 
 def files_by_stem(folder: Path) -> dict[str, Path]:

@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import ConfigError, TrainConfig
-from img2img.data.datasets import DataError, files_by_stem, image_size, raise_problems, require_folder, to_tensor
+from img2img.data.datasets import DataError, files_by_stem, image_size, raise_problems, require_folder, scan_images, to_tensor
 from img2img.data.degrade import DEGRADATIONS, degrade
-from img2img.data.images import ImageError, list_images, read_image
+from img2img.data.images import ImageError, read_image
 from img2img.metrics import SSIM_WINDOW
 
 VAL_COUNT = 4  # training images measured when no --val-hr folder is given
@@ -42,19 +42,13 @@ class SRItem:
 def scan_hr(folder: Path, min_size: int, flag: str = "--hr", need: str = PATCH) -> list[SRItem]:
     """HR images at least min_size px on each side; smaller ones are named."""
     require_folder(folder, flag)
-    files = list_images(folder)
-    if not files:
-        raise DataError(f"{flag} {folder}: no images found")
-    problems = []
-    for path in files:
-        try:
-            width, height = image_size(path)
-        except ImageError as err:
-            problems.append(str(err))
-            continue
+
+    def large_enough(path: Path, width: int, height: int) -> str | None:
         if min(width, height) < min_size:
-            problems.append(f"{path} is {width}x{height}, smaller than {need.format(min_size)}")
-    raise_problems(problems, f"{len(problems)} unusable file(s) in {folder}")
+            return f"{path} is {width}x{height}, smaller than {need.format(min_size)}"
+        return None
+
+    files = scan_images(folder, flag, large_enough)
     return [SRItem(path, None) for path in files]
 
 

@@ -16,24 +16,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from img2img.data.datasets import DataError, image_size, raise_problems, require_folder, paired_augmentation, to_tensor
-from img2img.data.images import IMAGE_EXTENSIONS, ImageError, list_images, read_image
+from img2img.data.datasets import paired_augmentation, require_folder, scan_images, to_tensor
+from img2img.data.images import read_image
 
 
 def scan_domain(root: Path, flag: str) -> list[Path]:
     """Every image below `root`, recursively; unreadable files are listed by name."""
     require_folder(root, flag)
-    files = list_images(root)
-    if not files:
-        raise DataError(f"{flag} {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    problems = []
-    for path in files:
-        try:
-            image_size(path)
-        except ImageError as err:
-            problems.append(str(err))
-    raise_problems(problems, f"{len(problems)} unusable file(s) in {root}")
-    return files
+    return scan_images(root, flag)
 
 
 def load_rgb(path: Path) -> np.ndarray:

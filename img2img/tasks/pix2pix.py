@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import kornia
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +16,7 @@ from img2img.config import ConfigError, TrainConfig
 from img2img.data import datasets
 from img2img.gan import losses
 from img2img.gan.loop import Phase, Task
+from img2img.metrics import psnr_rgb
 from img2img.nets import registry
 from img2img.progress import Reporter
 from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, to_unit
@@ -63,14 +63,10 @@ def make_validate(cfg: TrainConfig, device: torch.device):
         a, b = to_unit(batch["A"]), to_unit(batch["B"])
         fakes = torch.cat([to_unit(generator(batch["A"][i : i + 8].to(device))).float().cpu().clamp(0, 1)
                            for i in range(0, len(a), 8)])
-        return {"val_l1": float((fakes - b).abs().mean()), "val_psnr": psnr(fakes, b),
-                "val_l1_identity": float((a - b).abs().mean()), "val_psnr_identity": psnr(a, b)}
+        return {"val_l1": float((fakes - b).abs().mean()), "val_psnr": psnr_rgb(fakes, b, quantize=False),
+                "val_l1_identity": float((a - b).abs().mean()), "val_psnr_identity": psnr_rgb(a, b, quantize=False)}
 
     return validate
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(torch.stack([kornia.metrics.psnr(p, t, max_val=1.0) for p, t in zip(x, y)]).mean())
 
 
 def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
