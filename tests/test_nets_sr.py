@@ -142,14 +142,17 @@ def test_generator_output_shape(name, hparams, scale, multiple, size):
     assert out.shape == (2, 3, size[0] * scale, size[1] * scale)
 
 
-def test_vgg_discriminator_shapes():
-    for input_size in (128, 256):
+def test_vgg_discriminator_judges_any_patch_size_and_keeps_basicsr_layouts_at_128_and_256():
+    stages = {2: 1, 24: 2, 64: 4, 96: 4, 128: 5, 200: 5, 256: 6, 512: 7}
+    for input_size, count in stages.items():
         net = registry.build("vgg", num_feat=4, input_size=input_size)
         assert net(torch.rand(2, 3, input_size, input_size)).shape == (2, 1)
-    with pytest.raises(ValueError, match="128x128"):
-        registry.build("vgg", num_feat=4)(torch.rand(1, 3, 96, 96))
-    with pytest.raises(ValueError):
-        registry.build("vgg", input_size=64)
+        assert net.num_stages == count and f"conv{count - 1}_1.weight" in net.state_dict()
+    # BasicSR's layouts: stages of widths 1, 2, 4, 8, 8 (, 8) x num_feat, linear from 8 x num_feat x 4 x 4.
+    for input_size, last in ((128, "conv4_1"), (256, "conv5_1")):
+        state = registry.build("vgg", num_feat=4, input_size=input_size).state_dict()
+        assert state[f"{last}.weight"].shape == (32, 32, 4, 4) and state["linear1.weight"].shape == (100, 32 * 16)
+        assert f"conv{int(last[4]) + 1}_0.weight" not in state
 
 
 def test_unet_sn_discriminator_shapes():

@@ -55,6 +55,27 @@ def test_resume_after_a_crash_gives_the_same_weights_as_a_straight_run(paired_ph
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_ema_decay_warms_up_so_a_short_run_exports_its_recent_weights():
+    from torch import nn
+    from torch.optim.swa_utils import AveragedModel
+
+    from img2img.gan.loop import warmup_ema
+
+    net = nn.BatchNorm1d(1)  # a float weight and an integer buffer (num_batches_tracked)
+    ema = AveragedModel(net, multi_avg_fn=warmup_ema(0.999), use_buffers=True)
+    expected = 0.0
+    for t in range(300):
+        net.weight.data.fill_(float(t))
+        net.num_batches_tracked.fill_(t)
+        ema.update_parameters(net)
+        expected += (1 - min(0.999, (1 + t) / (10 + t))) * (t - expected) if t else 0.0
+    assert float(ema.module.weight) == pytest.approx(expected, rel=1e-5)
+    assert int(ema.module.num_batches_tracked) == 299
+    # A fixed 0.999 would still sit near the first weights (about 41); the warm-up follows the
+    # run, and the decay reaches 0.999 once t passes about 9000 steps.
+    assert 250 < expected < 299
+
+
 def test_an_existing_run_is_never_overwritten(paired_photos, tmp_path):
     cfg = tiny_config(paired_photos, tmp_path / "run", steps=4)
     api.train(cfg)

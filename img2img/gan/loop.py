@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from img2img.config import TrainConfig
 from img2img.data.images import Image, write_image
@@ -88,6 +88,28 @@ def linear_decay(total_steps: int, decay_start: float) -> Callable[[int], float]
     return factor
 
 
+def warmup_ema(decay: float):
+    """An EMA update whose decay grows with the number of updates t: min(decay, (1+t)/(10+t)).
+
+    A fixed 0.999 would make a run of a few hundred steps export an average dominated by its
+    first, untrained weights; with the warm-up a short run averages over its recent steps and a
+    long one still over about 1 / (1 - decay). t is AveragedModel's own counter, which is saved
+    in checkpoints, so a resumed run goes on with the same decays.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        t = int(updates)
+        weight = 1 - min(decay, (1 + t) / (10 + t))
+        for average, value in zip(averaged, current, strict=True):
+            if average.is_floating_point():
+                average.lerp_(value, weight)
+            else:  # integer buffers (BatchNorm's batch counter) are counts, not weights
+                average.copy_(value)
+
+    return update
+
+
 def autocast_for(device: torch.device, mode: str):
     """bf16 where the GPU supports it, else fp16 (with a GradScaler); fp32 on CPU."""
     if device.type != "cuda" or mode == "off":
@@ -119,8 +141,7 @@ class Trainer:
         self.optimizers, self.schedulers, self.scalers = {}, {}, {}
         for phase in task.phases:
             self._add_optimizer(phase)
-        self.ema = {name: AveragedModel(self.raw[name], multi_avg_fn=get_ema_multi_avg_fn(cfg.ema),
-                                        use_buffers=True)
+        self.ema = {name: AveragedModel(self.raw[name], multi_avg_fn=warmup_ema(cfg.ema), use_buffers=True)
                     for name in task.ema_nets if cfg.ema > 0}
         self.window: dict[str, list[float]] = defaultdict(list)
         self.window_start = time.perf_counter()

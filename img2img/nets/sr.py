@@ -35,6 +35,24 @@ def scaled_kaiming_init(modules: list[nn.Module], scale: float = 0.1) -> None:
                     nn.init.zeros_(layer.bias)
 
 
+def identity_init(convs: list[nn.Conv2d], scale: float = 0.1) -> None:
+    """Each conv the identity (Dirac) plus a kaiming-normal part shrunk by `scale`, zero biases.
+
+    For a plain stack of same-width convs this is what the scaled init is for residual blocks:
+    the stack starts close to the identity, so the gradient reaches the first layer whole however
+    deep it is. PyTorch's default init shrinks the signal at every layer (1e-16 of the last
+    layer's gradient at SRVGGNetCompact's first layer); He init keeps its scale but, measured on
+    photographs, the first updates then shrink all 33 layers to silence the random residual,
+    and 300 steps later the output was still the nearest-neighbour upscale.
+    """
+    for conv in convs:
+        nn.init.kaiming_normal_(conv.weight)
+        with torch.no_grad():
+            conv.weight.mul_(scale)
+            conv.weight.add_(nn.init.dirac_(torch.empty_like(conv.weight)))
+        nn.init.zeros_(conv.bias)
+
+
 def conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, 1, 1)
 
@@ -229,6 +247,10 @@ def build_rrdbnet(**hparams) -> RRDBNet:
 ACT_TYPES = ("prelu", "relu", "leakyrelu")
 
 
+# The slope on the negative side that each activation starts with (PReLU's initial 0.25).
+NEGATIVE_SLOPE = {"prelu": 0.25, "relu": 0.0, "leakyrelu": 0.1}
+
+
 def make_activation(act_type: str, num_feat: int) -> nn.Module:
     if act_type == "prelu":
         return nn.PReLU(num_parameters=num_feat)
@@ -255,6 +277,12 @@ class SRVGGNetCompact(nn.Module):
             self.body.extend([conv3x3(num_feat, num_feat), make_activation(act_type, num_feat)])
         self.body.append(conv3x3(num_feat, num_out_ch * upscale * upscale))
         self.upsampler = nn.PixelShuffle(upscale)
+        first, *middle, last = [layer for layer in self.body if isinstance(layer, nn.Conv2d)]
+        nn.init.kaiming_normal_(first.weight, a=NEGATIVE_SLOPE[act_type], nonlinearity="leaky_relu")
+        nn.init.zeros_(first.bias)
+        identity_init(middle)
+        # The residual starts near zero, so the output starts as the nearest-neighbour upscale.
+        scaled_kaiming_init([last], 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x

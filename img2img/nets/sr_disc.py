@@ -1,6 +1,6 @@
 """Super-resolution discriminators in the BasicSR / Real-ESRGAN state_dict layouts.
 
-VGGStyleDiscriminator (ESRGAN; one real/fake logit per image of a fixed size) and
+VGGStyleDiscriminator (ESRGAN; one real/fake logit per patch) and
 UNetDiscriminatorSN (Real-ESRGAN; one logit per pixel, spectral-normalised). Both take
 pixels in [0, 1].
 """
@@ -16,44 +16,45 @@ from img2img.nets.registry import register
 
 
 class VGGStyleDiscriminator(nn.Module):
-    """Strided VGG stages down to 4x4, then two linear layers; needs a fixed input size."""
+    """Strided VGG stages down to about 4x4, then two linear layers: one logit per patch.
+
+    BasicSR builds it for 128 or 256 px only: five (six) stride-2 stages take those exactly to
+    4x4 for the linear layer. Here the stage count follows `input_size` (as many halvings as
+    leave at least 4x4, so 96 px, SRGAN's own patch size, gets four stages and 6x6), and an
+    adaptive average pool brings whatever is left to 4x4. At 128 and 256 px the pool is the
+    identity and the layers, keys and outputs are BasicSR's, so its files load unchanged.
+    """
 
     def __init__(self, num_in_ch: int = 3, num_feat: int = 64, input_size: int = 128):
         super().__init__()
-        if input_size not in (128, 256):
-            raise ValueError(f"vgg discriminator supports input_size 128 or 256, not {input_size}")
+        if input_size < 2:
+            raise ValueError(f"vgg discriminator needs patches of at least 2 px, not {input_size}")
         self.input_size = input_size
         self.conv0_0 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1, bias=True)
         self.conv0_1 = nn.Conv2d(num_feat, num_feat, 4, 2, 1, bias=False)
         self.bn0_1 = nn.BatchNorm2d(num_feat, affine=True)
         # Stage i widens in its 3x3 conv and halves the size in its 4x4 stride-2 conv; the
         # attribute names (conv{i}_0, bn{i}_0, conv{i}_1, bn{i}_1) are the BasicSR keys.
-        widths = [num_feat, num_feat * 2, num_feat * 4, num_feat * 8, num_feat * 8]
-        if input_size == 256:
-            widths.append(num_feat * 8)
-        self.num_stages = len(widths)
+        self.num_stages = max(1, (input_size // 4).bit_length() - 1)
+        widths = [num_feat * min(2**i, 8) for i in range(self.num_stages)]
         for i in range(1, self.num_stages):
             self.add_module(f"conv{i}_0", nn.Conv2d(widths[i - 1], widths[i], 3, 1, 1, bias=False))
             self.add_module(f"bn{i}_0", nn.BatchNorm2d(widths[i], affine=True))
             self.add_module(f"conv{i}_1", nn.Conv2d(widths[i], widths[i], 4, 2, 1, bias=False))
             self.add_module(f"bn{i}_1", nn.BatchNorm2d(widths[i], affine=True))
-        self.linear1 = nn.Linear(num_feat * 8 * 4 * 4, 100)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.linear1 = nn.Linear(widths[-1] * 4 * 4, 100)
         self.linear2 = nn.Linear(100, 1)
         self.lrelu = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            raise ValueError(
-                f"vgg discriminator needs {self.input_size}x{self.input_size} inputs "
-                f"(its linear layer has a fixed size), got {x.shape[-2]}x{x.shape[-1]}"
-            )
         feat = self.lrelu(self.conv0_0(x))
         feat = self.lrelu(self.bn0_1(self.conv0_1(feat)))
         for i in range(1, self.num_stages):
             for j in (0, 1):
                 conv, bn = getattr(self, f"conv{i}_{j}"), getattr(self, f"bn{i}_{j}")
                 feat = self.lrelu(bn(conv(feat)))
-        feat = self.lrelu(self.linear1(feat.flatten(1)))
+        feat = self.lrelu(self.linear1(self.pool(feat).flatten(1)))
         return self.linear2(feat)
 
 

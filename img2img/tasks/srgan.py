@@ -55,10 +55,7 @@ def generator_arch(cfg: TrainConfig) -> tuple[str, dict]:
 
 
 def build_discriminator(cfg: TrainConfig) -> nn.Module:
-    if cfg.netD == "vgg":
-        if cfg.size not in (128, 256):
-            raise ConfigError(f"--netD vgg judges whole 128 or 256 px patches (its linear layer has a fixed "
-                              f"size), so it needs --size 128 or 256, not {cfg.size}; or use --netD unet")
+    if cfg.netD == "vgg":  # its depth follows --size (see VGGStyleDiscriminator)
         return registry.build("vgg", num_in_ch=3, num_feat=cfg.ndf, input_size=cfg.size)
     if cfg.netD in ("unet", "unet_sn"):
         if cfg.size % 8:
@@ -109,11 +106,6 @@ def check_settings(cfg: TrainConfig, G: nn.Module, reporter: Reporter) -> None:
     if gan_stage_runs(cfg) and cfg.pretrain_steps == 0 and not cfg.init:
         reporter.message("note: the GAN stage starts from an untrained generator; the published setups start "
                          "from a PSNR-oriented one (--init RUN_OR_PTH, or --pretrain-steps N first)")
-    horizon = 1 / (1 - cfg.ema) if 0 < cfg.ema < 1 else 0
-    if cfg.steps is not None and cfg.steps < 10 * horizon:
-        reporter.message(f"note: --ema {cfg.ema} averages over about {horizon:.0f} steps, a large part of this "
-                         f"{cfg.steps}-step run, so the exported generator lags the trained one; "
-                         "a shorter run wants a smaller --ema (or --ema 0)")
 
 
 # ---- the task ----------------------------------------------------------------------------
@@ -172,7 +164,9 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
     if cfg.init:
         load_init(G, arch, hparams, cfg.init)
     # The loop swaps DDP wrappers in and out of `nets`: always call networks through it.
-    nets = {"G": G.to(device), "D": build_discriminator(cfg).to(device)}
+    nets = {"G": G.to(device)}
+    if gan_stage_runs(cfg):  # a pixel-loss-only run neither builds nor checks a D
+        nets["D"] = build_discriminator(cfg).to(device)
     perceptual = build_perceptual_loss(cfg)
     perceptual = perceptual.to(device) if perceptual is not None else None
     val_items = validation_source(cfg, reporter)
@@ -207,7 +201,9 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
         lr_big = F.interpolate(batch["lr"], scale_factor=cfg.scale, mode="nearest")
         return [lr_big, nets["G"](batch["lr"]), batch["hr"]]
 
-    phases = [Phase("D", ("D",), d_step, first_step=start), Phase("G", ("G",), g_step, first_step=start)]
+    phases = []
+    if "D" in nets:
+        phases = [Phase("D", ("D",), d_step, first_step=start), Phase("G", ("G",), g_step, first_step=start)]
     if start > 0:
         phases.insert(0, Phase("G_pixel", ("G",), pixel_step, last_step=start))
     return Task(
