@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from img2img.config import ConfigError, make_config
 from img2img.data.datasets import DataError
 from img2img.data.images import read_image
 from img2img.demo import photo_paths
+from img2img.gan import checkpoint
 from img2img.gan.checkpoint import load_generator
 from img2img.gan.perceptual import PerceptualLoss, build_perceptual, vgg19_layer_names
 from helpers import CrashAt
@@ -61,19 +63,35 @@ def upscale(run: Path, image: torch.Tensor) -> torch.Tensor:
         return module(image[None])[0]
 
 
+@pytest.fixture
+def one_thread():
+    """The figures then do not depend on the core count, and a busy CI machine does not pay
+    for threads spinning while they wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_pixel_loss_training_beats_bicubic_on_held_out_photographs(photos, tmp_path):
-    """A small MSRResNet, 150 steps of L1 at x2 (about a minute of CPU; +1.1 dB when written),
-    against the bicubic upscale of the same LR images, on photographs it never saw."""
-    cfg = tiny(photos, tmp_path / "run", size=48, ngf=32, n_blocks=2, batch_size=8, steps=150,
-               pretrain_steps=150, save_every=150, log_every=50, seed=0)
+@pytest.mark.parametrize("netG, ngf", [("msrresnet", 32), ("rrdbnet", 16), ("srvgg", 32)])
+def test_pixel_loss_training_beats_bicubic_on_held_out_photographs(photos, tmp_path, netG, ngf, one_thread):
+    """Each generator at its published depth (small widths), x4, the default learning rate and
+    EMA, a pixel-loss run of 300 steps against the bicubic upscale of the same LR images, on
+    photographs it never saw."""
+    cfg = make_config("srgan", {"hr": str(photos["train"]), "val_hr": str(photos["val"]), "out": str(tmp_path / "run"),
+                                "netG": netG, "ngf": ngf, "size": 48, "batch_size": 8, "steps": 300,
+                                "pretrain_steps": 300, "workers": 0, "device": "cpu"})
+    start = time.process_time()
     run = api.train(cfg)
+    seconds = time.process_time() - start
     final = [r["val"] for r in records(run) if "val" in r][-1]
     gain = final["psnr_y"] - final["psnr_y_bicubic"]
-    print(f"held-out PSNR-Y {final['psnr_y']:.2f} dB vs bicubic {final['psnr_y_bicubic']:.2f} dB "
-          f"(+{gain:.2f} dB); SSIM-Y {final['ssim_y']:.4f} vs {final['ssim_y_bicubic']:.4f}")
-    assert gain > 0.5, final
-    assert final["ssim_y"] > final["ssim_y_bicubic"], final
+    print(f"{netG}: held-out PSNR-Y {final['psnr_y']:.2f} dB vs bicubic {final['psnr_y_bicubic']:.2f} dB "
+          f"({gain:+.2f} dB); SSIM-Y {final['ssim_y']:.4f} vs {final['ssim_y_bicubic']:.4f}; {seconds:.0f} s CPU")
+    assert gain > 0, final
+    state, _ = checkpoint.load_latest_state(run / "checkpoints")
+    assert set(state["nets"]) == {"G"}  # a pixel-loss-only run builds no discriminator
 
 
 def test_gan_stage_runs_after_pretraining_and_moves_the_outputs(photos, tmp_path):
@@ -109,7 +127,8 @@ def test_validation_reports_the_bicubic_baseline_and_samples_show_three_columns(
 
 
 def test_vgg_discriminator_relativistic_loss_and_realesrgan_degradation(photos, tmp_path):
-    cfg = tiny(photos, tmp_path / "run", size=128, scale=4, netD="vgg", gan_loss="ragan", pretrain_steps=0,
+    # 96 px HR patches, SRGAN's own size: the VGG-style D is not limited to BasicSR's 128 and 256.
+    cfg = tiny(photos, tmp_path / "run", size=96, scale=4, netD="vgg", gan_loss="ragan", pretrain_steps=0,
                steps=2, degradation="realesrgan", netG="srvgg", n_blocks=2)
     run = api.train(cfg)
     assert {"loss_D", "D_real", "D_fake"} <= train_records(run)[-1].keys()
@@ -117,14 +136,21 @@ def test_vgg_discriminator_relativistic_loss_and_realesrgan_degradation(photos, 
 
 
 def test_bad_settings_are_refused_with_a_suggestion(photos, tmp_path):
-    cases = [({"netD": "vgg", "size": 64}, "--size 128 or 256"),
-             ({"netG": "rrdbnet", "scale": 3, "size": 48}, "x2 or x4"),
+    cases = [({"netG": "rrdbnet", "scale": 3, "size": 48}, "x2 or x4"),
              ({"gan_loss": "wgangp"}, "choose vanilla"),
              ({"netG": "unet_256"}, "choose msrresnet"),
              ({"size": 33}, "multiple of --scale 2")]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message):
             api.train(tiny(photos, tmp_path / "run", **overrides))
+
+
+def test_a_pixel_loss_only_run_neither_builds_nor_checks_a_discriminator(photos, tmp_path):
+    run = api.train(tiny(photos, tmp_path / "run", netD="no-such-d", steps=2, pretrain_steps=2))
+    state, _ = checkpoint.load_latest_state(run / "checkpoints")
+    assert set(state["nets"]) == {"G"} and set(state["optimizers"]) == {"G_pixel"}
+    with pytest.raises(ConfigError, match="unknown --netD"):
+        api.train(tiny(photos, tmp_path / "gan", netD="no-such-d", steps=3, pretrain_steps=2))
 
 
 def test_a_validation_image_too_small_for_ssim_is_named_before_training(photos, tmp_path):
