@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from img2img.demo import photo_paths, write_pairs
 
@@ -46,3 +47,14 @@ def aligned_photos(tmp_path_factory, paired_photos) -> Path:
             b = cv2.imread(str(paired_photos[b_dir] / a_path.name))
             cv2.imwrite(str(root / split / a_path.name), np.concatenate([a, b], axis=1))
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """For learning tests: their figures then do not depend on the core count (kernels split
+    their sums by thread), and a busy CI machine does not pay for threads spinning while they
+    wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -240,16 +240,6 @@ def held_out_photos(size: int) -> list[np.ndarray]:
             for p in test]
 
 
-@pytest.fixture
-def one_thread():
-    """The figures then do not depend on the core count (kernels split their sums by thread),
-    and a busy CI machine does not pay for threads spinning while they wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("netG", ["resnet_6blocks", "unet_256"])
 def test_learns_a_known_colour_mapping_from_unpaired_photographs(unpaired, tmp_path, netG, one_thread):

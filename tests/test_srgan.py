@@ -63,16 +63,6 @@ def upscale(run: Path, image: torch.Tensor) -> torch.Tensor:
         return module(image[None])[0]
 
 
-@pytest.fixture
-def one_thread():
-    """The figures then do not depend on the core count, and a busy CI machine does not pay
-    for threads spinning while they wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("netG, ngf", [("msrresnet", 32), ("rrdbnet", 16), ("srvgg", 32)])
 def test_pixel_loss_training_beats_bicubic_on_held_out_photographs(photos, tmp_path, netG, ngf, one_thread):
