@@ -243,7 +243,7 @@ def train_srgan(
     netG: Optional[str] = typer.Option(None, "--netG", help="msrresnet, rrdbnet or srvgg (default: msrresnet)."),
     ngf: Optional[int] = typer.Option(None, "--ngf", min=1, help="Generator width (default: 64)."),
     n_blocks: Optional[int] = typer.Option(None, "--n-blocks", min=1, help="Generator depth (default: 16 msrresnet, 23 rrdbnet, 32 srvgg)."),
-    netD: Optional[str] = typer.Option(None, "--netD", help="vgg (ESRGAN; --size 128 or 256) or unet (Real-ESRGAN, spectral norm)."),
+    netD: Optional[str] = typer.Option(None, "--netD", help="vgg (ESRGAN; any --size) or unet (Real-ESRGAN, spectral norm)."),
     ndf: Optional[int] = typer.Option(None, "--ndf", min=1, help="Discriminator width (default: 64)."),
     pretrain_steps: Optional[int] = typer.Option(None, "--pretrain-steps", min=0, help="Pixel-loss-only steps before the GAN stage (default: 0)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps, pretraining included."),
