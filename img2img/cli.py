@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from img2img.config import ConfigError
 from img2img.data.datasets import DataError
 from img2img.data.header import ImageError, set_max_pixels
+from img2img.data.quiet import codec_noise_filtered
 from img2img.data.images import IMAGE_EXTENSIONS
 from img2img.gan.checkpoint import CheckpointError
 from img2img.gan.loop import TrainingStopped
@@ -100,9 +101,11 @@ def fail(message: str, code: int) -> None:
 
 
 def run_guarded(action):
-    """Run `action`, turning the user's mistakes into a message and an exit code, not a traceback."""
+    """Run `action`, turning the user's mistakes into a message and an exit code, not a traceback;
+    the codec libraries' own messages are dropped (one line per bad file is ours to print)."""
     try:
-        return action()
+        with codec_noise_filtered():
+            return action()
     except USAGE_ERRORS as err:
         fail(str(err), 2)
     except FAILURES as err:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from img2img.data.header import ImageError, check_image
+from img2img.data.header import check_image, failure
 from img2img.data.images import TEMP_SUFFIX, Image, is_image_file, list_images, read_image, write_image
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Reporter, Silent
@@ -115,7 +115,7 @@ def header_size(path: Path) -> tuple[int, int]:
     """(height, width) as displayed, from the header alone; (0, 0) when unreadable."""
     try:
         header = check_image(path)
-    except ImageError:  # decoding will report it properly
+    except Exception:  # decoding will report it, for this file alone
         return 0, 0
     return header.height, header.width
 
@@ -124,7 +124,8 @@ def header_size(path: Path) -> tuple[int, int]:
 
 
 class DecodeDataset(Dataset):
-    """Decodes jobs in DataLoader workers; failures travel back as messages, not exceptions."""
+    """Decodes jobs in DataLoader workers; failures travel back as messages, not exceptions:
+    an exception would stop the loader, and the whole run with it."""
 
     def __init__(self, jobs: list[Job], resize: int | None):
         self.jobs, self.resize = jobs, resize
@@ -139,10 +140,10 @@ class DecodeDataset(Dataset):
             return {"index": index, "error": f"{job.source}: not an image file name (png, jpg, webp, bmp, tif)"}
         try:
             image = read_image(job.source)
-        except (ImageError, OSError) as err:
-            return {"index": index, "error": str(err)}
-        if self.resize:
-            image = resize_shorter_side(image, self.resize)
+            if self.resize:
+                image = resize_shorter_side(image, self.resize)
+        except Exception as err:  # the per-file boundary: whatever this file does, it fails alone
+            return {"index": index, "error": failure(job.source, err, "reading")}
         return {"index": index, "image": image, "decode_ms": (time.perf_counter() - start) * 1000}
 
 
@@ -208,9 +209,9 @@ class Writer:
 
     def done(self) -> Iterator[Result]:
         """Results finished so far, in completion order (and forgets them)."""
-        finished = [f for f in self.pending if f.done()]
-        self.pending = [f for f in self.pending if not f.done()]
-        return (f.result() for f in finished)
+        done = {f: f.done() for f in self.pending}  # asked once: a future finishing meanwhile stays pending
+        self.pending = [f for f, finished in done.items() if not finished]
+        return (f.result() for f, finished in done.items() if finished)
 
     def close(self) -> Iterator[Result]:
         self.pool.shutdown(wait=True)
@@ -282,10 +283,10 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
         for group in _same_size_groups(decoded):
             try:
                 _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
-            except (RuntimeError, ValueError) as err:  # the network refused this input: name it, go on
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+            except Exception as err:  # e.g. the network refused this input: name the files, go on
                 for item in group:
-                    record(Result(jobs[item["index"]], None, error=f"{jobs[item['index']].source}: translation failed: {reason}"))
+                    source = jobs[item["index"]].source
+                    record(Result(jobs[item["index"]], None, error=failure(source, err, "translating")))
         for result in writer.done():
             record(result)
     for result in writer.close():
@@ -351,8 +352,8 @@ def _write(job: Job, image: Image, out_dir: Path, ms: float) -> Result:
     target = out_dir / job.relative
     try:
         write_image(target, image)
-    except ImageError as err:
-        return Result(job, None, error=str(err))
     except OSError as err:  # e.g. a full disk: the temporary file is already gone
         return Result(job, None, error=f"{target}: could not be written: {err.strerror or err}")
+    except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
+        return Result(job, None, error=failure(target, err, "writing"))
     return Result(job, target, milliseconds=ms, size=image.size)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from img2img.data import quiet  # noqa: F401  (silences OpenCV's logger in every process that decodes)
 from img2img.data.header import ImageError, check_image, read_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -58,10 +59,13 @@ def list_images(folder: Path) -> list[Path]:
 def read_image(path: Path) -> Image:
     path = Path(path)
     data = read_bytes(path)
-    header = check_image(path, data)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise ImageError(f"{path}: the {header.format or 'image'} data is corrupt and cannot be decoded")
+    header = check_image(path, data)  # sizes checked before the decoder allocates anything
+    try:  # first frame or page only
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except Exception:  # OpenCV 4 returned None for what OpenCV 5 raises on: never mind which
+        pixels = None
+    if pixels is None or pixels.size == 0 or (pixels.ndim == 3 and pixels.shape[2] > 4):
+        raise ImageError(f"{path}: the {header.format} data is corrupt and cannot be decoded")
     fix = _EXIF_FIXES.get(header.orientation)
     if fix is not None:
         pixels = fix(pixels)
@@ -107,7 +111,10 @@ def write_image(path: Path, image: Image) -> None:
     pixels = np.rint(hwc * scale).astype(dtype)
     if pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
-    ok, encoded = cv2.imencode(path.suffix.lower(), pixels)
+    try:
+        ok, encoded = cv2.imencode(path.suffix.lower(), pixels)
+    except Exception:  # raised by some OpenCV versions, returned as False by others
+        ok = False
     if not ok:
         raise ImageError(f"{path}: OpenCV cannot encode {path.suffix!r} images")
     write_bytes_atomic(path, encoded.tobytes())
