@@ -269,28 +269,83 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
     device = options.device
     batch_size = options.batch_size or default_batch_size(device, options.tile)
     workers = default_workers(device) if options.workers is None else options.workers
-    loader = DataLoader(DecodeDataset(jobs, options.resize),
-                        batch_sampler=size_batches(jobs, 1 if options.tile else batch_size),
-                        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
     writer = Writer(options.writers)
     state = {"batch": batch_size, "tile": options.tile}
-    for items in loader:
+    for items in _decoded_batches(jobs, size_batches(jobs, 1 if options.tile else batch_size), options, workers,
+                                  device, record):
         for item in items:
             if "error" in item:
                 record(Result(jobs[item["index"]], None, error=item["error"]))
         decoded = [item for item in items if "image" in item]
         for group in _same_size_groups(decoded):
-            try:
-                _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
-            except Exception as err:  # e.g. the network refused this input: name the files, go on
-                for item in group:
-                    source = jobs[item["index"]].source
-                    record(Result(jobs[item["index"]], None, error=failure(source, err, "translating")))
+            for attempt in range(2):
+                try:
+                    _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
+                    break
+                except Exception as err:  # e.g. the network refused this input: name the files, go on
+                    if attempt == 0 and _decoder_died(err):  # raised by torch's SIGCHLD handler meanwhile
+                        continue
+                    for item in group:
+                        source = jobs[item["index"]].source
+                        record(Result(jobs[item["index"]], None, error=failure(source, err, "translating")))
+                    break
         for result in writer.done():
             record(result)
     for result in writer.close():
         record(result)
+
+
+PREFETCH = 4  # batches in flight per decoding worker
+
+
+def _decoded_batches(jobs: list[Job], batches: list[list[int]], options: Options, workers: int,
+                     device: torch.device, record: Callable[[Result], None]) -> Iterator[list[dict]]:
+    """Decoded batches, in order. A decoding process that dies (a decoder crashed on a file, or
+    the system killed it) is replaced: the files that were in flight are decoded again one at
+    a time, so the next death names its file, which fails alone."""
+    careful = 0  # files still to decode one at a time
+    while batches:
+        one_at_a_time = careful > 0
+        loader = iter(DataLoader(DecodeDataset(jobs, options.resize), batch_sampler=batches,
+                                 num_workers=1 if one_at_a_time else workers, collate_fn=collate,
+                                 pin_memory=device.type == "cuda",
+                                 prefetch_factor=(1 if one_at_a_time else PREFETCH) if workers else None))
+        received = 0
+        try:
+            for items in loader:
+                received += 1
+                careful = max(0, careful - 1)
+                yield items
+                if one_at_a_time and careful == 0:
+                    break  # past the suspects: the fast loader takes the rest
+        except Exception as err:  # DecodeDataset never raises: the decoding process itself is gone
+            if workers == 0:
+                raise
+            if one_at_a_time:  # one file was in flight: it took the decoder down with it
+                index = batches[received][0]
+                record(Result(jobs[index], None, error=failure(jobs[index].source, err, "decoding (the process died)")))
+                received, careful = received + 1, careful - 1
+            else:  # any batch in flight may be the cause: their files, one at a time
+                end = received + PREFETCH * workers
+                suspects = [[i] for batch in batches[received:end] for i in batch]
+                batches, careful = batches[:received] + suspects + batches[end:], len(suspects)
+        _stop(loader)
+        batches = batches[received:]
+
+
+def _stop(loader) -> None:
+    """Shut the loader's workers down now, where the error torch's SIGCHLD handler raises for a
+    dead one is caught, rather than in a destructor, where it would print a traceback."""
+    for _ in range(3):
+        try:
+            getattr(loader, "_shutdown_workers", lambda: None)()
+            return
+        except Exception:
+            continue
+
+
+def _decoder_died(err: Exception) -> bool:
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
 
 
 def _same_size_groups(items: list[dict]) -> list[list[dict]]:

@@ -167,3 +167,28 @@ def test_animated_and_multi_page_files_give_their_first_frame(tmp_path, variant)
     assert image.size == PHOTO_PX
     first = image.rgb.permute(1, 2, 0).numpy() * 255
     assert abs(first - crop).mean() < 8  # the first frame, not the flipped second one
+
+
+def test_a_decoder_that_kills_its_process_fails_that_file_alone(model, tmp_path, monkeypatch):
+    """A segfault in a codec is no exception: the decoding worker dies. The files in flight are
+    decoded again one at a time, so the file that kills it is named and the rest are written."""
+    import signal
+
+    from img2img import infer
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, crop in enumerate(photo_crops(12)):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), crop[:, :, ::-1])
+    real = infer.read_image
+
+    def crashing(path):
+        if path.name == "05.png":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(path)
+
+    monkeypatch.setattr(infer, "read_image", crashing)  # the forked workers inherit it
+    results = infer.translate(model, str(folder), tmp_path / "out", workers=1)
+    errors = {r.job.source.name: r.error for r in results if r.error}
+    assert list(errors) == ["05.png"] and "the process died" in errors["05.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i:02d}.png" for i in range(12) if i != 5]

@@ -26,12 +26,14 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # read at import by the pro
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 # libpng's default handlers prefix "libpng"; libjpeg's warnings (jerror.h, JWRN_*) have fixed
-# texts; OpenCV's logger writes "[ WARN:0@1.2]"-style prefixes; libtiff "TIFFFunction: ...".
+# texts; OpenCV's logger writes "[ WARN:0@1.2]"-style prefixes; libtiff "TIFFFunction: ...";
+# a loader worker killed by a crashing decoder says so, and translate names the file instead.
 NOISE = re.compile(
     rb"^(libpng (warning|error)|Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters"
     rb"|Inconsistent progression sequence|Unknown Adobe color transform|Warning: unknown JFIF revision"
     rb"|Application transferred too (few|many) scanlines|\[ ?(WARN|ERROR|INFO|DEBUG|FATAL|VERBOSE)\s*:"
-    rb"|TIFF\w*: |_TIFF\w+: )")
+    rb"|TIFF\w*: |_TIFF\w+: "
+    rb"|ERROR: Unexpected [\w -]+ encountered in worker)")  # torch's loader worker; we name the file
 
 _active = threading.Lock()
 
