@@ -323,7 +323,9 @@ def _decoded_batches(jobs: list[Job], batches: list[list[int]], options: Options
                 raise
             if one_at_a_time:  # one file was in flight: it took the decoder down with it
                 index = batches[received][0]
-                record(Result(jobs[index], None, error=failure(jobs[index].source, err, "decoding (the process died)")))
+                reason = failure(jobs[index].source, err, "decoding").split(" failed ", 1)[-1]
+                record(Result(jobs[index], None, error=f"{jobs[index].source}: the decoder crashed on this file, "
+                                                       f"its process died {reason}"))
                 received, careful = received + 1, careful - 1
             else:  # any batch in flight may be the cause: their files, one at a time
                 end = received + PREFETCH * workers

@@ -187,6 +187,18 @@ def _tiff_set_size(data: bytes, width: int, height: int, page: int = 0) -> bytes
     return bytes(buffer)
 
 
+def _tiff_huge_tile(data: bytes) -> bytes:
+    """RowsPerStrip rewritten as a TileWidth of 2^30 (and no TileLength)."""
+    order = "<" if data[:2] == b"II" else ">"
+    buffer = bytearray(data)
+    ifd = _tiff_ifds(data)[0]
+    (count,) = struct.unpack_from(order + "H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack_from(order + "H", data, entry)[0] == 278:
+            struct.pack_into(order + "HHII", buffer, entry, 322, 4, 1, 2**30)
+    return bytes(buffer)
+
+
 def _tiff_loop(data: bytes) -> bytes:
     order = "<" if data[:2] == b"II" else ">"
     ifd = _tiff_ifds(data)[0]
@@ -239,6 +251,7 @@ FORGED: dict[str, tuple[tuple[str, ...], Callable[[bytes, random.Random], bytes]
     "tiff_huge": (("tif", "tif_pages", "tif_float"), lambda d, r: _tiff_set_size(d, 2**31 - 1, 2**31 - 1)),
     "tiff_page2_huge": (("tif_pages",), lambda d, r: _tiff_set_size(d, 2**31 - 1, 2**31 - 1, page=1)),
     "tiff_ifd_loop": (("tif_pages",), lambda d, r: _tiff_loop(d)),
+    "tiff_huge_tile": (("tif",), lambda d, r: _tiff_huge_tile(d)),
     "bmp_huge": (("bmp",), lambda d, r: _bmp_set_size(d, 2**31 - 1, 2**31 - 1)),
     "bmp_most_negative_height": (("bmp",), lambda d, r: _bmp_set_size(d, 48, -(2**31))),
     "bmp_negative_width": (("bmp",), lambda d, r: _bmp_set_size(d, -48, 40)),

@@ -190,5 +190,5 @@ def test_a_decoder_that_kills_its_process_fails_that_file_alone(model, tmp_path,
     monkeypatch.setattr(infer, "read_image", crashing)  # the forked workers inherit it
     results = infer.translate(model, str(folder), tmp_path / "out", workers=1)
     errors = {r.job.source.name: r.error for r in results if r.error}
-    assert list(errors) == ["05.png"] and "the process died" in errors["05.png"]
+    assert list(errors) == ["05.png"] and "decoder crashed on this file" in errors["05.png"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i:02d}.png" for i in range(12) if i != 5]

@@ -13,7 +13,6 @@ the colour mode and the EXIF orientation, still without decoding, and must agree
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -48,24 +47,13 @@ class Header:
     height: int
     gray: bool  # the file stores gray levels
     orientation: int  # EXIF orientation, 1 when absent
-    frames: int = 1  # frames or pages; only the first is read
 
 
 def check_image(path: Path, data: bytes | None = None) -> Header:
-    """Every check that needs no decoding. Reads the file through a memory map (only the
-    header pages are touched) unless `data` (the whole file) is given."""
+    """Every check that needs no decoding, on `data` (the whole file) or the file read now.
+    Read, not memory-mapped: a file cut short while mapped would kill the process (SIGBUS)."""
     path = Path(path)
-    if data is not None:
-        return _check(path, data)
-    try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                raise ImageError(f"{path}: empty file (0 bytes)")
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return _check(path, mapped)
-    except OSError:
-        read_bytes(path)  # raises the message that fits
-        raise
+    return _check(path, read_bytes(path) if data is None else data)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -108,7 +96,7 @@ def failure(path: Path, err: BaseException, doing: str) -> str:
 # ---- the checks -------------------------------------------------------------------------
 
 
-def _check(path: Path, data) -> Header:
+def _check(path: Path, data: bytes) -> Header:
     if len(data) == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     image_format = next((name for magic, name in _SIGNATURES.items() if data[:16].startswith(magic)), None)
@@ -129,16 +117,14 @@ def _check(path: Path, data) -> Header:
                 f"{path}: {width}x{height} ({what}) is {width * height / 1e6:.0f} megapixels, over the limit of "
                 f"{max_pixels() / 1e6:.0f} (a guard against decompression bombs); if you trust the file, raise it "
                 f"with --max-pixels or {MAX_PIXELS_VARIABLE}")
-    width, height = sizes[0][1], sizes[0][2]
-    frames = sum(1 for what, _, _ in sizes if not what.startswith("tile")) or 1
-    return _with_details(path, data, Header(image_format, width, height, False, 1, frames))
+    return _with_details(path, data, Header(image_format, sizes[0][1], sizes[0][2], False, 1))
 
 
 def _with_details(path: Path, data, header: Header) -> Header:
     """Mode and EXIF orientation from Pillow's lazy open, which must agree on the size. Files
     Pillow cannot open (e.g. float TIFF) keep the declared size, and OpenCV decides."""
     try:
-        with PILImage.open(data if isinstance(data, mmap.mmap) else io.BytesIO(data)) as handle:
+        with PILImage.open(io.BytesIO(data)) as handle:
             size, mode, orientation = handle.size, handle.mode, _orientation(handle)
     except Exception:  # any Pillow version's way of declining a file it does not read
         return header
@@ -167,7 +153,7 @@ def _orientation(handle: PILImage.Image) -> int:
 
 def _truncated(data, image_format: str) -> bool:
     """Decoders fill a cut-off JPEG with grey and say nothing: look for the end markers."""
-    tail = bytes(data[-64:]).rstrip(b"\0")[-16:]
+    tail = data[-64:].rstrip(b"\0")[-16:]
     if image_format == "JPEG":
         return not tail.endswith(b"\xff\xd9")
     if image_format == "PNG":
@@ -181,7 +167,7 @@ def _truncated(data, image_format: str) -> bool:
 
 
 def _png_sizes(data) -> list[tuple[str, int, int]]:
-    if bytes(data[12:16]) != b"IHDR":
+    if data[12:16] != b"IHDR":
         raise _Corrupt("IHDR is not the first chunk")
     width, height = struct.unpack_from(">II", data, 16)
     sizes = [("image", width, height)]
@@ -244,13 +230,13 @@ def _bmp_sizes(data) -> list[tuple[str, int, int]]:
 
 
 def _webp_sizes(data) -> list[tuple[str, int, int]]:
-    if bytes(data[8:12]) != b"WEBP":
+    if data[8:12] != b"WEBP":
         raise _Corrupt("RIFF file of another kind")
     kind, length = struct.unpack_from("<4sI", data, 12)
     if 20 + length > len(data):
         raise _Corrupt(f"chunk {_name(kind)} of {length} bytes runs past the end of the file")
     if kind == b"VP8 ":
-        if bytes(data[23:26]) != b"\x9d\x01\x2a":
+        if data[23:26] != b"\x9d\x01\x2a":
             raise _Corrupt("no VP8 start code")
         width, height = struct.unpack_from("<HH", data, 26)
         return [("image", width & 0x3FFF, height & 0x3FFF)]
@@ -286,7 +272,7 @@ _TIFF_SIZE_TAGS = {256: "width", 257: "height", 322: "tile width", 323: "tile he
 
 def _tiff_sizes(data) -> list[tuple[str, int, int]]:
     """ImageWidth/ImageLength and TileWidth/TileLength of every IFD (classic and BigTIFF)."""
-    order = "<" if bytes(data[:2]) == b"II" else ">"
+    order = "<" if data[:2] == b"II" else ">"
     big = struct.unpack_from(order + "H", data, 2)[0] == 43
     offset = struct.unpack_from(order + "Q", data, 8)[0] if big else struct.unpack_from(order + "I", data, 4)[0]
     count_format, entry_size, next_format = ("Q", 20, "Q") if big else ("H", 12, "I")

@@ -62,7 +62,7 @@ def codec_noise_filtered() -> Iterator[None]:
                 sys.stderr.flush()
                 sys.stderr = python_stderr
             os.dup2(real, 2)  # the pipe's last write end in this process: the pump sees EOF
-            pump.join(timeout=2.0)  # child processes still holding the pipe keep it open longer
+            pump.join(timeout=1.0)  # child processes still holding the pipe keep it open longer
             if not pump.is_alive():
                 os.close(real)
     finally:
