@@ -27,10 +27,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import cv2  # noqa: E402
 
+from helpers import save_tiny_generator  # noqa: E402
 from hostile import build_corpus, photo_crops  # noqa: E402
 from img2img.data.quiet import NOISE  # noqa: E402
-from img2img.gan.checkpoint import GeneratorSpec, save_generator  # noqa: E402
-from img2img.nets import registry  # noqa: E402
 
 
 def cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -66,9 +65,7 @@ def main() -> None:
     files = len(corpus.files)
     print(f"corpus: {files} files ({len(corpus.good)} good, {len(corpus.forged)} forged sizes, "
           f"{len(corpus.damaged)} otherwise broken) in {time.perf_counter() - start:.1f} s, in {root}")
-    hparams = {"in_ch": 3, "out_ch": 3, "ngf": 4, "n_blocks": 1, "norm": "instance", "use_dropout": False}
-    model = root / "g.safetensors"
-    save_generator(model, registry.build("resnet", **hparams), GeneratorSpec(arch="resnet", hparams=hparams, pixel_range="-1,1"))
+    model = save_tiny_generator(root / "g.safetensors")
 
     runs = [("translate", [])] + ([(f"translate x{len(args.devices.split(','))}", ["--devices", args.devices])]
                                   if args.devices else [])

@@ -17,12 +17,10 @@ import cv2
 import pytest
 from typer.testing import CliRunner
 
-from helpers import flat, one_thread  # noqa: F401  (one_thread is a fixture)
+from helpers import flat, one_thread, save_tiny_generator  # noqa: F401  (one_thread is a fixture)
 from hostile import PHOTO_PX, Corpus, build_corpus, forged_png, photo_crops
 from img2img.cli import app
 from img2img.data import header, images, quiet
-from img2img.gan.checkpoint import GeneratorSpec, save_generator
-from img2img.nets import registry
 
 runner = CliRunner()
 HOSTILE = 320  # broken files; plus one good file of every format variant
@@ -40,10 +38,7 @@ def corpus(tmp_path_factory) -> Corpus:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "g.safetensors"
-    hparams = {"in_ch": 3, "out_ch": 3, "ngf": 4, "n_blocks": 1, "norm": "instance", "use_dropout": False}
-    save_generator(path, registry.build("resnet", **hparams), GeneratorSpec(arch="resnet", hparams=hparams, pixel_range="-1,1"))
-    return path
+    return save_tiny_generator(tmp_path_factory.mktemp("model") / "g.safetensors")
 
 
 @pytest.fixture(scope="module")
