@@ -287,9 +287,12 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
                         batch_sampler=size_batches(jobs, 1 if options.tile else batch_size, sizes),
                         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
                         prefetch_factor=(4 if plan.whole_limit >= AUTO_TILE_PIXELS else 1) if workers else None)
-    # Results waiting to be written hold their whole output: no more of them than fit.
-    largest = max((h * w for h, w in sizes), default=0) * translator.scale**2 * 16
-    in_flight = max(1, min(options.writers * 2, (options.max_memory or largest * 8) // max(1, largest)))
+    # Results waiting to be written hold their whole output (float + integer): within a budget,
+    # no more of them than fit in it.
+    in_flight = options.writers * 2
+    if options.max_memory:
+        largest = max((h * w for h, w in sizes), default=0) * translator.scale**2 * 16
+        in_flight = max(1, min(in_flight, options.max_memory // max(1, largest)))
     writer = Writer(options.writers, in_flight)
     for items in loader:
         for item in items:

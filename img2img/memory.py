@@ -98,7 +98,7 @@ def plan(need: Need, tile: int, batch: int, buffered: bool, whole_limit: int, bu
     """Fit the largest image of a run into min(budget, free memory): tile it, then move a
     buffered output to disk, then shrink the tile batch; say what was chosen, and why."""
     limits = [(size, name) for size, name in ((budget, "--max-memory"), (free, "free memory")) if size]
-    if not limits:
+    if not limits or not need.out_pixels:  # no budget, or no header could be read
         return Plan(batch, False, whole_limit, 0, [])
     limit, name = min(limits)
     messages: list[str] = []

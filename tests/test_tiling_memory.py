@@ -73,39 +73,49 @@ def smooth(height, width, channels, top, seed):
     return np.clip((noise - noise.mean()) * 6 + 0.5, 0, 1) * top
 
 
-CASES = {  # name: (channels, bits, output extension)
-    "rgb8_png": (3, 8, ".png"),
-    "rgba16_png": (4, 16, ".png"),
-    "gray16_tif": (1, 16, ".tif"),
-    "rgba8_tif": (4, 8, ".tif"),
-    "rgb8_jpg": (3, 8, ".jpg"),
-    "rgba8_webp_lossless_alpha": (4, 8, ".webp"),
+CASES = {  # input file -> (channels, bits); each is written in its own format
+    "rgb8.png": (3, 8),
+    "rgba16.png": (4, 16),
+    "gray16.tif": (1, 16),
+    "rgba8.tif": (4, 8),
+    "rgb8.jpg": (3, 8),
+    "rgba8.webp": (4, 8),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_strip_blending_writes_what_the_full_size_blend_wrote(sr_models, tmp_path, case):
-    channels, bits, ext = CASES[case]
-    top, dtype = (65535, np.uint16) if bits == 16 else (255, np.uint8)
-    stored = smooth(53, 71, channels, top, seed=channels * bits).round().astype(dtype)
-    source = tmp_path / "in" / "x.png"
-    source.parent.mkdir()
-    cv2.imwrite(str(source), stored[:, :, 0] if channels == 1 else stored)
-    options = infer.Options(tile=24, tile_overlap=8, batch_size=3, workers=0, ext=ext)
-    results = infer.translate(sr_models / "x2.safetensors", str(source), tmp_path / "out", options=options)
-    assert not results[0].error, results[0].error
+@pytest.fixture(scope="module")
+def tiled_folder(sr_models, tmp_path_factory):
+    """One run over a folder of every case: several images in flight, batches of tiles that
+    span two rows of tiles."""
+    root = tmp_path_factory.mktemp("tiled")
+    for name, (channels, bits) in CASES.items():
+        top, dtype = (65535, np.uint16) if bits == 16 else (255, np.uint8)
+        stored = smooth(53, 71, channels, top, seed=channels * bits).round().astype(dtype)
+        (root / "in").mkdir(exist_ok=True)
+        cv2.imwrite(str(root / "in" / name), stored[:, :, 0] if channels == 1 else stored)
+    options = infer.Options(tile=24, tile_overlap=8, batch_size=3, workers=0)
+    results = infer.translate(sr_models / "x2.safetensors", str(root / "in"), root / "out", options=options)
+    assert not any(r.error for r in results), [r.error for r in results]
+    return root
 
-    image = read_image(source)
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_strip_blending_writes_what_the_full_size_blend_wrote(sr_models, tiled_folder, name):
+    image = read_image(tiled_folder / "in" / name)
     module, spec = load_generator(sr_models / "x2.safetensors")
     translator = Translator(module, spec, torch.device("cpu"))
-    expected = reference_pixels(reference_tiled(translator, image.rgb, 24, 8, 3),
-                                scale_alpha(image.alpha, 2), image.gray, bits if ext in (".png", ".tif") else 8)
-    written = cv2.imread(str(tmp_path / "out" / f"x{ext}"), cv2.IMREAD_UNCHANGED)
-    if ext not in (".png", ".tif"):  # lossy: the same pixels through the same encoder
-        expected = cv2.imdecode(cv2.imencode(ext, expected)[1], cv2.IMREAD_UNCHANGED)
+    lossless = name.endswith((".png", ".tif"))
+    expected = reference_pixels(reference_tiled(translator, image.rgb, 24, 8, 3), scale_alpha(image.alpha, 2),
+                                image.gray, image.bits if lossless else 8)
+    if not lossless:  # the same pixels through the same encoder
+        expected = cv2.imdecode(cv2.imencode(Path(name).suffix, expected)[1], cv2.IMREAD_UNCHANGED)
+    written = cv2.imread(str(tiled_folder / "out" / name), cv2.IMREAD_UNCHANGED)
     assert written.shape == expected.shape and written.dtype == expected.dtype
     assert np.array_equal(written, expected)
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"x{ext}"]  # no temporary left
+
+
+def test_no_temporary_file_is_left(tiled_folder):
+    assert sorted(p.name for p in (tiled_folder / "out").iterdir()) == sorted(CASES)
 
 
 def test_gray_with_alpha_keeps_both_planes_in_8_bit_png(sr_models, tmp_path):
@@ -178,6 +188,16 @@ def test_over_budget_a_buffered_output_moves_to_disk_and_says_so(sr_models, tmp_
     assert any("file beside them" in m for m in messages), messages
     assert any("tile(s) per pass" in m for m in messages), messages
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.jpg"]
+
+
+def test_a_size_that_is_not_one_is_a_usage_error(sr_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from img2img.cli import app
+
+    result = CliRunner().invoke(app, ["translate", "--model", str(sr_models / "x2.safetensors"), "--max-memory", "lots",
+                                      str(tmp_path), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "512M" in result.stderr
 
 
 def test_memory_sizes_parse_as_people_write_them():
