@@ -61,11 +61,14 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--model", type=Path, default=FIXTURE)
     parser.add_argument("--compare", default=None, help="another img2img checkout to run first, side by side")
+    parser.add_argument("--only-budget", action="store_true", help="run the --max-memory variant alone")
     parser.add_argument("--compare-up-to", type=int, default=1536,
                         help="largest size to run --compare on (the full-size blend needs ~70 B per output pixel)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = [("this code", None, False), ("this code --max-memory", None, True)]
+    if args.only_budget:
+        variants = variants[1:]
     if args.compare:
         variants.insert(0, ("compared", args.compare, False))
     here = str(Path(__file__).resolve().parents[1])

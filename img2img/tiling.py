@@ -6,6 +6,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from img2img.data.images import CHUNK_ROWS
 from img2img.translator import Translator, scale_alpha
 
 
@@ -84,8 +85,10 @@ class _Window:
     def advance(self, top: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Hand out the rows above `top` (now final) and move the window down to start there."""
         done = min(top - self.top, self.rows)
+        for first in range(0, done, CHUNK_ROWS):  # a few rows at a time: the float copies stay small
+            rows = slice(first, min(done, first + CHUNK_ROWS))
+            yield self.top + first, self.sums[:, rows] / self.weights[:, rows]
         if done > 0:
-            yield self.top, self.sums[:, :done] / self.weights[:, :done]
             kept = self.rows - done
             self.sums[:, :kept] = self.sums[:, done:].clone()
             self.weights[:, :kept] = self.weights[:, done:].clone()
