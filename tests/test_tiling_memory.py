@@ -206,3 +206,26 @@ def test_memory_sizes_parse_as_people_write_them():
     assert memory.parse_size("2gb") == 2 * 2**30 and memory.parse_size("4096") == 4096
     with pytest.raises(ValueError):
         memory.parse_size("lots")
+
+
+def test_a_failing_encoder_fails_that_file_alone_and_leaves_nothing(sr_models, tmp_path, monkeypatch):
+    import errno
+
+    import png
+
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), smooth(40, 40, 3, 255, seed=2).astype(np.uint8))
+    real = png.Writer.write_packed
+
+    def full_disk(self, handle, rows):
+        if handle.name.split("/")[-1].startswith(".a.png"):
+            next(iter(rows))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, handle, rows)
+
+    monkeypatch.setattr(png.Writer, "write_packed", full_disk)
+    results = infer.translate(sr_models / "x2.safetensors", str(tmp_path), tmp_path / "out",
+                              options=infer.Options(tile=16, tile_overlap=4, workers=0))
+    errors = {r.job.source.name: r.error for r in results}
+    assert "No space left" in errors["a.png"] and errors["b.png"] is None
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.png"]
