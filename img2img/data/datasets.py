@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -140,6 +139,8 @@ def load_pair(pair: Pair, direction: str = "AtoB") -> tuple[np.ndarray, np.ndarr
 
 def paired_augmentation(size: int, load_size: int, flip: bool) -> A.Compose:
     """The reference's resize_and_crop: bicubic resize to load_size, random crop, random flip."""
+    import albumentations as A  # here: translate and the CLI's start-up need none of it
+
     steps: list = [A.Resize(load_size, load_size, interpolation=cv2.INTER_CUBIC)]
     if load_size > size:
         steps.append(A.RandomCrop(size, size))
