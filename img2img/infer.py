@@ -273,7 +273,7 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
                         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     writer = Writer(options.writers)
-    state = {"batch": batch_size, "tile": options.tile}
+    state = {"batch": batch_size, "tile": tile_for(translator, options.tile, reporter)}
     for items in loader:
         for item in items:
             if "error" in item:
@@ -315,7 +315,7 @@ def _run_with_fallback(translator: Translator, images: list[Image], state: dict,
     """Translate same-size images; on out-of-memory, retry with smaller batches, then tiles.
     Huge images are tiled from the start: their activations would not fit anywhere."""
     height, width = images[0].size
-    huge = height * width * translator.scale**2 > AUTO_TILE_PIXELS
+    huge = height * width * translator.scale**2 > AUTO_TILE_PIXELS and translator.tiling == "supported"
     if huge and not state["tile"] and not state.get("told_huge"):
         reporter.message(f"images of {width}x{height} px and larger are translated in {AUTO_TILE} px tiles")
         state["told_huge"] = True
@@ -331,16 +331,27 @@ def _run_with_fallback(translator: Translator, images: list[Image], state: dict,
                 outputs.extend(translator.run(batch).cpu())
             return outputs
         except (torch.OutOfMemoryError, MemoryError) as err:
-            _shrink_after_oom(state, images[0].size, reporter, err)
+            _shrink_after_oom(state, images[0].size, reporter, err, translator.tiling != "internal")
 
 
-def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, err: Exception) -> None:
+def tile_for(translator: Translator, tile: int | None, reporter: Reporter) -> int | None:
+    """--tile, unless the model tiles internally; models that tile badly are warned about."""
+    if tile and translator.tiling == "internal":
+        reporter.message("this model tiles internally: --tile is ignored")
+        return None
+    if tile and translator.tiling == "discouraged":
+        reporter.message("this model's authors advise against tiling it: seams may show; leave out --tile if it fits")
+    return tile
+
+
+def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, err: Exception,
+                      may_tile: bool = True) -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if state["batch"] > 1:
         state["batch"] //= 2
         reporter.message(f"out of memory: retrying with batch size {state['batch']}")
-    elif state["tile"] is None or state["tile"] > 64:
+    elif may_tile and (state["tile"] is None or state["tile"] > 64):
         state["tile"] = max(64, (state["tile"] or max(size)) // 2)
         reporter.message(f"out of memory: retrying with {state['tile']} px tiles")
     else:

@@ -38,10 +38,15 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> tuple[
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), height, width
 
 
-def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def autocast_dtype(device: torch.device, amp: str, allowed: tuple = REDUCED_PRECISION) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16; only precisions the model declares it supports."""
     if device.type != "cuda" or amp == "off":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    preferred = REDUCED_PRECISION if torch.cuda.is_bf16_supported() else (torch.float16,)
+    return next((dtype for dtype in preferred if dtype in allowed), None)
 
 
 class Translator:
@@ -55,10 +60,14 @@ class Translator:
         self.multiple = int(getattr(module, "multiple", 1))
         self.min_size = int(getattr(module, "min_size", 1))
         self.scale = int(spec.scale)
-        self.in_channels = int(spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
-        self.dtype = autocast_dtype(device, amp)
+        self.in_channels = int(getattr(module, "in_channels", 0)
+                               or spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
+        # Community models (nets.zoo) declare their precisions and their advice on tiling.
+        self.dtype = autocast_dtype(device, amp, getattr(module, "reduced_precision", REDUCED_PRECISION))
+        self.tiling = getattr(module, "tiling", "supported")
         self.fp32_retries = 0
-        if device.type == "cuda":
+        self.channels_last = device.type == "cuda" and getattr(module, "channels_last", True)
+        if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.module, dynamic=True) if compile else self.module
 
@@ -71,7 +80,7 @@ class Translator:
         if self.spec.pixel_range == "-1,1":
             x = x * 2 - 1
         padded, height, width = pad_to_multiple(x, self.multiple, self.min_size)
-        if self.device.type == "cuda":
+        if self.channels_last:
             padded = padded.contiguous(memory_format=torch.channels_last)
         y = self._forward(padded)
         y = y[..., : height * self.scale, : width * self.scale]
