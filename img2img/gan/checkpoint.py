@@ -100,7 +100,7 @@ def load_foreign(path: Path, state_dict: dict) -> tuple[nn.Module, GeneratorSpec
         found, misfit = None, str(err)
     if found is not None:
         arch = registry.get(found.arch)
-        module = registry.build(found.arch, **found.hparams)
+        module = found.module or registry.build(found.arch, **found.hparams)
         _load_state(module, found.state_dict, path)
         spec = GeneratorSpec(arch=found.arch, hparams=found.hparams, pixel_range=arch.pixel_range,
                              scale=int(getattr(module, "scale", 1)), source=f"foreign: {found.layout}")

@@ -11,7 +11,8 @@ Files from the wild differ in three ways, handled in this order:
    conv gives the width, the chain of shapes gives the depth, the norm tensors say BatchNorm,
    affine or plain InstanceNorm, and a candidate network is accepted only when its own layer
    sequence has exactly the file's shapes. The weights are then assigned layer by layer.
-Every candidate is built on the meta device, so checking costs no memory.
+A candidate is built (on the CPU: the meta device would cost seconds of imports on first use)
+and handed back built, so the file's network is built only once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
+from torch import nn
 
 from img2img.nets import registry
 from img2img.nets.esrgan_layouts import LAYOUTS as RRDB_LAYOUTS
@@ -47,6 +49,7 @@ class Recognised:
     hparams: dict
     state_dict: Tensors  # in our key names, ready for load_state_dict(strict=True)
     layout: str  # where the layout comes from, for `info`
+    module: nn.Module | None = None  # built by the check that accepted it; weights not yet loaded
 
 
 class NotAStateDict(ValueError):
@@ -115,6 +118,7 @@ def recognise(sd: Tensors) -> Recognised | None:
         if problem is None:
             return candidate
         misfit = misfit or problem
+        candidate.module = None
     if misfit:
         raise Misfit(misfit)
     return None
@@ -124,26 +128,30 @@ def _candidates(sd: Tensors) -> Iterable[Recognised]:
     for arch_name in registry.names("generator"):
         arch = registry.get(arch_name)
         if arch.infer is not None and (hparams := arch.infer(sd)) is not None:
-            yield Recognised(arch_name, hparams, _drop_instance_stats(sd, arch_name, hparams), "img2img / reference")
+            yield Recognised(arch_name, hparams, _drop_instance_stats(sd), "img2img / reference")
     for layout, convert in RRDB_LAYOUTS.items():
         if (converted := convert(sd)) is not None:
             yield Recognised("rrdbnet", converted[0], converted[1], layout)
     for order in _orders(sd):
         for arch_name, hints in STRUCTURAL.items():
-            if (hparams := hints(order)) is not None and (mapped := assign_by_position(arch_name, hparams, order)):
-                yield Recognised(arch_name, hparams, mapped, f"{arch_name} generator recognised by structure")
+            if (hparams := hints(order)) is None or (module := _build(arch_name, hparams)) is None:
+                continue
+            if (mapped := assign_by_position(module, hparams, order)) is not None:
+                yield Recognised(arch_name, hparams, mapped, f"{arch_name} generator recognised by structure", module)
 
 
-def _drop_instance_stats(sd: Tensors, arch_name: str, hparams: dict) -> Tensors:
-    # Old PyTorch saved running statistics for InstanceNorm; current InstanceNorm has none.
-    own = _meta_state(arch_name, hparams)
-    return {k: v for k, v in sd.items() if k in own or not k.endswith(STAT_NAMES)}
+def _drop_instance_stats(sd: Tensors) -> Tensors:
+    # Old PyTorch saved running statistics for InstanceNorm; current InstanceNorm has none, and
+    # a BatchNorm's statistics always come with its affine weights.
+    return {k: v for k, v in sd.items()
+            if not k.endswith(STAT_NAMES) or k.rsplit(".", 1)[0] + ".weight" in sd}
 
 
 def _misfit(candidate: Recognised) -> str | None:
-    own = _meta_state(candidate.arch, candidate.hparams)
-    if own is None:
+    candidate.module = candidate.module or _build(candidate.arch, candidate.hparams)
+    if candidate.module is None:
         return f"the hyper-parameters read from it do not build a {candidate.arch}: {candidate.hparams}"
+    own = candidate.module.state_dict()
     missing = [k for k in own if k not in candidate.state_dict]
     unexpected = [k for k in candidate.state_dict if k not in own]
     wrong = [k for k in own if k in candidate.state_dict and own[k].shape != candidate.state_dict[k].shape]
@@ -156,10 +164,9 @@ def _misfit(candidate: Recognised) -> str | None:
     return f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
 
 
-def _meta_state(arch_name: str, hparams: dict) -> Tensors | None:
+def _build(arch_name: str, hparams: dict) -> nn.Module | None:
     try:
-        with torch.device("meta"):
-            return registry.build(arch_name, **hparams).state_dict()
+        return registry.build(arch_name, **hparams)
     except (TypeError, ValueError, RuntimeError):
         return None
 
@@ -269,34 +276,31 @@ def unet_hints(sd: Tensors) -> dict | None:
 STRUCTURAL: dict[str, Callable[[Tensors], dict | None]] = {"resnet": resnet_hints, "unet": unet_hints}
 
 
-def assign_by_position(arch_name: str, hparams: dict, sd: Tensors) -> Tensors | None:
+def assign_by_position(module: nn.Module, hparams: dict, sd: Tensors) -> Tensors | None:
     """The file's tensors under our names, layer by layer, when every layer of our network has
     the file's shapes; a conv bias the file lacks becomes zeros. None when anything differs."""
-    own_state = _meta_state(arch_name, hparams)
-    if own_state is None:
-        return None
     norm = hparams.get("norm")
     theirs = [layer for layer in layers_of(sd) if not (norm == "instance" and layer.stats_only)]
-    ours = layers_of(own_state)
+    ours = layers_of(module.state_dict())
     if len(theirs) != len(ours):
         return None
     mapped: Tensors = {}
     for own, their in zip(ours, theirs):
         if own.kind != their.kind or set(their.tensors) - set(own.tensors):
             return None
-        for param, meta in own.tensors.items():
+        for param, own_tensor in own.tensors.items():
             tensor = their.tensors.get(param)
             if tensor is None:
-                tensor = _filler(param, meta)
-            if tensor is None or tensor.shape != meta.shape:
+                tensor = _filler(param, own_tensor)
+            if tensor is None or tensor.shape != own_tensor.shape:
                 return None
             mapped[f"{own.name}.{param}"] = tensor
     return mapped
 
 
-def _filler(param: str, meta: torch.Tensor) -> torch.Tensor | None:
+def _filler(param: str, like: torch.Tensor) -> torch.Tensor | None:
     if param == "bias":
-        return torch.zeros(meta.shape)
+        return torch.zeros(like.shape)
     if param == "num_batches_tracked":
         return torch.zeros((), dtype=torch.long)
     return None
