@@ -66,14 +66,15 @@ class ZooGenerator(nn.Module):
         self.scale = int(descriptor.scale)
         self.multiple = int(requirements.multiple_of)
         self.min_size = max(1, int(requirements.minimum))
+        self.square = bool(requirements.square)
         self.in_channels = int(descriptor.input_channels)
         self.tiling = descriptor.tiling.name.lower()  # supported, discouraged or internal
         self.reduced_precision = tuple(dtype for dtype, ok in ((torch.bfloat16, descriptor.supports_bfloat16),
                                                                 (torch.float16, descriptor.supports_half)) if ok)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The descriptor runs the architecture's own call convention, pads what we did not
-        # (square inputs) and crops back.
+        # The descriptor runs the architecture's own call convention (Translator has already
+        # padded to the size requirements, so it pads nothing).
         return self.descriptor(x)
 
 
