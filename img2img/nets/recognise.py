@@ -239,13 +239,21 @@ def _bias_hparams(norm: str, convs: list[Layer]) -> dict:
     return {"bias": True} if has_bias and not conv_bias(norm) else {}
 
 
-def resnet_hints(sd: Tensors) -> dict | None:
+def conv_chain(sd: Tensors) -> tuple[list[Layer], str] | None:
+    """The convolutions and the norm kind of a file made of convs and norm layers only."""
     layers = layers_of(sd)
-    if any(layer.kind == "other" for layer in layers):
-        return None
-    convs = [layer for layer in layers if layer.kind == "conv"]
     norm = norm_kind(layers)
-    if len(convs) < 7 or norm is None or convs[0].shape[2:] != (7, 7) or convs[-1].shape[2:] != (7, 7):
+    if norm is None or any(layer.kind == "other" for layer in layers):
+        return None
+    return [layer for layer in layers if layer.kind == "conv"], norm
+
+
+def resnet_hints(sd: Tensors) -> dict | None:
+    chain = conv_chain(sd)
+    if chain is None:
+        return None
+    convs, norm = chain
+    if len(convs) < 7 or convs[0].shape[2:] != (7, 7) or convs[-1].shape[2:] != (7, 7):
         return None
     ngf, in_ch = convs[0].shape[:2]
     width = 4 * ngf
@@ -261,12 +269,11 @@ def resnet_hints(sd: Tensors) -> dict | None:
 
 
 def unet_hints(sd: Tensors) -> dict | None:
-    layers = layers_of(sd)
-    if any(layer.kind == "other" for layer in layers):
+    chain = conv_chain(sd)
+    if chain is None:
         return None
-    convs = [layer for layer in layers if layer.kind == "conv"]
-    norm = norm_kind(layers)
-    if len(convs) < 10 or len(convs) % 2 or norm is None or any(c.shape[2:] != (4, 4) for c in convs):
+    convs, norm = chain
+    if len(convs) < 10 or len(convs) % 2 or any(c.shape[2:] != (4, 4) for c in convs):
         return None
     ngf, in_ch = convs[0].shape[:2]
     return {"in_ch": in_ch, "out_ch": convs[-1].shape[1], "num_downs": len(convs) // 2, "ngf": ngf,
