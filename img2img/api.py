@@ -20,12 +20,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from img2img.config import ConfigError, TrainConfig, load_config, make_config
-from img2img.data.datasets import SeededSampler
-from img2img.gan import checkpoint, distributed
+from img2img.gan import checkpoint
 from img2img.gan.checkpoint import load_generator  # noqa: F401  (part of the API)
-from img2img.gan.loop import Trainer, epochs_to_steps
 from img2img.progress import Reporter, Silent
-from img2img.tasks import TASKS
 
 DEFAULT_EPOCHS = 200  # the reference's 100 constant + 100 decaying epochs
 
@@ -66,6 +63,12 @@ def default_workers(device: torch.device) -> int:
 def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None) -> Path:
     """Train `cfg.task` into the run folder `cfg.out`; returns that folder. Under torchrun
     every process calls this; rank 0 alone writes files and reports."""
+    # Imported here: translate, which shares this module, starts faster without them.
+    from img2img.data.datasets import SeededSampler
+    from img2img.gan import distributed
+    from img2img.gan.loop import Trainer, epochs_to_steps
+    from img2img.tasks import TASKS
+
     world = distributed.from_environment()
     reporter = (reporter or Silent()) if world.is_main else Silent()
     run_dir = Path(cfg.out)

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from img2img.config import ConfigError
 from img2img.data.datasets import DataError
 from img2img.data.header import ImageError, set_max_pixels
+from img2img.data.quiet import codec_noise_filtered
 from img2img.data.images import IMAGE_EXTENSIONS
 from img2img.gan.checkpoint import CheckpointError
 from img2img.gan.loop import TrainingStopped
@@ -100,9 +101,11 @@ def fail(message: str, code: int) -> None:
 
 
 def run_guarded(action):
-    """Run `action`, turning the user's mistakes into a message and an exit code, not a traceback."""
+    """Run `action`, turning the user's mistakes into a message and an exit code, not a traceback;
+    the codec libraries' own messages are dropped (one line per bad file is ours to print)."""
     try:
-        return action()
+        with codec_noise_filtered():
+            return action()
     except USAGE_ERRORS as err:
         fail(str(err), 2)
     except FAILURES as err:
@@ -379,9 +382,10 @@ def translate(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help=MAX_PIXELS_HELP),
     gallery: bool = typer.Option(False, "--gallery", help="Write OUTPUT/gallery.html: input | output (| target) side by side."),
     targets: Optional[Path] = typer.Option(None, "--targets", help="Targets paired by relative path and stem: adds them and PSNR/SSIM to the gallery (implies --gallery)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory for image data, e.g. 2G (default: what is free); over it, tiles, disk-backed outputs, smaller tile batches."),
 ):
     """Translate images with a trained generator (any size; no resizing unless asked)."""
-    from img2img import api, infer, sharding
+    from img2img import api, infer, memory, sharding
 
     if max_pixels:
         set_max_pixels(max_pixels)
@@ -391,6 +395,10 @@ def translate(
         fail(f"--tile-overlap {tile_overlap} must be less than half of --tile {tile}", 2)
     if targets is not None and not targets.is_dir():
         fail(f"--targets {targets}: no such folder", 2)
+    try:
+        memory_budget = memory.parse_size(max_memory) if max_memory is not None else None
+    except ValueError as err:
+        fail(f"--max-memory {err}", 2)
 
     def print_json(result) -> None:
         if json_output:
@@ -400,7 +408,8 @@ def translate(
         options = infer.Options(
             device=api.resolve_device(device), batch_size=batch_size, direction=direction.value,
             bn_mode=bn_mode.value, overwrite=overwrite, ext=f".{ext.lstrip('.').lower()}" if ext else None,
-            tile=tile, tile_overlap=tile_overlap, resize=resize, amp=amp, compile=compile, workers=workers)
+            tile=tile, tile_overlap=tile_overlap, resize=resize, amp=amp, compile=compile, workers=workers,
+            max_memory=memory_budget)
         if devices:
             results = sharding.translate_sharded(model, input, output, sharding.parse_devices(devices), options=options,
                                               reporter=RichReporter(), on_result=print_json)

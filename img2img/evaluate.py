@@ -34,7 +34,7 @@ from torch import nn
 
 from img2img import metrics as pixel_metrics
 from img2img.config import ConfigError
-from img2img.data.header import ImageError
+from img2img.data.header import failure
 from img2img.data.images import list_images, read_image
 from img2img.progress import Reporter, Silent
 
@@ -430,8 +430,8 @@ def _measure(matching: Matching, paired: tuple[str, ...], set_metrics: SetMetric
 def _read(path: Path, result: Evaluation) -> torch.Tensor | None:
     try:
         return read_image(path).rgb
-    except ImageError as err:
-        result.failures.append(str(err))
+    except Exception as err:  # the per-file boundary: named, and the evaluation goes on
+        result.failures.append(failure(path, err, "reading"))
         return None
 
 
@@ -446,8 +446,8 @@ def _measure_pair(key, pred_path, target_path, output, target, paired, crop_bord
         return
     try:
         values = paired_values(output, target, paired, crop_border, y_channel, lpips)
-    except (ValueError, RuntimeError) as err:  # smaller than SSIM's window or LPIPS's network allows
-        result.failures.append(f"{pred_path}: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}")
+    except Exception as err:  # e.g. smaller than SSIM's window or LPIPS's network allows
+        result.failures.append(failure(pred_path, err, "measuring"))
         return
     result.images.append({"name": key, "pred": str(pred_path), "target": str(target_path), **values})
 

@@ -23,11 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from img2img.data.header import ImageError, check_image
-from img2img.data.images import TEMP_SUFFIX, Image, is_image_file, list_images, read_image, write_image
+from img2img import memory
+from img2img.data.header import ImageError, check_image, failure
+from img2img.data.images import (TEMP_SUFFIX, Decoded, Image, decode_image, is_image_file, list_images,
+                                 output_layout, to_pixels, write_image)
+from img2img.data.strips import StripWriter, streams
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Reporter, Silent
-from img2img.tiling import run_tiled
+from img2img.tiling import AlphaRows, blend_strips
 from img2img.translator import Translator, scale_alpha
 
 
@@ -77,6 +80,7 @@ class Options:
     compile: bool = False
     workers: int | None = None
     writers: int = 4
+    max_memory: int | None = None  # bytes of image data; None: what the system has free
 
 
 # ---- what to translate ------------------------------------------------------------------
@@ -115,7 +119,7 @@ def header_size(path: Path) -> tuple[int, int]:
     """(height, width) as displayed, from the header alone; (0, 0) when unreadable."""
     try:
         header = check_image(path)
-    except ImageError:  # decoding will report it properly
+    except Exception:  # decoding will report it, for this file alone
         return 0, 0
     return header.height, header.width
 
@@ -124,10 +128,12 @@ def header_size(path: Path) -> tuple[int, int]:
 
 
 class DecodeDataset(Dataset):
-    """Decodes jobs in DataLoader workers; failures travel back as messages, not exceptions."""
+    """Decodes jobs in DataLoader workers; failures travel back as messages, not exceptions:
+    an exception would stop the loader, and the whole run with it. Images that will be tiled
+    stay in their stored form (a Decoded, 4x smaller than floats)."""
 
-    def __init__(self, jobs: list[Job], resize: int | None):
-        self.jobs, self.resize = jobs, resize
+    def __init__(self, jobs: list[Job], resize: int | None, tiled: Callable[[tuple[int, int]], int | None]):
+        self.jobs, self.resize, self.tiled = jobs, resize, tiled
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -138,11 +144,13 @@ class DecodeDataset(Dataset):
         if not is_image_file(job.source):
             return {"index": index, "error": f"{job.source}: not an image file name (png, jpg, webp, bmp, tif)"}
         try:
-            image = read_image(job.source)
-        except (ImageError, OSError) as err:
-            return {"index": index, "error": str(err)}
-        if self.resize:
-            image = resize_shorter_side(image, self.resize)
+            image = decode_image(job.source)
+            if self.resize:
+                image = resize_shorter_side(image.to_image(), self.resize)
+            elif self.tiled(image.size) is None:
+                image = image.to_image()
+        except Exception as err:  # the per-file boundary: whatever this file does, it fails alone
+            return {"index": index, "error": failure(job.source, err, "reading")}
         return {"index": index, "image": image, "decode_ms": (time.perf_counter() - start) * 1000}
 
 
@@ -159,13 +167,14 @@ def collate(items: list[dict]) -> list[dict]:
     return items  # images keep their own sizes; batches are stacked per size in the main loop
 
 
-def size_batches(jobs: list[Job], batch_size: int) -> list[list[int]]:
+def size_batches(jobs: list[Job], batch_size: int, sizes: list[tuple[int, int]] | None = None) -> list[list[int]]:
     """Job indices grouped into batches of one image size (read from the headers)."""
     if batch_size == 1:
         return [[i] for i in range(len(jobs))]
+    sizes = sizes or [header_size(job.source) for job in jobs]
     by_size: dict[tuple[int, int], list[int]] = {}
-    for index, job in enumerate(jobs):
-        by_size.setdefault(header_size(job.source), []).append(index)
+    for index, size in enumerate(sizes):
+        by_size.setdefault(size, []).append(index)
     return [batch for indices in by_size.values() for batch in _chunks(indices, batch_size)]
 
 
@@ -185,8 +194,9 @@ def default_batch_size(device: torch.device, tile: int | None) -> int:
 
 
 def default_workers(device: torch.device) -> int:
-    cpus = os.cpu_count() or 1
-    return min(8, cpus - 1) if device.type == "cuda" else min(2, cpus - 1)
+    # On a CPU the network already uses every core: decoding in other processes only takes
+    # cores from its threads (measured in benchmarks/translate.py), so decode in line.
+    return min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -195,9 +205,9 @@ def default_workers(device: torch.device) -> int:
 class Writer:
     """Encodes and writes results on threads while the device computes; bounded in flight."""
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, in_flight: int | None = None):
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="img2img-write")
-        self.slots = threading.Semaphore(threads * 2)
+        self.slots = threading.Semaphore(in_flight or threads * 2)
         self.pending: list[Future] = []
 
     def submit(self, fn: Callable[[], Result]) -> None:
@@ -208,9 +218,9 @@ class Writer:
 
     def done(self) -> Iterator[Result]:
         """Results finished so far, in completion order (and forgets them)."""
-        finished = [f for f in self.pending if f.done()]
-        self.pending = [f for f in self.pending if not f.done()]
-        return (f.result() for f in finished)
+        done = {f: f.done() for f in self.pending}  # asked once: a future finishing meanwhile stays pending
+        self.pending = [f for f, finished in done.items() if not finished]
+        return (f.result() for f, finished in done.items() if finished)
 
     def close(self) -> Iterator[Result]:
         self.pool.shutdown(wait=True)
@@ -234,8 +244,9 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
 def remove_stale_temporaries(out_dir: Path) -> None:
     """Half-written files of a run that was killed (SIGKILL skips all clean-up)."""
     if out_dir.is_dir():
-        for stale in out_dir.rglob(f"*{TEMP_SUFFIX}"):
-            stale.unlink(missing_ok=True)
+        for pattern in (f"*{TEMP_SUFFIX}", f"*{TEMP_SUFFIX}.*"):  # the second: OpenCV's, named by format
+            for stale in out_dir.rglob(pattern):
+                stale.unlink(missing_ok=True)
 
 
 def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,
@@ -268,28 +279,138 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
     device = options.device
     batch_size = options.batch_size or default_batch_size(device, options.tile)
     workers = default_workers(device) if options.workers is None else options.workers
-    loader = DataLoader(DecodeDataset(jobs, options.resize),
-                        batch_sampler=size_batches(jobs, 1 if options.tile else batch_size),
-                        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
-    writer = Writer(options.writers)
-    state = {"batch": batch_size, "tile": tile_for(translator, options.tile, reporter)}
-    for items in loader:
+    sizes = [header_size(job.source) for job in jobs]
+    plan = _plan_memory(translator, jobs, sizes, options, batch_size)
+    for message in plan.messages:
+        reporter.message(message)
+    state = {"batch": batch_size, "tile": tile_for(translator, options.tile, reporter), "tile_batch": plan.tile_batch,
+             "plan": plan}
+    dataset = DecodeDataset(jobs, options.resize, TilePolicy(options.tile, plan.whole_limit, translator.scale))
+    prefetch = PREFETCH if plan.whole_limit >= AUTO_TILE_PIXELS else 1
+    # Results waiting to be written hold their whole output (float + integer): within a budget,
+    # no more of them than fit in it.
+    in_flight = options.writers * 2
+    if options.max_memory:
+        largest = max((h * w for h, w in sizes), default=0) * translator.scale**2 * 16
+        in_flight = max(1, min(in_flight, options.max_memory // max(1, largest)))
+    writer = Writer(options.writers, in_flight)
+    batches = size_batches(jobs, 1 if options.tile else batch_size, sizes)
+    for items in _decoded_batches(dataset, batches, workers, prefetch, device, record):
         for item in items:
             if "error" in item:
                 record(Result(jobs[item["index"]], None, error=item["error"]))
         decoded = [item for item in items if "image" in item]
         for group in _same_size_groups(decoded):
-            try:
-                _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
-            except (RuntimeError, ValueError) as err:  # the network refused this input: name it, go on
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-                for item in group:
-                    record(Result(jobs[item["index"]], None, error=f"{jobs[item['index']].source}: translation failed: {reason}"))
+            for attempt in range(2):
+                try:
+                    _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
+                    break
+                except Exception as err:  # e.g. the network refused this input: name the files, go on
+                    if attempt == 0 and _decoder_died(err):  # raised by torch's SIGCHLD handler meanwhile
+                        continue
+                    for item in group:
+                        if not item.get("done"):
+                            source = jobs[item["index"]].source
+                            record(Result(jobs[item["index"]], None, error=failure(source, err, "translating")))
+                    break
         for result in writer.done():
             record(result)
     for result in writer.close():
         record(result)
+
+
+PREFETCH = 4  # batches in flight per decoding worker
+
+
+def _decoded_batches(dataset: DecodeDataset, batches: list[list[int]], workers: int, prefetch: int,
+                     device: torch.device, record: Callable[[Result], None]) -> Iterator[list[dict]]:
+    """Decoded batches, in order. A decoding process that dies (a decoder crashed on a file, or
+    the system killed it) is replaced: the files that were in flight are decoded again one at
+    a time, so the next death names its file, which fails alone."""
+    jobs = dataset.jobs
+    careful = 0  # files still to decode one at a time
+    while batches:
+        one_at_a_time = careful > 0
+        loader = iter(DataLoader(dataset, batch_sampler=batches,
+                                 num_workers=1 if one_at_a_time else workers, collate_fn=collate,
+                                 pin_memory=device.type == "cuda",
+                                 prefetch_factor=(1 if one_at_a_time else prefetch) if workers else None))
+        received = 0
+        try:
+            for items in loader:
+                received += 1
+                careful = max(0, careful - 1)
+                yield items
+                if one_at_a_time and careful == 0:
+                    break  # past the suspects: the fast loader takes the rest
+        except Exception as err:  # DecodeDataset never raises: the decoding process itself is gone
+            if workers == 0:
+                raise
+            if one_at_a_time:  # one file was in flight: it took the decoder down with it
+                index = batches[received][0]
+                reason = failure(jobs[index].source, err, "decoding").split(" failed ", 1)[-1]
+                record(Result(jobs[index], None, error=f"{jobs[index].source}: the decoder crashed on this file, "
+                                                       f"its process died {reason}"))
+                received, careful = received + 1, careful - 1
+            else:  # any batch in flight may be the cause: their files, one at a time
+                end = received + prefetch * workers
+                suspects = [[i] for batch in batches[received:end] for i in batch]
+                batches, careful = batches[:received] + suspects + batches[end:], len(suspects)
+        _stop(loader)
+        batches = batches[received:]
+
+
+def _stop(loader) -> None:
+    """Shut the loader's workers down now, where the error torch's SIGCHLD handler raises for a
+    dead one is caught, rather than in a destructor, where it would print a traceback."""
+    for _ in range(3):
+        try:
+            getattr(loader, "_shutdown_workers", lambda: None)()
+            return
+        except Exception:
+            continue
+
+
+def _decoder_died(err: Exception) -> bool:
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
+
+
+def _plan_memory(translator: Translator, jobs: list[Job], sizes: list[tuple[int, int]], options: Options,
+                 batch_size: int) -> memory.Plan:
+    """Estimate the peak for the largest image before anything starts; over the budget or
+    the free memory, choose tiles, a disk-backed output or smaller tile batches (and say so)."""
+    # A model that tiles internally or tiles badly (nets.zoo) is not tiled for its size alone.
+    whole_limit = AUTO_TILE_PIXELS if translator.tiling == "supported" else 2**62
+    if not jobs:
+        return memory.Plan(batch_size, False, whole_limit, 0, [])
+    largest = max(range(len(jobs)), key=lambda i: sizes[i][0] * sizes[i][1])
+    height, width = sizes[largest]
+    if options.resize and min(height, width):
+        factor = options.resize / min(height, width)
+        height, width = round(height * factor), round(width * factor)
+    need = memory.Need(height, width, translator.scale, memory.widest_layer(translator.module))
+    suffix = jobs[largest].relative.suffix
+    return memory.plan(need, options.tile or AUTO_TILE, batch_size, not streams(suffix), whole_limit,
+                       options.max_memory, memory.available_memory(), explicit_tile=options.tile is not None)
+
+
+@dataclass
+class TilePolicy:
+    """Which images are tiled: all with --tile, else those whose output is over whole_limit."""
+
+    tile: int | None
+    whole_limit: int  # output pixels
+    scale: int
+
+    def __call__(self, size: tuple[int, int]) -> int | None:
+        """The tile side for images of `size` (height, width), or None to translate them whole."""
+        if self.tile:
+            return self.tile
+        return AUTO_TILE if size[0] * size[1] * self.scale**2 > self.whole_limit else None
+
+
+def _tile_size(state: dict, size: tuple[int, int], scale: int) -> int | None:
+    return TilePolicy(state["tile"], state["plan"].whole_limit, scale)(size)
 
 
 def _same_size_groups(items: list[dict]) -> list[list[dict]]:
@@ -300,38 +421,96 @@ def _same_size_groups(items: list[dict]) -> list[list[dict]]:
 
 
 def _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer) -> None:
+    """Same-size images; on out-of-memory, retry with smaller batches, then tiles."""
+    height, width = group[0]["image"].size
+    while True:
+        try:
+            tile = _tile_size(state, (height, width), translator.scale)
+            if tile and not state["tile"] and not state.get("told_huge"):
+                reporter.message(f"images of {width}x{height} px and larger are translated in {tile} px tiles")
+                state["told_huge"] = True
+            for item in group:
+                if item.get("done"):
+                    continue
+                if tile:
+                    _translate_tiled(translator, item, jobs[item["index"]], out_dir, tile, state, options, writer)
+                    item["done"] = True
+            if not tile:
+                _translate_whole(translator, group, jobs, out_dir, state, writer)
+            return
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            _shrink_after_oom(state, (height, width), reporter, err, translator.tiling != "internal")
+
+
+def _translate_whole(translator, group, jobs, out_dir, state, writer) -> None:
     start = time.perf_counter()
-    outputs = _run_with_fallback(translator, [item["image"] for item in group], state, options, reporter)
+    images = [_as_image(item["image"]) for item in group]
+    outputs = []
+    for i in range(0, len(images), state["batch"]):
+        batch = torch.stack([im.rgb for im in images[i : i + state["batch"]]])
+        outputs.extend(translator.run(batch).cpu())
     elapsed = (time.perf_counter() - start) * 1000 / len(group)
-    for item, rgb in zip(group, outputs):
-        image, job = item["image"], jobs[item["index"]]
+    for item, image, rgb in zip(group, images, outputs):
+        job = jobs[item["index"]]
         result_image = Image(rgb=rgb, alpha=scale_alpha(image.alpha, translator.scale), gray=image.gray, bits=image.bits)
         ms = elapsed + item.get("decode_ms", 0.0)
+        item["done"] = True
         writer.submit(lambda job=job, result_image=result_image, ms=ms: _write(job, result_image, out_dir, ms))
 
 
-def _run_with_fallback(translator: Translator, images: list[Image], state: dict, options: Options,
-                       reporter: Reporter) -> list[torch.Tensor]:
-    """Translate same-size images; on out-of-memory, retry with smaller batches, then tiles.
-    Huge images are tiled from the start: their activations would not fit anywhere."""
-    height, width = images[0].size
-    huge = height * width * translator.scale**2 > AUTO_TILE_PIXELS and translator.tiling == "supported"
-    if huge and not state["tile"] and not state.get("told_huge"):
-        reporter.message(f"images of {width}x{height} px and larger are translated in {AUTO_TILE} px tiles")
-        state["told_huge"] = True
-    while True:
-        try:
-            tile = state["tile"] or (AUTO_TILE if huge else None)
-            if tile:
-                return [run_tiled(translator, im.rgb, tile, options.tile_overlap, state["batch"])
-                        for im in images]
-            outputs = []
-            for i in range(0, len(images), state["batch"]):
-                batch = torch.stack([im.rgb for im in images[i : i + state["batch"]]])
-                outputs.extend(translator.run(batch).cpu())
-            return outputs
-        except (torch.OutOfMemoryError, MemoryError) as err:
-            _shrink_after_oom(state, images[0].size, reporter, err, translator.tiling != "internal")
+def _as_image(image: Image | Decoded) -> Image:
+    return image.to_image() if isinstance(image, Decoded) else image
+
+
+def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path, tile: int, state: dict,
+                     options: Options, writer: Writer) -> None:
+    """One image in tiles, its rows converted and handed to the file's encoder as they are
+    final: no full-size float image exists at any point."""
+    start = time.perf_counter()
+    image, scale = item["image"], translator.scale
+    height, width = image.size
+    if isinstance(image, Decoded):
+        region, alpha, has_alpha = image.rgb, image.alpha, image.has_alpha
+    else:
+        region = lambda rows, cols, rgb=image.rgb: rgb[:, rows, cols]
+        alpha = lambda rows, cols=slice(None), plane=image.alpha: plane[:, rows, cols]
+        has_alpha = image.alpha is not None
+    target = out_dir / job.relative
+    layout = output_layout(target.suffix, image.gray, has_alpha, image.bits)
+    alpha_rows = AlphaRows(alpha, height, scale) if has_alpha else None
+    try:
+        output = StripWriter(target, height * scale, width * scale, layout, on_disk=state["plan"].on_disk)
+    except OSError as err:
+        message = f"{target}: could not be written: {err.strerror or err}"
+        writer.submit(lambda: Result(job, None, error=message))
+        return
+    try:
+        batch = min(state["batch"], state["tile_batch"])
+        for top, rgb in blend_strips(translator, region, (height, width), tile, options.tile_overlap, batch):
+            bottom = top + rgb.shape[1]
+            output.write(to_pixels(rgb, alpha_rows.rows(top, bottom) if alpha_rows else None, layout))
+    except (ImageError, OSError) as err:  # the encoder failed (e.g. a full disk): this file alone
+        output.abort()
+        message = f"{target}: could not be written: {getattr(err, 'strerror', None) or err}"
+        writer.submit(lambda: Result(job, None, error=message))
+        return
+    except BaseException:
+        output.abort()
+        raise
+    ms = (time.perf_counter() - start) * 1000 + item.get("decode_ms", 0.0)
+    writer.submit(lambda: _finish(job, output, target, ms))
+
+
+def _finish(job: Job, output: StripWriter, target: Path, ms: float) -> Result:
+    try:
+        output.close()
+    except ImageError as err:
+        return Result(job, None, error=str(err))
+    except OSError as err:
+        return Result(job, None, error=f"{target}: could not be written: {err.strerror or err}")
+    except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
+        return Result(job, None, error=failure(target, err, "writing"))
+    return Result(job, target, milliseconds=ms, size=(output.height, output.width))
 
 
 def tile_for(translator: Translator, tile: int | None, reporter: Reporter) -> int | None:
@@ -362,8 +541,8 @@ def _write(job: Job, image: Image, out_dir: Path, ms: float) -> Result:
     target = out_dir / job.relative
     try:
         write_image(target, image)
-    except ImageError as err:
-        return Result(job, None, error=str(err))
     except OSError as err:  # e.g. a full disk: the temporary file is already gone
         return Result(job, None, error=f"{target}: could not be written: {err.strerror or err}")
+    except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
+        return Result(job, None, error=failure(target, err, "writing"))
     return Result(job, target, milliseconds=ms, size=image.size)

@@ -445,7 +445,7 @@ def _try_read(path: Path | None) -> torch.Tensor | None:
         return None
     try:
         return read_image(path).rgb
-    except ImageError:
+    except Exception:  # shown as unreadable in the gallery; translate has named it already
         return None
 
 

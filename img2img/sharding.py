@@ -8,6 +8,7 @@ from typing import Callable, TextIO
 
 import torch
 
+from img2img.data.header import failure
 from img2img.gan.checkpoint import load_generator
 from img2img.infer import InputError, Job, Options, Result, collect_jobs, remove_stale_temporaries, run_jobs
 from img2img.progress import Reporter, Silent
@@ -43,28 +44,35 @@ def translate_sharded(model: str | Path, source: str, out_dir: str | Path, devic
     context = mp.get_context("spawn")
     queue = context.Queue()
     shards = [list(range(rank, len(jobs), len(devices))) for rank in range(len(devices))]
-    processes = [context.Process(target=_shard_main, daemon=True,
+    # Not daemonic: a daemonic process may not start the DataLoader workers that decode for it,
+    # so the finally clause stops them instead when this process is interrupted.
+    processes = [context.Process(target=_shard_main,
                                  args=(str(model), [jobs[i] for i in shard], str(out_dir), options, str(device),
                                        len(devices), queue))
                  for shard, device in zip(shards, devices)]
-    for process in processes:
-        process.start()
     results = []
-    reporter.start(len(jobs), 0, f"translating on {len(devices)} devices")
-    while len(results) < len(jobs):
-        message = _next_message(queue, processes)
-        if message is None:
-            break
-        result = Result(Job(Path(message["source"]), Path(message["relative"])),
-                        Path(message["output"]) if message["output"] else None, message["error"],
-                        message["ms"], message["skipped"], tuple(message["size"]) if message["size"] else None)
-        results.append(result)
-        if on_result:
-            on_result(result)
-        reporter.update(len(results))
-    reporter.finish()
-    for process in processes:
-        process.join(timeout=10)
+    try:
+        for process in processes:
+            process.start()
+        reporter.start(len(jobs), 0, f"translating on {len(devices)} devices")
+        while len(results) < len(jobs):
+            message = _next_message(queue, processes)
+            if message is None:
+                break
+            result = Result(Job(Path(message["source"]), Path(message["relative"])),
+                            Path(message["output"]) if message["output"] else None, message["error"],
+                            message["ms"], message["skipped"], tuple(message["size"]) if message["size"] else None)
+            results.append(result)
+            if on_result:
+                on_result(result)
+            reporter.update(len(results))
+        reporter.finish()
+        for process in processes:
+            process.join(timeout=10)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
     done = {str(r.job.source) for r in results}
     for job in jobs:  # a shard that died leaves its remaining files unaccounted for
         if str(job.source) not in done:
@@ -84,19 +92,26 @@ def _next_message(queue, processes) -> dict | None:
 
 
 def _shard_main(model: str, jobs: list[Job], out_dir: str, options: Options, device: str, shards: int, queue) -> None:
-    device = torch.device(device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // shards))
-    else:
-        torch.cuda.set_device(device)
-    options = Options(**{**options.__dict__, "device": device})
-    module, spec = load_generator(Path(model), options.direction)
-    translator = Translator(module, spec, device, options.bn_mode, options.amp, options.compile)
+    sent: set[str] = set()
 
     def send(result: Result) -> None:
+        sent.add(str(result.job.source))
         queue.put({"source": str(result.job.source), "relative": str(result.job.relative),
                    "output": str(result.output) if result.output else None, "error": result.error,
                    "ms": result.milliseconds, "skipped": result.skipped,
                    "size": list(result.size) if result.size else None})
 
-    run_jobs(translator, jobs, Path(out_dir), options, Silent(), send)
+    try:
+        device = torch.device(device)
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // shards))
+        else:
+            torch.cuda.set_device(device)
+        options = Options(**{**options.__dict__, "device": device})
+        module, spec = load_generator(Path(model), options.direction)
+        translator = Translator(module, spec, device, options.bn_mode, options.amp, options.compile)
+        run_jobs(translator, jobs, Path(out_dir), options, Silent(), send)
+    except Exception as err:  # this process's boundary: its unfinished files fail, named, not the run
+        for job in jobs:
+            if str(job.source) not in sent:
+                send(Result(job, None, error=failure(job.source, err, f"translating on {device}")))

@@ -34,3 +34,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def save_tiny_generator(path):
+    """A random resnet generator of a few hundred parameters: translate's file handling, fast."""
+    from img2img.gan.checkpoint import GeneratorSpec, save_generator
+    from img2img.nets import registry
+
+    hparams = {"in_ch": 3, "out_ch": 3, "ngf": 4, "n_blocks": 1, "norm": "instance", "use_dropout": False}
+    save_generator(path, registry.build("resnet", **hparams), GeneratorSpec(arch="resnet", hparams=hparams, pixel_range="-1,1"))
+    return path

@@ -18,6 +18,7 @@ import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
+from helpers import save_tiny_generator
 from img2img import api
 from img2img.cli import app
 from img2img.config import make_config
@@ -31,10 +32,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "g.safetensors"
-    hparams = {"in_ch": 3, "out_ch": 3, "ngf": 4, "n_blocks": 1, "norm": "instance", "use_dropout": False}
-    save_generator(path, registry.build("resnet", **hparams), GeneratorSpec(arch="resnet", hparams=hparams, pixel_range="-1,1"))
-    return path
+    return save_tiny_generator(tmp_path_factory.mktemp("model") / "g.safetensors")
 
 
 def rgb(height=24, width=20) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from img2img.config import ConfigError
 from img2img.data import datasets
-from img2img.data.header import ImageError, check_image
+from img2img.data.header import check_image, failure
 from img2img.data.images import is_image_file, read_image
 
 
@@ -37,8 +37,8 @@ def scan_folder(folder: Path, decode: bool = False) -> Report:
             header = check_image(path)
             if decode:
                 read_image(path)
-        except ImageError as err:
-            report.problems.append(str(err))
+        except Exception as err:  # the per-file boundary: named, and the scan goes on
+            report.problems.append(failure(path, err, "decoding" if decode else "reading the header"))
             continue
         report.formats[header.format] += 1
         report.sizes[(header.width, header.height)] += 1

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from img2img.config import ConfigError
-from img2img.data.header import ImageError, check_image
+from img2img.data.header import check_image, failure
 from img2img.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, read_image
 
 
@@ -49,6 +48,16 @@ def image_size(path: Path) -> tuple[int, int]:
     return header.width, header.height
 
 
+def checked_size(path: Path, problems: list[str]) -> tuple[int, int] | None:
+    """(width, height), or None with the reason added to `problems`: the per-file boundary of
+    every scan, so one file, whatever it does, never stops a scan."""
+    try:
+        return image_size(path)
+    except Exception as err:
+        problems.append(failure(path, err, "reading the header"))
+        return None
+
+
 def _split_folder(root: Path, split: str) -> Path:
     # The reference's layout has train/ val/ test/ below the data folder.
     return root / split if (root / split).is_dir() else root
@@ -70,11 +79,10 @@ def scan_images(folder: Path, flag: str, check: Callable[[Path, int, int], str |
         raise DataError(f"{flag} {folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     problems = []
     for path in files:
-        try:
-            width, height = image_size(path)
-        except ImageError as err:
-            problems.append(str(err))
+        size = checked_size(path, problems)
+        if size is None:
             continue
+        width, height = size
         problem = check(path, width, height) if check else None
         if problem:
             problems.append(problem)
@@ -108,10 +116,8 @@ def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
     problems += [f"{b_files[k]}: no partner in {a_root} (looked for {k}.*)" for k in sorted(b_files.keys() - a_files.keys())]
     pairs = []
     for key in sorted(a_files.keys() & b_files.keys()):
-        try:
-            size_a, size_b = image_size(a_files[key]), image_size(b_files[key])
-        except ImageError as err:
-            problems.append(str(err))
+        size_a, size_b = checked_size(a_files[key], problems), checked_size(b_files[key], problems)
+        if size_a is None or size_b is None:
             continue
         if size_a != size_b:
             problems.append(f"{a_files[key]} is {size_a[0]}x{size_a[1]} but {b_files[key]} is {size_b[0]}x{size_b[1]}")
@@ -133,6 +139,8 @@ def load_pair(pair: Pair, direction: str = "AtoB") -> tuple[np.ndarray, np.ndarr
 
 def paired_augmentation(size: int, load_size: int, flip: bool) -> A.Compose:
     """The reference's resize_and_crop: bicubic resize to load_size, random crop, random flip."""
+    import albumentations as A  # here: translate and the CLI's start-up need none of it
+
     steps: list = [A.Resize(load_size, load_size, interpolation=cv2.INTER_CUBIC)]
     if load_size > size:
         steps.append(A.RandomCrop(size, size))

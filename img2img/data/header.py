@@ -1,30 +1,43 @@
 """What an image file is, without decoding its pixels: format, size, gray or colour, EXIF
 orientation; and the refusals that need no decoding: empty, unreadable, not an image,
 truncated, or over the pixel limit (a guard against decompression bombs).
+
+The sizes a file declares are read here from its bytes, before any decoder sees it: decoders
+allocate from these fields (OpenCV's, and libwebp's animation decoder, as soon as they are
+created), and how each library version reacts to an absurd one differs (Pillow 13 raises where
+older ones allocate, OpenCV 5 raises where 4.x returned None). Every frame, page and tile a file
+declares is checked, since decoders may allocate for any of them. Pillow's lazy open then adds
+the colour mode and the EXIF orientation, still without decoding, and must agree on the size.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
 from PIL import Image as PILImage
 
 MAX_PIXELS_VARIABLE = "IMG2IMG_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 256_000_000  # 16000 x 16000; bigger files are usually attacks or mistakes
 PILImage.MAX_IMAGE_PIXELS = None  # we apply the limit above, with a clearer message
+MAX_PAGES = 10_000  # IFDs / frames walked per file; more is an attack on the walk itself
 
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF",
-               b"MM\x00*": "TIFF", b"RIFF": "WEBP"}
+               b"MM\x00*": "TIFF", b"II+\x00": "TIFF", b"MM\x00+": "TIFF", b"RIFF": "WEBP"}
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_EXIF_ORIENTATION = 0x0112
 
 
 class ImageError(Exception):
     """A file that cannot be read or written as an image; the message names the file."""
+
+
+class _Corrupt(Exception):
+    """A header field that cannot be right; the message says which (the caller adds the path)."""
 
 
 @dataclass
@@ -37,21 +50,10 @@ class Header:
 
 
 def check_image(path: Path, data: bytes | None = None) -> Header:
-    """Every check that needs no decoding; reads only the header and the last bytes unless
-    `data` (the whole file) is given."""
+    """Every check that needs no decoding, on `data` (the whole file) or the file read now.
+    Read, not memory-mapped: a file cut short while mapped would kill the process (SIGBUS)."""
     path = Path(path)
-    head, tail = _ends(path, data)
-    image_format = next((name for magic, name in _SIGNATURES.items() if head.startswith(magic)), None)
-    if image_format and _truncated(tail, image_format):
-        raise ImageError(f"{path}: the file is truncated (it ends before the image data does)")
-    header = _header(path, data, image_format)
-    if header.width * header.height > max_pixels():
-        raise ImageError(
-            f"{path}: {header.width}x{header.height} is {header.width * header.height / 1e6:.0f} megapixels, over "
-            f"the limit of {max_pixels() / 1e6:.0f} (a guard against decompression bombs); if you trust the file, "
-            f"raise it with --max-pixels or {MAX_PIXELS_VARIABLE}"
-        )
-    return header
+    return _check(path, read_bytes(path) if data is None else data)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -79,48 +81,226 @@ def set_max_pixels(limit: int) -> None:
     os.environ[MAX_PIXELS_VARIABLE] = str(int(limit))
 
 
-def _ends(path: Path, data: bytes | None) -> tuple[bytes, bytes]:
-    if data is not None:
-        return data[:16], data[-64:]
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64))
-            tail = handle.read()
-    except OSError:
-        read_bytes(path)  # raises the message that fits
-        raise
-    if not head:
+def failure(path: Path, err: BaseException, doing: str) -> str:
+    """One line naming the file and what went wrong, whatever raised: the per-file boundary's
+    message (ImageError messages already name the file)."""
+    if isinstance(err, ImageError):
+        return str(err).strip().splitlines()[0] if str(err).strip() else f"{path}: {doing} failed"
+    if isinstance(err, MemoryError):
+        return f"{path}: out of memory while {doing}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+    return f"{path}: {doing} failed ({reason})"
+
+
+# ---- the checks -------------------------------------------------------------------------
+
+
+def _check(path: Path, data: bytes) -> Header:
+    if len(data) == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
-    return head, tail
+    image_format = next((name for magic, name in _SIGNATURES.items() if data[:16].startswith(magic)), None)
+    if image_format is None:
+        raise ImageError(f"{path}: not an image (the format is not recognised; png, jpg, webp, bmp and tif are)")
+    if _truncated(data, image_format):
+        raise ImageError(f"{path}: the file is truncated (it ends before the image data does)")
+    try:
+        sizes = _DECLARED[image_format](data)
+    except (_Corrupt, struct.error, IndexError, ValueError) as err:
+        reason = err if isinstance(err, _Corrupt) else "a header field points past the end of the file"
+        raise ImageError(f"{path}: the {image_format} header is corrupt ({reason})") from None
+    for what, width, height in sizes:
+        if width <= 0 or height <= 0:
+            raise ImageError(f"{path}: the {image_format} header is corrupt (its {what} is {width}x{height} px)")
+        if width * height > max_pixels():
+            raise ImageError(
+                f"{path}: {width}x{height} ({what}) is {width * height / 1e6:.0f} megapixels, over the limit of "
+                f"{max_pixels() / 1e6:.0f} (a guard against decompression bombs); if you trust the file, raise it "
+                f"with --max-pixels or {MAX_PIXELS_VARIABLE}")
+    return _with_details(path, data, Header(image_format, sizes[0][1], sizes[0][2], False, 1))
 
 
-def _truncated(tail: bytes, image_format: str) -> bool:
+def _with_details(path: Path, data, header: Header) -> Header:
+    """Mode and EXIF orientation from Pillow's lazy open, which must agree on the size. Files
+    Pillow cannot open (e.g. float TIFF) keep the declared size, and OpenCV decides."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as handle:
+            size, mode, orientation = handle.size, handle.mode, _orientation(handle)
+    except Exception:  # any Pillow version's way of declining a file it does not read
+        return header
+    if size != (header.width, header.height):
+        raise ImageError(f"{path}: the {header.format} header is corrupt (it declares both "
+                         f"{header.width}x{header.height} and {size[0]}x{size[1]} px)")
+    if orientation in (5, 6, 7, 8):  # displayed rotated by 90 degrees
+        header.width, header.height = header.height, header.width
+    header.gray, header.orientation = mode in _GRAY_MODES, orientation
+    return header
+
+
+def _orientation(handle: PILImage.Image) -> int:
+    """From the metadata read at open time: PNG's getexif() would decode the image to look
+    for an eXIf chunk after the pixels."""
+    if handle.format == "TIFF":
+        value = handle.tag_v2.get(_EXIF_ORIENTATION, 1)
+    elif "exif" in handle.info:
+        exif = PILImage.Exif()
+        exif.load(handle.info["exif"])
+        value = exif.get(_EXIF_ORIENTATION, 1)
+    else:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _truncated(data, image_format: str) -> bool:
     """Decoders fill a cut-off JPEG with grey and say nothing: look for the end markers."""
-    tail = tail.rstrip(b"\0")[-16:]
+    tail = data[-64:].rstrip(b"\0")[-16:]
     if image_format == "JPEG":
         return not tail.endswith(b"\xff\xd9")
     if image_format == "PNG":
         return b"IEND" not in tail
+    if image_format == "WEBP":
+        return len(data) < 8 + struct.unpack_from("<I", data, 4)[0] if len(data) >= 8 else True
     return False
 
 
-def _header(path: Path, data: bytes | None, image_format: str | None) -> Header:
-    try:
-        with PILImage.open(io.BytesIO(data) if data is not None else path) as handle:
-            orientation = handle.getexif().get(0x0112, 1)
-            width, height = handle.size
-            if orientation in (5, 6, 7, 8):  # displayed rotated by 90 degrees
-                width, height = height, width
-            return Header(handle.format or image_format or "", width, height, handle.mode in _GRAY_MODES, orientation)
-    except Exception:
-        pass
-    if image_format is None:
-        raise ImageError(f"{path}: not an image (the format is not recognised)")
-    # Pillow lacks some modes OpenCV reads (e.g. float TIFF): ask the decoder itself.
-    pixels = cv2.imdecode(np.frombuffer(data if data is not None else read_bytes(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise ImageError(f"{path}: the {image_format} data is corrupt and cannot be decoded")
-    gray = pixels.ndim == 2 or pixels.shape[2] in (1, 2)
-    return Header(image_format, pixels.shape[1], pixels.shape[0], gray, 1)
+# ---- declared sizes, per format: [(what, width, height), ...], the image first ----------
+
+
+def _png_sizes(data) -> list[tuple[str, int, int]]:
+    if data[12:16] != b"IHDR":
+        raise _Corrupt("IHDR is not the first chunk")
+    width, height = struct.unpack_from(">II", data, 16)
+    sizes = [("image", width, height)]
+    offset = 8
+    while offset + 8 <= len(data) and len(sizes) <= MAX_PAGES:
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if offset + 12 + length > len(data):  # decoders would wait for bytes that never come
+            raise _Corrupt(f"chunk {_name(kind)} of {length} bytes runs past the end of the file")
+        if kind == b"fcTL":  # an APNG frame: decoders allocate for it
+            sizes.append((f"frame {len(sizes)}", *struct.unpack_from(">II", data, offset + 12)))
+        if kind == b"IEND":
+            break
+        offset += 12 + length
+    return sizes
+
+
+def _jpeg_sizes(data) -> list[tuple[str, int, int]]:
+    offset, sizes = 2, []
+    while True:
+        if offset + 4 > len(data):
+            raise _Corrupt("it ends before the image data")
+        if data[offset] != 0xFF:
+            raise _Corrupt(f"no marker at byte {offset}")
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            offset += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no frame header after this
+            break
+        (length,) = struct.unpack_from(">H", data, offset + 2)
+        if length < 2 or offset + 2 + length > len(data):
+            raise _Corrupt(f"segment length {length} at byte {offset}")
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack_from(">HH", data, offset + 5)
+            sizes.append(("image", width, height))
+        offset += 2 + length
+    if not sizes:
+        raise _Corrupt("no frame header (SOF) before the image data")
+    if len(sizes) > 1:
+        raise _Corrupt(f"{len(sizes)} frame headers (SOF), decoders accept one")
+    return sizes
+
+
+def _bmp_sizes(data) -> list[tuple[str, int, int]]:
+    (offset, info_size) = struct.unpack_from("<II", data, 10)
+    if info_size == 12:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit sizes
+        width, height, _, bits = struct.unpack_from("<HHHH", data, 18)
+    elif info_size >= 40:
+        width, height, _, bits, compression = struct.unpack_from("<iiHHI", data, 18)
+        if compression in (0, 3) and bits in (1, 4, 8, 16, 24, 32) and width > 0:  # uncompressed rows
+            needed = offset + (width * bits + 31) // 32 * 4 * abs(height)
+            if len(data) < needed:
+                raise _Corrupt(f"{width}x{abs(height)} px need {needed} bytes, the file has {len(data)}")
+    else:
+        raise _Corrupt(f"unknown info header size {info_size}")
+    return [("image", width, abs(height) if height != -(2**31) else 2**31)]  # negative: stored top-down
+
+
+def _webp_sizes(data) -> list[tuple[str, int, int]]:
+    if data[8:12] != b"WEBP":
+        raise _Corrupt("RIFF file of another kind")
+    kind, length = struct.unpack_from("<4sI", data, 12)
+    if 20 + length > len(data):
+        raise _Corrupt(f"chunk {_name(kind)} of {length} bytes runs past the end of the file")
+    if kind == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise _Corrupt("no VP8 start code")
+        width, height = struct.unpack_from("<HH", data, 26)
+        return [("image", width & 0x3FFF, height & 0x3FFF)]
+    if kind == b"VP8L":
+        if data[20] != 0x2F:
+            raise _Corrupt("no VP8L signature")
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return [("image", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)]
+    if kind != b"VP8X":
+        raise _Corrupt(f"unknown first chunk {_name(kind)}")
+    sizes = [("canvas", _u24(data, 24) + 1, _u24(data, 27) + 1)]
+    offset = 12
+    while offset + 8 <= len(data) and len(sizes) <= MAX_PAGES:
+        kind, length = struct.unpack_from("<4sI", data, offset)
+        if offset + 8 + length > len(data):
+            raise _Corrupt(f"chunk {_name(kind)} of {length} bytes runs past the end of the file")
+        if kind == b"ANMF":  # an animation frame: x, y, width-1, height-1 (24 bits each)
+            sizes.append((f"frame {len(sizes)}", _u24(data, offset + 14) + 1, _u24(data, offset + 17) + 1))
+        offset += 8 + length + (length & 1)
+    return sizes
+
+
+def _name(kind: bytes) -> str:
+    return "".join(chr(byte) if 32 <= byte < 127 else f"\\x{byte:02x}" for byte in kind)
+
+
+def _u24(data, offset: int) -> int:
+    return data[offset] | data[offset + 1] << 8 | data[offset + 2] << 16
+
+
+_TIFF_SIZE_TAGS = {256: "width", 257: "height", 322: "tile width", 323: "tile height"}
+
+
+def _tiff_sizes(data) -> list[tuple[str, int, int]]:
+    """ImageWidth/ImageLength and TileWidth/TileLength of every IFD (classic and BigTIFF)."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = struct.unpack_from(order + "H", data, 2)[0] == 43
+    offset = struct.unpack_from(order + "Q", data, 8)[0] if big else struct.unpack_from(order + "I", data, 4)[0]
+    count_format, entry_size, next_format = ("Q", 20, "Q") if big else ("H", 12, "I")
+    sizes, seen = [], set()
+    while offset and len(seen) < MAX_PAGES:
+        if offset in seen:
+            raise _Corrupt("its pages point back at each other")
+        seen.add(offset)
+        (count,) = struct.unpack_from(order + count_format, data, offset)
+        start = offset + (8 if big else 2)
+        fields = {}
+        for entry in range(start, start + count * entry_size, entry_size):
+            tag, kind = struct.unpack_from(order + "HH", data, entry)
+            if tag in _TIFF_SIZE_TAGS:
+                value_format = {3: "H", 4: "I", 16: "Q"}.get(kind)
+                if value_format is None:
+                    raise _Corrupt(f"tag {tag} has type {kind}")
+                fields[_TIFF_SIZE_TAGS[tag]] = struct.unpack_from(order + value_format, data, entry + (12 if big else 8))[0]
+        page = f"page {len(seen)}" if len(seen) > 1 else "image"
+        if "width" not in fields or "height" not in fields:
+            raise _Corrupt(f"{page} has no width or height")
+        sizes.append((page, fields["width"], fields["height"]))
+        if "tile width" in fields or "tile height" in fields:
+            sizes.append((f"tile of {page}", fields.get("tile width", 0), fields.get("tile height", 0)))
+        (offset,) = struct.unpack_from(order + next_format, data, start + count * entry_size)
+    if offset:
+        raise _Corrupt(f"more than {MAX_PAGES} pages")
+    return sizes
+
+
+_DECLARED = {"PNG": _png_sizes, "JPEG": _jpeg_sizes, "BMP": _bmp_sizes, "WEBP": _webp_sizes, "TIFF": _tiff_sizes}

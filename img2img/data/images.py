@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from img2img.data import quiet  # noqa: F401  (silences OpenCV's logger in every process that decodes)
 from img2img.data.header import ImageError, check_image, read_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -56,11 +57,67 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def read_image(path: Path) -> Image:
+    return decode_image(path).to_image()
+
+
+@dataclass
+class Decoded:
+    """A decoded file still in its stored form (uint8/uint16: a quarter or half of the float
+    Image): huge images stay like this and are converted to float a tile at a time."""
+
+    pixels: np.ndarray  # H x W (x C) as OpenCV returns it: BGR, BGRA or gray, EXIF-oriented
+    gray: bool
+    bits: int
+    scale: float  # what the stored values are divided by to reach [0, 1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pixels.shape[0], self.pixels.shape[1]
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.pixels.ndim == 3 and self.pixels.shape[2] in (2, 4)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.nbytes
+
+    def rgb(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+        """3 x h x w float32 in [0, 1] of a region (gray files: the gray plane three times)."""
+        region = self._planes(rows, cols)
+        if self.gray:
+            return self._to_float(region[:, :, 0])[None].expand(3, -1, -1).contiguous()
+        out = torch.empty(3, region.shape[0], region.shape[1])
+        for channel, source in enumerate((2, 1, 0)):  # OpenCV is BGR
+            out[channel] = self._to_float(region[:, :, source])
+        return out
+
+    def alpha(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor | None:
+        if not self.has_alpha:
+            return None
+        return self._to_float(self._planes(rows, cols)[:, :, -1])[None]
+
+    def to_image(self) -> Image:
+        return Image(rgb=self.rgb(), alpha=self.alpha(), gray=self.gray, bits=self.bits)
+
+    def _planes(self, rows: slice, cols: slice) -> np.ndarray:
+        region = self.pixels[rows, cols]
+        return region[:, :, None] if region.ndim == 2 else region
+
+    def _to_float(self, plane: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(plane).astype(np.float32) / self.scale)
+
+
+def decode_image(path: Path) -> Decoded:
     path = Path(path)
     data = read_bytes(path)
-    header = check_image(path, data)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
+    header = check_image(path, data)  # sizes checked before the decoder allocates anything
+    try:  # first frame or page only
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except Exception:  # OpenCV 4 returned None for what OpenCV 5 raises on: never mind which
+        pixels = None
+    del data
+    if pixels is None or pixels.size == 0 or (pixels.ndim == 3 and pixels.shape[2] > 4):
         raise ImageError(f"{path}: the {header.format or 'image'} data is corrupt and cannot be decoded")
     fix = _EXIF_FIXES.get(header.orientation)
     if fix is not None:
@@ -74,51 +131,86 @@ def read_image(path: Path) -> Image:
         pixels = np.clip(np.nan_to_num(pixels), 0.0, 1.0)
     else:
         raise ImageError(f"{path}: unsupported pixel type {pixels.dtype}")
-    array = torch.from_numpy(np.ascontiguousarray(pixels).astype(np.float32) / scale)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    channels = array.shape[2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     # OpenCV expands gray+alpha files to BGRA; the header says what the file really holds.
     gray = channels in (1, 2) or header.gray
-    alpha = array[:, :, -1:].permute(2, 0, 1).contiguous() if channels in (2, 4) else None
+    return Decoded(pixels=pixels, gray=gray, bits=bits, scale=scale)
+
+
+@dataclass
+class Layout:
+    """How an image's planes are stored in a file: channel order, bit depth, mode."""
+
+    channels: str  # "RGB", "RGBA", "G" or "GA" (what the file holds, in file order)
+    bits: int  # 8 or 16
+
+    @property
+    def dtype(self) -> type:
+        return np.uint16 if self.bits == 16 else np.uint8
+
+
+def output_layout(suffix: str, gray: bool, alpha: bool, bits: int) -> Layout:
+    """The bit depth and channels an image is written with, for a file extension."""
+    suffix = suffix.lower()
+    if bits == 16 and suffix in (".jpg", ".jpeg", ".webp", ".bmp"):
+        bits = 8  # these formats hold 8 bits only
+    if gray and alpha:
+        # 8-bit PNG/TIFF hold gray + alpha; OpenCV writes the other cases as colour + alpha.
+        return Layout("GA" if bits == 8 and suffix in (".png", ".tif", ".tiff") else "RGBA", bits)
     if gray:
-        rgb = array[:, :, :1].permute(2, 0, 1).expand(3, -1, -1).contiguous()
-    else:
-        rgb = array[:, :, [2, 1, 0]].permute(2, 0, 1).contiguous()  # OpenCV is BGR
-    return Image(rgb=rgb, alpha=alpha, gray=gray, bits=bits)
+        return Layout("G", bits)
+    return Layout("RGBA" if alpha else "RGB", bits)
+
+
+CHUNK_ROWS = 64  # rows converted at a time: the float temporaries stay small
+
+
+def to_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, layout: Layout) -> np.ndarray:
+    """Float planes in [0, 1] (3 x H x W, 1 x H x W) -> H x W x C integers in `layout`'s order."""
+    height, width = rgb.shape[1:]
+    out = np.empty((height, width, len(layout.channels)), layout.dtype)
+    scale = 65535.0 if layout.bits == 16 else 255.0
+    for top in range(0, height, CHUNK_ROWS):
+        rows = slice(top, top + CHUNK_ROWS)
+        part = rgb[:, rows].clamp(0, 1)
+        planes = [part.mean(0, keepdim=True)] if layout.channels[0] == "G" else [part]
+        if alpha is not None:
+            planes.append(alpha[:, rows].clamp(0, 1))
+        hwc = torch.cat(planes).permute(1, 2, 0).cpu().numpy()
+        out[rows] = np.rint(hwc * scale).astype(layout.dtype)
+    return out
 
 
 def write_image(path: Path, image: Image) -> None:
     """Encode `image` to `path` (format from the extension), atomically: temp file + rename."""
     path = Path(path)
-    scale, dtype = (65535.0, np.uint16) if image.bits == 16 else (255.0, np.uint8)
-    if image.bits == 16 and path.suffix.lower() in (".jpg", ".jpeg", ".webp", ".bmp"):
-        scale, dtype = 255.0, np.uint8  # these formats hold 8 bits only
-    rgb = image.rgb.clamp(0, 1)
-    gray_alpha = image.gray and image.alpha is not None
-    if gray_alpha and dtype == np.uint8 and path.suffix.lower() in (".png", ".tif", ".tiff"):
-        write_bytes_atomic(path, _encode_gray_alpha(rgb.mean(0), image.alpha[0], path.suffix))
+    layout = output_layout(path.suffix, image.gray, image.alpha is not None, image.bits)
+    pixels = to_pixels(image.rgb, image.alpha, layout)
+    if layout.channels == "GA":
+        write_bytes_atomic(path, _encode_gray_alpha(pixels, path.suffix))
         return
-    # OpenCV writes 1, 3 or 4 channels: other gray+alpha cases become BGRA with equal colours.
-    planes = [rgb.mean(0, keepdim=True)] if image.gray and not gray_alpha else [rgb[[2, 1, 0]]]
-    if image.alpha is not None:
-        planes.append(image.alpha.clamp(0, 1))
-    hwc = torch.cat(planes).permute(1, 2, 0).cpu().numpy()
-    pixels = np.rint(hwc * scale).astype(dtype)
-    if pixels.shape[2] == 1:
-        pixels = pixels[:, :, 0]
-    ok, encoded = cv2.imencode(path.suffix.lower(), pixels)
+    try:
+        ok, encoded = cv2.imencode(path.suffix.lower(), to_opencv(pixels, layout))
+    except Exception:  # raised by some OpenCV versions, returned as False by others
+        ok = False
     if not ok:
         raise ImageError(f"{path}: OpenCV cannot encode {path.suffix!r} images")
     write_bytes_atomic(path, encoded.tobytes())
 
 
-def _encode_gray_alpha(gray: torch.Tensor, alpha: torch.Tensor, suffix: str) -> bytes:
+def to_opencv(pixels: np.ndarray, layout: Layout) -> np.ndarray:
+    """RGB(A) -> BGR(A), gray -> H x W: what OpenCV's encoders take (a view where possible)."""
+    if layout.channels == "G":
+        return pixels[:, :, 0]
+    if layout.channels == "RGB":
+        return pixels[:, :, ::-1]
+    return pixels[:, :, [2, 1, 0, 3]]
+
+
+def _encode_gray_alpha(la: np.ndarray, suffix: str) -> bytes:
     """8-bit gray + alpha, which OpenCV cannot write, through Pillow's LA mode."""
-    la = torch.stack([gray, alpha.clamp(0, 1)], -1).cpu().numpy()
     buffer = io.BytesIO()
-    PILImage.fromarray(np.rint(la * 255).astype(np.uint8), mode="LA").save(
-        buffer, format="PNG" if suffix.lower() == ".png" else "TIFF")
+    PILImage.fromarray(la, mode="LA").save(buffer, format="PNG" if suffix.lower() == ".png" else "TIFF")
     return buffer.getvalue()
 
 

@@ -20,9 +20,10 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import ConfigError, TrainConfig
-from img2img.data.datasets import DataError, files_by_stem, image_size, raise_problems, require_folder, scan_images, to_tensor
+from img2img.data.datasets import (DataError, checked_size, files_by_stem, image_size, raise_problems, require_folder,
+                                   scan_images, to_tensor)
 from img2img.data.degrade import DEGRADATIONS, degrade
-from img2img.data.images import ImageError, read_image
+from img2img.data.images import read_image
 from img2img.metrics import SSIM_WINDOW
 
 VAL_COUNT = 4  # training images measured when no --val-hr folder is given
@@ -64,10 +65,10 @@ def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
     problems += [f"{lr_files[k]}: no partner in {hr_root} (looked for {k}.*)" for k in sorted(lr_files.keys() - hr_files.keys())]
     items = []
     for key in sorted(hr_files.keys() & lr_files.keys()):
-        try:
-            problem = pair_problem(lr_files[key], hr_files[key], scale, min_size, need)
-        except ImageError as err:
-            problem = str(err)
+        lr_size, hr_size = checked_size(lr_files[key], problems), checked_size(hr_files[key], problems)
+        if lr_size is None or hr_size is None:
+            continue
+        problem = pair_problem(lr_files[key], lr_size, hr_files[key], hr_size, scale, min_size, need)
         if problem:
             problems.append(problem)
         items.append(SRItem(hr_files[key], lr_files[key]))
@@ -75,8 +76,9 @@ def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
     return items
 
 
-def pair_problem(lr: Path, hr: Path, scale: int, min_size: int, need: str = PATCH) -> str | None:
-    (lw, lh), (hw, hh) = image_size(lr), image_size(hr)
+def pair_problem(lr: Path, lr_size: tuple[int, int], hr: Path, hr_size: tuple[int, int], scale: int,
+                 min_size: int, need: str = PATCH) -> str | None:
+    (lw, lh), (hw, hh) = lr_size, hr_size
     if (lw, lh) != (hw // scale, hh // scale):
         return (f"{lr} is {lw}x{lh} but {hr} is {hw}x{hh}: with --scale {scale} the LR image must be "
                 f"{hw // scale}x{hh // scale}")
