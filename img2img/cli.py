@@ -480,7 +480,7 @@ def info(
         record = {"file": str(file), "arch": spec.arch, "hparams": spec.hparams,
                   "parameters": count_parameters(module), "pixel_range": spec.pixel_range,
                   "scale": spec.scale, "task": spec.task, "direction": spec.direction,
-                  "step": spec.step, "source": spec.source}
+                  "step": spec.step, "source": spec.source, **({"details": spec.details} if spec.details else {})}
         if json_output:
             typer.echo(json.dumps(record))
             return

@@ -53,7 +53,7 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
         raise ExportError("ONNX export needs the onnx extra: pip install 'img2img[onnx]'") from None
     module, spec = load_generator(Path(model), direction)
     wrapper = UnitRangeGenerator(module.float().eval(), spec).eval()
-    channels = int(spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
+    channels = int(getattr(module, "in_channels", 0) or spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
     example = torch.rand(1, channels, 64, 64)
     temp = Path(out).with_name(f".{Path(out).name}.export")
     try:

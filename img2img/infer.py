@@ -283,7 +283,8 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
     plan = _plan_memory(translator, jobs, sizes, options, batch_size)
     for message in plan.messages:
         reporter.message(message)
-    state = {"batch": batch_size, "tile": options.tile, "tile_batch": plan.tile_batch, "plan": plan}
+    state = {"batch": batch_size, "tile": tile_for(translator, options.tile, reporter), "tile_batch": plan.tile_batch,
+             "plan": plan}
     dataset = DecodeDataset(jobs, options.resize, TilePolicy(options.tile, plan.whole_limit, translator.scale))
     prefetch = PREFETCH if plan.whole_limit >= AUTO_TILE_PIXELS else 1
     # Results waiting to be written hold their whole output (float + integer): within a budget,
@@ -378,8 +379,10 @@ def _plan_memory(translator: Translator, jobs: list[Job], sizes: list[tuple[int,
                  batch_size: int) -> memory.Plan:
     """Estimate the peak for the largest image before anything starts; over the budget or
     the free memory, choose tiles, a disk-backed output or smaller tile batches (and say so)."""
+    # A model that tiles internally or tiles badly (nets.zoo) is not tiled for its size alone.
+    whole_limit = AUTO_TILE_PIXELS if translator.tiling == "supported" else 2**62
     if not jobs:
-        return memory.Plan(batch_size, False, AUTO_TILE_PIXELS, 0, [])
+        return memory.Plan(batch_size, False, whole_limit, 0, [])
     largest = max(range(len(jobs)), key=lambda i: sizes[i][0] * sizes[i][1])
     height, width = sizes[largest]
     if options.resize and min(height, width):
@@ -387,7 +390,7 @@ def _plan_memory(translator: Translator, jobs: list[Job], sizes: list[tuple[int,
         height, width = round(height * factor), round(width * factor)
     need = memory.Need(height, width, translator.scale, memory.widest_layer(translator.module))
     suffix = jobs[largest].relative.suffix
-    return memory.plan(need, options.tile or AUTO_TILE, batch_size, not streams(suffix), AUTO_TILE_PIXELS,
+    return memory.plan(need, options.tile or AUTO_TILE, batch_size, not streams(suffix), whole_limit,
                        options.max_memory, memory.available_memory(), explicit_tile=options.tile is not None)
 
 
@@ -436,7 +439,7 @@ def _translate_group(translator, group, jobs, out_dir, state, options, reporter,
                 _translate_whole(translator, group, jobs, out_dir, state, writer)
             return
         except (torch.OutOfMemoryError, MemoryError) as err:
-            _shrink_after_oom(state, (height, width), reporter, err)
+            _shrink_after_oom(state, (height, width), reporter, err, translator.tiling != "internal")
 
 
 def _translate_whole(translator, group, jobs, out_dir, state, writer) -> None:
@@ -510,13 +513,24 @@ def _finish(job: Job, output: StripWriter, target: Path, ms: float) -> Result:
     return Result(job, target, milliseconds=ms, size=(output.height, output.width))
 
 
-def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, err: Exception) -> None:
+def tile_for(translator: Translator, tile: int | None, reporter: Reporter) -> int | None:
+    """--tile, unless the model tiles internally; models that tile badly are warned about."""
+    if tile and translator.tiling == "internal":
+        reporter.message("this model tiles internally: --tile is ignored")
+        return None
+    if tile and translator.tiling == "discouraged":
+        reporter.message("this model's authors advise against tiling it: seams may show; leave out --tile if it fits")
+    return tile
+
+
+def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, err: Exception,
+                      may_tile: bool = True) -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if state["batch"] > 1:
         state["batch"] //= 2
         reporter.message(f"out of memory: retrying with batch size {state['batch']}")
-    elif state["tile"] is None or state["tile"] > 64:
+    elif may_tile and (state["tile"] is None or state["tile"] > 64):
         state["tile"] = max(64, (state["tile"] or max(size)) // 2)
         reporter.message(f"out of memory: retrying with {state['tile']} px tiles")
     else:

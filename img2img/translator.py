@@ -25,23 +25,35 @@ def set_bn_mode(module: nn.Module, mode: str) -> None:
                 layer.momentum = 0.0  # batch statistics are used but never stored
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> tuple[torch.Tensor, int, int]:
-    """Pad right/bottom to a multiple (and at least min_size); reflect where the image is large
-    enough, else replicate."""
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1,
+                    square: bool = False) -> tuple[torch.Tensor, int, int]:
+    """Pad right/bottom to a multiple (at least min_size; square if asked): reflect as far as
+    the image reaches, replicate the rest. This is spandrel's rule too, so community models see
+    the same borders in both."""
     height, width = x.shape[-2:]
-    pad_h = max(-height % multiple, min_size - height)
-    pad_w = max(-width % multiple, min_size - width)
-    pad_h, pad_w = pad_h + -(height + pad_h) % multiple, pad_w + -(width + pad_w) % multiple
+    target_h = -(-max(height, min_size) // multiple) * multiple
+    target_w = -(-max(width, min_size) // multiple) * multiple
+    if square:
+        target_h = target_w = max(target_h, target_w)
+    pad_h, pad_w = target_h - height, target_w - width
     if pad_h == 0 and pad_w == 0:
         return x, height, width
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), height, width
+    reflect_h, reflect_w = min(pad_h, height - 1), min(pad_w, width - 1)
+    x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
+    if reflect_h < pad_h or reflect_w < pad_w:
+        x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+    return x, height, width
 
 
-def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def autocast_dtype(device: torch.device, amp: str, allowed: tuple = REDUCED_PRECISION) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16; only precisions the model declares it supports."""
     if device.type != "cuda" or amp == "off":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    preferred = REDUCED_PRECISION if torch.cuda.is_bf16_supported() else (torch.float16,)
+    return next((dtype for dtype in preferred if dtype in allowed), None)
 
 
 class Translator:
@@ -54,11 +66,16 @@ class Translator:
         set_bn_mode(self.module, bn_mode)
         self.multiple = int(getattr(module, "multiple", 1))
         self.min_size = int(getattr(module, "min_size", 1))
+        self.square = bool(getattr(module, "square", False))
         self.scale = int(spec.scale)
-        self.in_channels = int(spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
-        self.dtype = autocast_dtype(device, amp)
+        self.in_channels = int(getattr(module, "in_channels", 0)
+                               or spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
+        # Community models (nets.zoo) declare their precisions and their advice on tiling.
+        self.dtype = autocast_dtype(device, amp, getattr(module, "reduced_precision", REDUCED_PRECISION))
+        self.tiling = getattr(module, "tiling", "supported")
         self.fp32_retries = 0
-        if device.type == "cuda":
+        self.channels_last = device.type == "cuda" and getattr(module, "channels_last", True)
+        if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.module, dynamic=True) if compile else self.module
 
@@ -70,8 +87,8 @@ class Translator:
             x = x[:, :1]
         if self.spec.pixel_range == "-1,1":
             x = x * 2 - 1
-        padded, height, width = pad_to_multiple(x, self.multiple, self.min_size)
-        if self.device.type == "cuda":
+        padded, height, width = pad_to_multiple(x, self.multiple, self.min_size, self.square)
+        if self.channels_last:
             padded = padded.contiguous(memory_format=torch.channels_last)
         y = self._forward(padded)
         y = y[..., : height * self.scale, : width * self.scale]

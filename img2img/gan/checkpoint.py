@@ -4,8 +4,9 @@
   entry with the architecture, its hyper-parameters, the pixel convention and the config.
 - Training state is a dict of tensors and plain numbers written with torch.save and read
   with `weights_only=True`, so reading a file never runs code.
-- Foreign `.pth` files (reference CycleGAN/pix2pix state_dicts, BasicSR/Real-ESRGAN
-  `{"params_ema"|"params": ...}`) get their architecture inferred from keys and shapes.
+- Foreign `.pth` / `.safetensors` files are unwrapped and recognised by nets.recognise (our
+  layouts, the older ESRGAN layouts, the CycleGAN/pix2pix family by structure); what it does
+  not claim goes to spandrel when the `zoo` extra is installed (nets.zoo).
 Every write goes to a temp file in the same folder, is fsynced, then renamed over the target.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from torch import nn
 
 from img2img.config import ConfigError
 from img2img.data.images import write_bytes_atomic
-from img2img.nets import registry
+from img2img.nets import recognise, registry, zoo
 
 FORMAT_VERSION = 1
 STATE_PATTERN = "state_step*.pt"
@@ -49,6 +49,7 @@ class GeneratorSpec:
     step: int = 0
     config: dict = field(default_factory=dict)
     source: str = "img2img"  # or the foreign layout it was read from
+    details: dict = field(default_factory=dict)  # what spandrel says of a community model
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "format_version": FORMAT_VERSION})
@@ -71,16 +72,55 @@ def build_generator(spec: GeneratorSpec) -> nn.Module:
 
 
 def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, GeneratorSpec]:
-    """A generator in eval mode, from our .safetensors, a foreign .pth, or a run folder."""
+    """A generator in eval mode, from our .safetensors, a foreign .pth/.safetensors, or a run folder."""
     path = resolve_generator_path(Path(path), direction)
     if path.suffix == ".safetensors":
-        state_dict, spec = _read_safetensors(path)
+        state_dict, metadata = _read_safetensors(path)
+        if "img2img" in metadata:
+            spec = GeneratorSpec.from_json(metadata["img2img"])
+            _check_direction(path, spec, direction)
+            module = build_generator(spec)
+            _load_state(module, state_dict, path)
+            return module.eval(), spec
     else:
-        state_dict, spec = _read_foreign(path)
-    _check_direction(path, spec, direction)
-    module = build_generator(spec)
-    _load_state(module, state_dict, path)
-    return module.eval(), spec
+        state_dict = safe_torch_load(path)
+    try:
+        state_dict = recognise.unwrap(state_dict, direction)
+    except recognise.NotAStateDict as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return load_foreign(path, state_dict)
+
+
+def load_foreign(path: Path, state_dict: dict) -> tuple[nn.Module, GeneratorSpec]:
+    """Our own architecture where one computes what the file describes; else spandrel's."""
+    misfit = None
+    try:
+        found = recognise.recognise(state_dict)
+    except recognise.Misfit as err:
+        found, misfit = None, str(err)
+    if found is not None:
+        arch = registry.get(found.arch)
+        module = found.module or registry.build(found.arch, **found.hparams)
+        _load_state(module, found.state_dict, path)
+        spec = GeneratorSpec(arch=found.arch, hparams=found.hparams, pixel_range=arch.pixel_range,
+                             scale=int(getattr(module, "scale", 1)), source=f"foreign: {found.layout}")
+        return module.eval(), spec
+    try:
+        loaded = zoo.load(state_dict)
+        zoo_note = f"; spandrel {zoo.spandrel_version()} is installed and knows none of its architectures either"
+    except zoo.ZooMissing:
+        loaded, zoo_note = None, f"; community SR/restoration models (SwinIR, HAT, DAT, SPAN, ...) need {zoo.INSTALL_HINT}"
+    except zoo.ZooRefused as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    if loaded is not None:
+        module, hparams, details = loaded
+        spec = GeneratorSpec(arch=details["architecture"], hparams=hparams, pixel_range="0,1",
+                             scale=module.scale, source=f"spandrel {details['spandrel']}", details=details)
+        return module, spec
+    what = (f"the weights do not fit the architecture they describe ({misfit})" if misfit
+            else "the weights match no known generator layout")
+    raise CheckpointError(f"{path}: {what}. Found: {recognise.describe(state_dict)}. "
+                          f"Supported: {recognise.SUPPORTED}{zoo_note}")
 
 
 def _check_direction(path: Path, spec: GeneratorSpec, direction: str) -> None:
@@ -111,21 +151,14 @@ def resolve_generator_path(path: Path, direction: str = "AtoB") -> Path:
     )
 
 
-def _read_safetensors(path: Path) -> tuple[dict, GeneratorSpec]:
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
     try:
         state_dict = load_file(str(path))
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-    if "img2img" in metadata:
-        return state_dict, GeneratorSpec.from_json(metadata["img2img"])
-    return _spec_from_weights(path, state_dict)
-
-
-def _read_foreign(path: Path) -> tuple[dict, GeneratorSpec]:
-    obj = safe_torch_load(path)
-    return _spec_from_weights(path, _unwrap_state_dict(obj, path))
+    return state_dict, metadata
 
 
 def safe_torch_load(path: Path) -> Any:
@@ -147,29 +180,6 @@ def safe_torch_load(path: Path) -> Any:
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else err.__class__.__name__
-
-
-def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    # BasicSR stores {"params_ema": sd, "params": sd}; the EMA weights are the better ones.
-    for key in ("params_ema", "params", "state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no state_dict of tensors that could be a generator")
-    return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
-
-
-def _spec_from_weights(path: Path, state_dict: dict) -> tuple[dict, GeneratorSpec]:
-    try:
-        arch_name, hparams = registry.infer_from_state_dict(state_dict)
-    except ValueError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    arch = registry.get(arch_name)
-    scale = int(getattr(arch.build(**hparams), "scale", 1)) if arch.pixel_range == "0,1" else 1
-    spec = GeneratorSpec(arch=arch_name, hparams=hparams, pixel_range=arch.pixel_range, scale=scale,
-                         source=f"foreign:{path.suffix}")
-    return state_dict, spec
 
 
 def _load_state(module: nn.Module, state_dict: dict, path: Path) -> None:

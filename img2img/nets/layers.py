@@ -7,23 +7,27 @@ from typing import Callable
 from torch import nn
 
 NORMS = ("batch", "instance", "none")
+FOREIGN_NORMS = ("instance_affine",)  # only in generators recognised from other code bases
 
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
-    """The reference's norm choices: affine BatchNorm, non-affine InstanceNorm, or none."""
+    """The reference's norm choices: affine BatchNorm, non-affine InstanceNorm, or none; and
+    the affine InstanceNorm of other CycleGAN code bases."""
     if norm == "batch":
         return lambda channels: nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
-    if norm == "instance":
-        return lambda channels: nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if norm in ("instance", "instance_affine"):
+        affine = norm == "instance_affine"
+        return lambda channels: nn.InstanceNorm2d(channels, affine=affine, track_running_stats=False)
     if norm == "none":
         return lambda channels: nn.Identity()
     raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
 
 
-def conv_bias(norm: str) -> bool:
+def conv_bias(norm: str, bias: bool | None = None) -> bool:
     # The reference gives convolutions a bias only when followed by InstanceNorm (BatchNorm has
-    # its own shift; with "none" the reference's check also yields False). Kept for its layout.
-    return norm == "instance"
+    # its own shift; with "none" the reference's check also yields False). Kept for its layout;
+    # `bias` overrides it for files from code bases that chose otherwise.
+    return norm.startswith("instance") if bias is None else bias
 
 
 def init_normal(module: nn.Module, gain: float = 0.02) -> nn.Module:

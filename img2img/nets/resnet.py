@@ -10,11 +10,13 @@ from torch import nn
 from img2img.nets.layers import conv_bias, infer_norm, init_normal, norm_layer
 from img2img.nets.registry import register
 
+UPSAMPLES = ("transpose", "nearest")
+
 
 class ResnetBlock(nn.Module):
-    def __init__(self, dim: int, norm: str, use_dropout: bool):
+    def __init__(self, dim: int, norm: str, use_dropout: bool, bias: bool | None = None):
         super().__init__()
-        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        make_norm, bias = norm_layer(norm), conv_bias(norm, bias)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), make_norm(dim), nn.ReLU(True),
         ]
@@ -28,28 +30,35 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """c7s1-ngf, two stride-2 downsamplings, n residual blocks, two upsamplings, c7s1-out, tanh."""
+    """c7s1-ngf, two stride-2 downsamplings, n residual blocks, two upsamplings, c7s1-out, tanh.
+
+    `bias` overrides the reference's rule for conv biases and `upsample="nearest"` replaces the
+    transposed convolutions by nearest x2 + 3x3 conv: both only for files of other code bases."""
 
     multiple = 4  # two stride-2 stages: inputs are padded to a multiple of this
     min_size = 8  # InstanceNorm needs more than one value per channel after the two stages
 
     def __init__(self, in_ch: int = 3, out_ch: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", use_dropout: bool = False):
+                 norm: str = "instance", use_dropout: bool = False, bias: bool | None = None,
+                 upsample: str = "transpose"):
         super().__init__()
-        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"unknown upsample {upsample!r}; choose one of {', '.join(UPSAMPLES)}")
+        make_norm, bias_flag = norm_layer(norm), conv_bias(norm, bias)
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=bias), make_norm(ngf), nn.ReLU(True),
+            nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=bias_flag), make_norm(ngf), nn.ReLU(True),
         ]
         for i in range(2):
             ch = ngf * 2**i
-            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias), make_norm(ch * 2), nn.ReLU(True)]
-        layers += [ResnetBlock(ngf * 4, norm, use_dropout) for _ in range(n_blocks)]
+            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias_flag), make_norm(ch * 2), nn.ReLU(True)]
+        layers += [ResnetBlock(ngf * 4, norm, use_dropout, bias) for _ in range(n_blocks)]
         for i in range(2):
             ch = ngf * 2 ** (2 - i)
-            layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                make_norm(ch // 2), nn.ReLU(True),
-            ]
+            if upsample == "transpose":
+                up = [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias_flag)]
+            else:
+                up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch // 2, 3, padding=1, bias=bias_flag)]
+            layers += [*up, make_norm(ch // 2), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         init_normal(self)

@@ -179,25 +179,35 @@ class RRDB(nn.Module):
         return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
 
 
-# The trunk always upsamples x4; smaller scales fold the input into channels first.
+# BasicSR's trunk always upsamples x4; smaller scales fold the input into channels first.
 RRDB_UNSHUFFLE = {4: 1, 2: 2, 1: 4}
+RRDB_TRUNK_SCALES = (1, 2, 4, 8)  # x2 nearest-upsampling stages: 0 to 3
 
 
 class RRDBNet(nn.Module):
-    """ESRGAN generator; the Real-ESRGAN x4plus / x2plus / anime_6B weights use this layout."""
+    """ESRGAN generator; the Real-ESRGAN x4plus / x2plus / anime_6B weights use this layout.
+
+    `unshuffle` (default: BasicSR's choice for `scale`) folds unshuffle x unshuffle pixels into
+    channels before the trunk, which then upsamples scale * unshuffle times in x2 stages
+    (`conv_up1`, `conv_up2`, ...): the original ESRGAN's 1x, 2x and 8x models have no unshuffle
+    and 0, 1 or 3 stages."""
 
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, scale: int = 4, num_feat: int = 64,
-                 num_block: int = 23, num_grow_ch: int = 32):
+                 num_block: int = 23, num_grow_ch: int = 32, unshuffle: int | None = None):
         super().__init__()
-        if scale not in RRDB_UNSHUFFLE:
-            raise ValueError(f"rrdbnet supports scale 1, 2 or 4, not {scale}")
+        if unshuffle is None and scale not in RRDB_UNSHUFFLE:
+            raise ValueError(f"rrdbnet supports scale 1, 2 or 4 (or give unshuffle), not {scale}")
         self.scale = scale
-        self.unshuffle = RRDB_UNSHUFFLE[scale]
+        self.unshuffle = RRDB_UNSHUFFLE[scale] if unshuffle is None else unshuffle
+        trunk_scale = scale * self.unshuffle
+        if trunk_scale not in RRDB_TRUNK_SCALES:
+            raise ValueError(f"rrdbnet: scale {scale} x unshuffle {self.unshuffle} must be 1, 2, 4 or 8")
         self.conv_first = conv3x3(num_in_ch * self.unshuffle**2, num_feat)
         self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
         self.conv_body = conv3x3(num_feat, num_feat)
-        self.conv_up1 = conv3x3(num_feat, num_feat)
-        self.conv_up2 = conv3x3(num_feat, num_feat)
+        self.up_convs = [f"conv_up{i + 1}" for i in range(trunk_scale.bit_length() - 1)]
+        for name in self.up_convs:
+            setattr(self, name, conv3x3(num_feat, num_feat))
         self.conv_hr = conv3x3(num_feat, num_feat)
         self.conv_last = conv3x3(num_feat, num_out_ch)
         self.lrelu = nn.LeakyReLU(0.2)
@@ -211,30 +221,43 @@ class RRDBNet(nn.Module):
             x = F.pixel_unshuffle(x, self.unshuffle)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
-        for conv_up in (self.conv_up1, self.conv_up2):
-            feat = self.lrelu(conv_up(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        for name in self.up_convs:
+            feat = self.lrelu(getattr(self, name)(F.interpolate(feat, scale_factor=2, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
 
 
-def infer_rrdbnet(sd) -> dict | None:
-    if not has_keys(sd, "conv_first.weight", "body.0.rdb1.conv1.weight", "conv_last.weight"):
+def rrdb_hparams(first_conv: torch.Tensor, last_conv: torch.Tensor, first_rdb_conv: torch.Tensor,
+                 num_block: int, num_up: int) -> dict | None:
+    """RRDBNet hyper-parameters from the tensor shapes every RRDB layout shares.
+
+    conv_first sees num_in_ch * unshuffle^2 channels; the file does not store num_in_ch, so take
+    it to equal num_out_ch (true of every released model) when that explains the channels, as
+    spandrel does. `unshuffle` is named only where it differs from BasicSR's default."""
+    first_in, num_out_ch = first_conv.shape[1], last_conv.shape[0]
+    unshuffle = next((u for u in (2, 4) if first_in == num_out_ch * u * u), 1)
+    trunk_scale = 2**num_up
+    if trunk_scale not in RRDB_TRUNK_SCALES or trunk_scale % unshuffle:
         return None
-    first_in = sd["conv_first.weight"].shape[1]
-    num_out_ch = sd["conv_last.weight"].shape[0]
-    # conv_first sees num_in_ch * unshuffle^2 channels. The file does not store num_in_ch, so
-    # assume it equals num_out_ch (true of every released model); otherwise take x4 as is.
-    scale, num_in_ch = 4, first_in
-    for candidate, unshuffle in RRDB_UNSHUFFLE.items():
-        if first_in == num_out_ch * unshuffle**2:
-            scale, num_in_ch = candidate, num_out_ch
-    return {
-        "num_in_ch": num_in_ch,
+    scale = trunk_scale // unshuffle
+    hparams = {
+        "num_in_ch": first_in // unshuffle**2,
         "num_out_ch": num_out_ch,
         "scale": scale,
-        "num_feat": sd["conv_first.weight"].shape[0],
-        "num_block": len(block_indices(sd, r"body\.(\d+)\.rdb1\.conv1\.weight$")),
-        "num_grow_ch": sd["body.0.rdb1.conv1.weight"].shape[0],
+        "num_feat": first_conv.shape[0],
+        "num_block": num_block,
+        "num_grow_ch": first_rdb_conv.shape[0],
     }
+    if RRDB_UNSHUFFLE.get(scale) != unshuffle:
+        hparams["unshuffle"] = unshuffle
+    return hparams
+
+
+def infer_rrdbnet(sd) -> dict | None:
+    if not has_keys(sd, "conv_first.weight", "body.0.rdb1.conv1.weight", "conv_body.weight", "conv_last.weight"):
+        return None
+    num_up = len(block_indices(sd, r"conv_up(\d+)\.weight$"))
+    return rrdb_hparams(sd["conv_first.weight"], sd["conv_last.weight"], sd["body.0.rdb1.conv1.weight"],
+                        len(block_indices(sd, r"body\.(\d+)\.rdb1\.conv1\.weight$")), num_up)
 
 
 @register("rrdbnet", pixel_range="0,1", infer=infer_rrdbnet)

@@ -14,10 +14,11 @@ class UnetSkipBlock(nn.Module):
 
     def __init__(self, outer_ch: int, inner_ch: int, *, in_ch: int | None = None,
                  submodule: nn.Module | None = None, outermost: bool = False,
-                 innermost: bool = False, norm: str = "batch", use_dropout: bool = False):
+                 innermost: bool = False, norm: str = "batch", use_dropout: bool = False,
+                 bias: bool | None = None):
         super().__init__()
         self.outermost = outermost
-        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        make_norm, bias = norm_layer(norm), conv_bias(norm, bias)
         in_ch = outer_ch if in_ch is None else in_ch
         down_conv = nn.Conv2d(in_ch, inner_ch, 4, stride=2, padding=1, bias=bias)
         if outermost:
@@ -44,12 +45,12 @@ class UnetGenerator(nn.Module):
     """U-Net with `num_downs` stride-2 levels: unet_256 has 8, unet_128 has 7."""
 
     def __init__(self, in_ch: int = 3, out_ch: int = 3, num_downs: int = 8, ngf: int = 64,
-                 norm: str = "batch", use_dropout: bool = True):
+                 norm: str = "batch", use_dropout: bool = True, bias: bool | None = None):
         super().__init__()
         if num_downs < 5:
             raise ValueError(f"a U-Net needs at least 5 levels, got num_downs={num_downs}")
         self.multiple = 2**num_downs
-        kw = {"norm": norm}
+        kw = {"norm": norm, "bias": bias}  # bias: see ResnetGenerator
         block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True, **kw)
         for _ in range(num_downs - 5):
             block = UnetSkipBlock(ngf * 8, ngf * 8, submodule=block, use_dropout=use_dropout, **kw)
