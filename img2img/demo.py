@@ -17,10 +17,12 @@ import torch
 from img2img.config import make_config
 from img2img.data.images import Image, list_images, read_image, write_image
 from img2img.progress import Reporter, Silent
+from img2img.resources import shipped
 
-PHOTOS = Path(__file__).parent / "examples" / "photos"
+PHOTOS = shipped("examples") / "photos"
 HELD_OUT = ("chelsea", "rocket")  # whole photographs kept out of training
 DEMO_PX = 96
+DEMO_STEPS = 600
 
 
 def degrade(rgb: np.ndarray) -> np.ndarray:
@@ -51,7 +53,7 @@ def write_pairs(photos: list[Path], a_dir: Path, b_dir: Path, size: int | None =
             write_image(folder / f"{path.stem}.png", Image(rgb=chw, alpha=None, gray=False, bits=8))
 
 
-def run_demo(out: Path, steps: int = 600, device: str = "auto", reporter: Reporter | None = None) -> Path:
+def run_demo(out: Path, steps: int = DEMO_STEPS, device: str = "auto", reporter: Reporter | None = None) -> Path:
     from img2img import api, infer
 
     reporter = reporter or Silent()

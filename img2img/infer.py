@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from img2img.data.header import ImageError, check_image
-from img2img.data.images import TEMP_SUFFIX, Image, is_image_file, list_images, read_image, write_image
+from img2img.data.images import IMAGE_EXTENSIONS, TEMP_SUFFIX, Image, is_image_file, list_images, read_image, write_image
+from img2img.device import default_workers
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Reporter, Silent
 from img2img.tiling import run_tiled
@@ -69,7 +70,7 @@ class Options:
     direction: str = "AtoB"
     bn_mode: str = "eval"
     overwrite: bool = False
-    ext: str | None = None  # output extension (".png"); None keeps the input's
+    ext: str | None = None  # output format ("png" or ".png"); None keeps the input's
     tile: int | None = None  # tile side in input pixels; None: whole images
     tile_overlap: int = 32
     resize: int | None = None  # resize so the shorter side has this many pixels
@@ -77,6 +78,26 @@ class Options:
     compile: bool = False
     workers: int | None = None
     writers: int = 4
+
+    def __post_init__(self) -> None:
+        """The checks the CLI and the API share: a bad option is a usage error, named by its flag."""
+        if self.ext is not None:
+            self.ext = f".{self.ext.lstrip('.').lower()}"
+            if self.ext not in IMAGE_EXTENSIONS:
+                raise InputError(f"--ext {self.ext[1:]}: choose one of png, jpg, webp, bmp, tif")
+        if self.tile is not None and self.tile < 16:
+            raise InputError(f"--tile {self.tile}: tiles must be at least 16 px")
+        if self.tile is not None and not 0 <= self.tile_overlap * 2 < self.tile:
+            raise InputError(f"--tile-overlap {self.tile_overlap} must be at least 0 and less than half of --tile {self.tile}")
+        for flag, value in (("--batch-size", self.batch_size), ("--resize", self.resize)):
+            if value is not None and value < 1:
+                raise InputError(f"{flag} {value}: must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise InputError(f"--workers {self.workers}: must be at least 0")
+        for flag, value, choices in (("--direction", self.direction, ("AtoB", "BtoA")),
+                                     ("--bn-mode", self.bn_mode, ("eval", "train")), ("--amp", self.amp, ("auto", "off"))):
+            if value not in choices:
+                raise InputError(f"{flag} {value!r}: choose {' or '.join(choices)}")
 
 
 # ---- what to translate ------------------------------------------------------------------
@@ -182,11 +203,6 @@ def default_batch_size(device: torch.device, tile: int | None) -> int:
     if device.type != "cuda":
         return 1
     return 16 if tile else 8
-
-
-def default_workers(device: torch.device) -> int:
-    cpus = os.cpu_count() or 1
-    return min(8, cpus - 1) if device.type == "cuda" else min(2, cpus - 1)
 
 
 # ---- the run ----------------------------------------------------------------------------

@@ -64,3 +64,16 @@ def probability(logits: torch.Tensor, kind: str) -> float:
     if kind == "lsgan":
         return float(logits.detach().float().mean().clamp(0, 1))
     return float(torch.sigmoid(logits.detach().float()).mean())
+
+
+def discriminator_step(kind: str, D, real: torch.Tensor, fake: torch.Tensor, name: str = "D") -> tuple[torch.Tensor, dict]:
+    """The discriminator update every task shares: D's loss on real and (detached) fake
+    inputs, plus the WGAN-GP penalty with `wgangp`; logged as loss_<name> and D's outputs
+    as probabilities, <name>_real and <name>_fake."""
+    fake = fake.detach()
+    real_logits, fake_logits = D(real), D(fake)
+    loss = d_loss(kind, real_logits, fake_logits)
+    if kind == "wgangp":
+        loss = loss + gradient_penalty(D, real, fake)
+    return loss, {f"loss_{name}": loss.item(), f"{name}_real": probability(real_logits, kind),
+                  f"{name}_fake": probability(fake_logits, kind)}
