@@ -5,6 +5,7 @@ file, and every value is checked by config.resolve, as for the Python API."""
 from __future__ import annotations
 
 import inspect
+from copy import copy
 import os
 import sys
 import typing
@@ -69,7 +70,8 @@ def train_parameters(task_class) -> list[inspect.Parameter]:
     for index, param in enumerate(options):  # srgan: --lr takes a learning rate or (as before) the LR folder
         if aliases & set(flags_of(cls, param.name)):
             options[index] = param.replace(annotation=Optional[str])
-    extras = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=t, default=d) for n, t, d in TRAIN_EXTRAS]
+    # Copies: each command states its own recipes in --recipe's help.
+    extras = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=t, default=copy(d)) for n, t, d in TRAIN_EXTRAS]
     own = [name for name in recipes.names() if recipes.task_of(name) == task_class.name]
     extras[1].default.help = ("Start from a recipe: a bundled name or a YAML file; flags override it. "
                               f"Bundled: {', '.join(own) or 'none'}.")
