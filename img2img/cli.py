@@ -277,8 +277,8 @@ def demo(
     from img2img.demo import DEMO_STEPS, run_demo
 
     def action():
-        grid = run_demo(out, steps=steps or DEMO_STEPS, device=device, reporter=RichReporter())
-        say(f"input | output | target grid of held-out photos: {grid}")
+        result = run_demo(out, steps=steps or DEMO_STEPS, device=device, reporter=RichReporter())
+        say(f"input | output | target grid of held-out photos: {result.grid}")
 
     run_guarded(action)
 

@@ -196,8 +196,11 @@ class SRGAN(Task):
         items = sr_data.scan_training(folder(cfg.hr), folder(cfg.lr_dir), cfg.scale, cfg.size)
         self.dataset = sr_data.SRDataset(items, cfg.size, cfg.scale, cfg.degradation, symmetry=cfg.flip)
         self.val_items = sr_data.scan_validation(folder(cfg.val_hr), folder(cfg.val_lr), cfg.scale, items)
-        where = cfg.val_hr or "the first training images (give --val-hr DIR for held-out ones)"
-        self.reporter.message(f"validation: PSNR/SSIM on Y of {len(self.val_items)} image(s) from {where}")
+        if cfg.val_hr:
+            self.reporter.message(f"validation: PSNR/SSIM on Y of {len(self.val_items)} image(s) from {cfg.val_hr}")
+        else:
+            self.reporter.message(f"validation: PSNR/SSIM on Y of the first {len(self.val_items)} training images "
+                                  "(give --val-hr DIR for held-out ones)")
         self.sample_batch = sr_data.sample_batch(self.val_items, items, cfg.size, cfg.scale, cfg.degradation)
         self.val_images: list[tuple[torch.Tensor, torch.Tensor]] = []  # decoded on first use
 
