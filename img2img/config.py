@@ -74,6 +74,20 @@ class TrainConfig:
     lambda_pixel: float = 1e-2
     lambda_perceptual: float = 1.0
     lambda_gan: float = 5e-3
+    # zero-centred gradient penalties on D, for every task (R3GAN: --gan-loss rpgan --r1 0.1 --r2 0.1)
+    r1: float = 0.0  # gamma of R1, gamma/2 * E||grad D(real)||^2; 0 disables
+    r2: float = 0.0  # gamma of R2, the same on fakes
+    reg_every: int = 16  # lazy regularisation: the penalties every N steps, scaled by N
+    # CUT / FastCUT (None: from --mode)
+    mode: str = "cut"  # cut, fastcut
+    lambda_nce: float | None = None  # cut 1, fastcut 10
+    nce_idt: bool | None = None  # identity PatchNCE on B: cut yes, fastcut no
+    flip_equivariance: bool | None = None  # cut no, fastcut yes
+    nce_layers: str = "0,4,8,12,16"  # generator layers whose features PatchNCE compares
+    num_patches: int = 256  # patches sampled per layer
+    nce_t: float = 0.07  # PatchNCE temperature
+    netf_nc: int = 256  # width of the projection heads
+    antialias: bool = True  # CUT's blur-pool down/up-sampling (False: strided convs)
     amp: str = "auto"  # auto (bf16/fp16 on CUDA), off
     grad_accum: int = 1  # micro-batches per optimizer step
     compile: bool = False  # torch.compile G and D
@@ -105,6 +119,10 @@ class TrainConfig:
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "pix2pix": {},
     "cyclegan": {"netG": "resnet_9blocks", "norm": "instance", "gan_loss": "lsgan", "dropout": False},
+    # CUT's reference defaults (contrastive-unpaired-translation): ResNet 9 blocks, instance norm,
+    # LSGAN with lambda_GAN 1, no image pool.
+    "cut": {"netG": "resnet_9blocks", "norm": "instance", "gan_loss": "lsgan", "dropout": False, "lambda_gan": 1.0,
+            "pool_size": 0},
     # BasicSR's train_SRGAN_x4.yml: MSRResNet + VGG-style D, 128 px HR patches, batch 16, Adam 1e-4
     # with betas (0.9, 0.99), L1 1e-2 + perceptual (conv5_4) 1 + vanilla GAN 5e-3, EMA 0.999.
     "srgan": {"netG": "msrresnet", "netD": "vgg", "gan_loss": "vanilla", "ema": 0.999, "lr": 1e-4,

@@ -89,8 +89,10 @@ class CutResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
         init_normal(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, layers: tuple[int, ...] | None = None):
+        """The translation; with `layers`, the encoder features instead (through forward, so
+        that a DDP wrapper sees the call)."""
+        return self.model(x) if layers is None else self.encode(x, layers)
 
     def encode(self, x: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
         """The outputs of `model[i]` for i in `layers` (sorted); stops after the last one."""

@@ -7,7 +7,9 @@ import re
 from torch import nn
 
 from img2img.config import ConfigError, TrainConfig
+from img2img.gan import losses
 from img2img.gan.checkpoint import GeneratorSpec
+from img2img.gan.loop import Phase
 from img2img.nets import registry
 
 MIN_UNET_LEVELS = 5
@@ -60,6 +62,25 @@ def build_discriminator(cfg: TrainConfig, in_ch: int) -> nn.Module:
 def generator_spec(arch: str, hparams: dict, cfg: TrainConfig, direction: str) -> GeneratorSpec:
     return GeneratorSpec(arch=arch, hparams=hparams, pixel_range="-1,1", scale=1, task=cfg.task,
                          direction=direction, config=cfg.to_dict())
+
+
+def penalty_phases(cfg: TrainConfig, nets: dict, inputs, first_step: int = 0) -> list[Phase]:
+    """R1/R2 as their own lazy phase every `reg_every` steps, stepping the D phase's optimizer
+    (StyleGAN2's "Dreg"). `inputs(batch)` gives {D name: (real input, fake input)}."""
+    if cfg.r1 < 0 or cfg.r2 < 0 or cfg.reg_every < 1:
+        raise ConfigError("--r1 and --r2 take a weight of 0 or more, --reg-every a step count of 1 or more")
+    if cfg.r1 == 0 and cfg.r2 == 0:
+        return []
+    names = tuple(name for name in nets if name.startswith("D"))
+
+    def loss(s: dict):
+        total, metrics = 0.0, {}
+        for name, (real, fake) in inputs(s).items():
+            penalty, logged = losses.zero_centred_penalties(nets[name], real, fake, cfg.r1, cfg.r2, cfg.reg_every, name)
+            total, metrics = total + penalty, metrics | logged
+        return total, metrics
+
+    return [Phase("D_reg", names, loss, every=cfg.reg_every, first_step=first_step, optimizer="D")]
 
 
 def to_unit(x):

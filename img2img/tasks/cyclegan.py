@@ -27,7 +27,7 @@ from img2img.gan.loop import Phase, Task
 from img2img.gan.pool import ImagePool
 from img2img.nets import registry
 from img2img.progress import Reporter
-from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, to_unit
+from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, penalty_phases, to_unit
 
 SAMPLE_COUNT = 3  # per domain
 VAL_COUNT = 16  # held-out images per domain for the validation metrics
@@ -96,8 +96,7 @@ def make_validate(cfg: TrainConfig, device: torch.device):
 
 def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
     kind = cfg.gan_loss
-    if kind not in losses.GAN_LOSSES:
-        raise ConfigError(f"unknown --gan-loss {kind!r}; choose one of {', '.join(losses.GAN_LOSSES)}")
+    losses.check_gan_loss(kind, task="cyclegan")
     arch, hparams, note = generator_arch(cfg)
     if note:
         reporter.message(note)
@@ -110,7 +109,7 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
     lambda_cycle, lambda_idt = cfg.lambda_cycle, cfg.lambda_cycle * cfg.lambda_identity
 
     def adversarial(D: str, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        return losses.g_loss(kind, nets[D](fake), nets[D](real) if kind == "ragan" else None)
+        return losses.generator_adversarial(kind, nets[D], fake, real)
 
     def g_step(s: dict) -> tuple[torch.Tensor, dict]:
         # The fakes are made here, not in `forward`: the loop enables gradients per phase, and
@@ -136,20 +135,17 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
         with torch.no_grad():
             return nets["G_AB"](s["A"]), nets["G_BA"](s["B"])
 
-    def d_loss(D: str, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        real_logits, fake_logits = nets[D](real), nets[D](fake)
-        loss = losses.d_loss(kind, real_logits, fake_logits)
-        if kind == "wgangp":
-            loss = loss + losses.gradient_penalty(nets[D], real, fake)
-        return loss, {f"loss_{D}": loss.item(), f"{D}_real": losses.probability(real_logits, kind),
-                      f"{D}_fake": losses.probability(fake_logits, kind)}
-
     def d_step(s: dict) -> tuple[torch.Tensor, dict]:
         fake_B, fake_A = fakes(s)
         # Pool B first, as in the reference, so the pools consume random numbers in its order.
-        loss_B, metrics_B = d_loss("D_B", s["B"], pools["B"].query(fake_B))
-        loss_A, metrics_A = d_loss("D_A", s["A"], pools["A"].query(fake_A))
+        loss_B, metrics_B = losses.discriminator_step(kind, nets["D_B"], s["B"], pools["B"].query(fake_B), "D_B")
+        loss_A, metrics_A = losses.discriminator_step(kind, nets["D_A"], s["A"], pools["A"].query(fake_A), "D_A")
         return loss_A + loss_B, metrics_A | metrics_B
+
+    def d_inputs(s: dict) -> dict:
+        """R1 on each domain's reals, R2 on this step's fakes (not the pool's)."""
+        fake_B, fake_A = fakes(s)
+        return {"D_B": (s["B"], fake_B), "D_A": (s["A"], fake_A)}
 
     def sample_columns(batch: dict) -> list[torch.Tensor]:
         """Rows real A | fake B | reconstructed A, then real B | fake A | reconstructed B."""
@@ -167,7 +163,8 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
     return Task(
         name="cyclegan",
         nets=nets,
-        phases=[Phase("G", ("G_AB", "G_BA"), g_step), Phase("D", ("D_A", "D_B"), d_step)],
+        phases=[Phase("G", ("G_AB", "G_BA"), g_step), Phase("D", ("D_A", "D_B"), d_step),
+                *penalty_phases(cfg, nets, d_inputs)],
         forward=dict,  # a copy of the batch, which g_step extends with the fakes d_step reads
         sample_columns=sample_columns,
         exports={"G_AB": ("G_AB", lambda: generator_spec(arch, hparams, cfg, "AtoB")),

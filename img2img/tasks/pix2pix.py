@@ -19,7 +19,7 @@ from img2img.gan.loop import Phase, Task
 from img2img.metrics import psnr_rgb
 from img2img.nets import registry
 from img2img.progress import Reporter
-from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, to_unit
+from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, penalty_phases, to_unit
 
 SAMPLE_COUNT = 4
 VAL_COUNT = 64  # validation pairs measured; enough for a stable mean, cheap on a CPU
@@ -76,22 +76,21 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
     # The loop swaps DDP wrappers in and out of `nets`: always call networks through it.
     nets = {"G": registry.build(arch, **hparams).to(device), "D": build_discriminator(cfg, in_ch=6).to(device)}
     kind = cfg.gan_loss
+    losses.check_gan_loss(kind, task="pix2pix")
 
     def forward(batch: dict) -> dict:
         return {"A": batch["A"], "B": batch["B"], "fake": nets["G"](batch["A"])}
 
+    def d_inputs(s: dict) -> dict:
+        """D judges the input with its real target and with the (detached) fake."""
+        return {"D": (torch.cat([s["A"], s["B"]], 1), torch.cat([s["A"], s["fake"].detach()], 1))}
+
     def d_step(s: dict) -> tuple[torch.Tensor, dict]:
-        real_ab = torch.cat([s["A"], s["B"]], 1)
-        fake_ab = torch.cat([s["A"], s["fake"].detach()], 1)
-        real, fake = nets["D"](real_ab), nets["D"](fake_ab)
-        loss = losses.d_loss(kind, real, fake)
-        if kind == "wgangp":
-            loss = loss + losses.gradient_penalty(nets["D"], real_ab, fake_ab)
-        return loss, {"loss_D": loss.item(), "D_real": losses.probability(real, kind),
-                      "D_fake": losses.probability(fake, kind)}
+        return losses.discriminator_step(kind, nets["D"], *d_inputs(s)["D"])
 
     def g_step(s: dict) -> tuple[torch.Tensor, dict]:
-        gan = losses.g_loss(kind, nets["D"](torch.cat([s["A"], s["fake"]], 1)))
+        gan = losses.generator_adversarial(kind, nets["D"], torch.cat([s["A"], s["fake"]], 1),
+                                           torch.cat([s["A"], s["B"]], 1))
         l1 = F.l1_loss(s["fake"], s["B"])
         return gan + cfg.lambda_l1 * l1, {"loss_G_GAN": gan.item(), "loss_G_L1": l1.item()}
 
@@ -101,7 +100,7 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
     return Task(
         name="pix2pix",
         nets=nets,
-        phases=[Phase("D", ("D",), d_step), Phase("G", ("G",), g_step)],
+        phases=[Phase("D", ("D",), d_step), *penalty_phases(cfg, nets, d_inputs), Phase("G", ("G",), g_step)],
         forward=forward,
         sample_columns=sample_columns,
         exports={"generator": ("G", lambda: generator_spec(arch, hparams, cfg, cfg.direction))},

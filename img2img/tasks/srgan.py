@@ -30,9 +30,10 @@ from img2img.gan.loop import Phase, Task
 from img2img.gan.perceptual import PerceptualLoss, build_perceptual
 from img2img.nets import registry
 from img2img.progress import Reporter
+from img2img.tasks.common import penalty_phases
 
 DEFAULT_DEPTH = {"msrresnet": 16, "rrdbnet": 23, "srvgg": 32}  # the released models' depths
-SR_GAN_LOSSES = ("vanilla", "ragan", "lsgan", "hinge")
+SR_GAN_LOSSES = ("vanilla", "ragan", "rpgan", "lsgan", "hinge")
 
 
 # ---- networks ----------------------------------------------------------------------------
@@ -186,14 +187,10 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
         return loss, {"loss_G_pixel": loss.item()}
 
     def d_step(s: dict) -> tuple[torch.Tensor, dict]:
-        real, fake = nets["D"](s["hr"]), nets["D"](s["sr"].detach())
-        loss = losses.d_loss(kind, real, fake)
-        return loss, {"loss_D": loss.item(), "D_real": losses.probability(real, kind),
-                      "D_fake": losses.probability(fake, kind)}
+        return losses.discriminator_step(kind, nets["D"], s["hr"], s["sr"])
 
     def g_step(s: dict) -> tuple[torch.Tensor, dict]:
-        real = nets["D"](s["hr"]).detach() if kind == "ragan" else None
-        gan = losses.g_loss(kind, nets["D"](s["sr"]), real)
+        gan = losses.generator_adversarial(kind, nets["D"], s["sr"], s["hr"])
         pixel = F.l1_loss(s["sr"], s["hr"])
         total = cfg.lambda_gan * gan + cfg.lambda_pixel * pixel
         logged = {"loss_G_GAN": gan.item(), "loss_G_pixel": pixel.item()}
@@ -207,7 +204,9 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
         lr_big = F.interpolate(batch["lr"], scale_factor=cfg.scale, mode="nearest")
         return [lr_big, nets["G"](batch["lr"]), batch["hr"]]
 
-    phases = [Phase("D", ("D",), d_step, first_step=start), Phase("G", ("G",), g_step, first_step=start)]
+    phases = [Phase("D", ("D",), d_step, first_step=start),
+              *penalty_phases(cfg, nets, lambda s: {"D": (s["hr"], s["sr"].detach())}, first_step=start),
+              Phase("G", ("G",), g_step, first_step=start)]
     if start > 0:
         phases.insert(0, Phase("G_pixel", ("G",), pixel_step, last_step=start))
     return Task(
