@@ -28,7 +28,7 @@ from img2img.infer import InputError
 
 console = Console(stderr=True)
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train and run image-to-image translation GANs (pix2pix, CycleGAN, SR).")
+                  help="Train and run image-to-image translation GANs (pix2pix, CycleGAN, CUT, SR).")
 train_app = typer.Typer(no_args_is_help=True, help="Train a model into a run folder.")
 app.add_typer(train_app, name="train")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect training data.")
@@ -51,6 +51,9 @@ TENSORBOARD_HELP = "Also log to RUN/tensorboard/ (needs the tensorboard extra)."
 RECIPE_HELP = "Start from a recipe: a bundled name (see `img2img recipes`) or a YAML file; flags override it."
 SET_HELP = "Override any setting: --set key=value (repeatable), e.g. --set lambda_l1=50."
 MAX_PIXELS_HELP = "Refuse images with more pixels than this (decompression-bomb guard; default 256 million)."
+R1_HELP = "Zero-centred R1 penalty on D's gradient at real images, weight gamma (0: off; R3GAN: 0.1 with --gan-loss rpgan)."
+R2_HELP = "Zero-centred R2 penalty on D's gradient at fakes, weight gamma (0: off)."
+REG_EVERY_HELP = "Lazy regularisation: R1/R2 every N steps, scaled by N (default: 16)."
 RESTARTS_HELP = "Elastic restarts after a failed process; restarted processes resume from the newest checkpoint."
 
 
@@ -147,7 +150,10 @@ def train_pix2pix(
     n_layers_d: Optional[int] = typer.Option(None, "--n-layers-d", help="PatchGAN depth with --netD n_layers (default: 3)."),
     norm: Optional[str] = typer.Option(None, "--norm", help="batch, instance or none (default: batch)."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout", help="Dropout in G (default: on, as in the reference pix2pix)."),
-    gan_loss: Optional[str] = typer.Option(None, "--gan-loss", help="vanilla (non-saturating), minimax, lsgan, hinge, wgangp (default: vanilla)."),
+    gan_loss: Optional[str] = typer.Option(None, "--gan-loss", help="vanilla (non-saturating), minimax, lsgan, hinge, wgangp, ragan, rpgan (relativistic pairing) (default: vanilla)."),
+    r1: Optional[float] = typer.Option(None, "--r1", min=0, help=R1_HELP),
+    r2: Optional[float] = typer.Option(None, "--r2", min=0, help=R2_HELP),
+    reg_every: Optional[int] = typer.Option(None, "--reg-every", min=1, help=REG_EVERY_HELP),
     lambda_l1: Optional[float] = typer.Option(None, "--lambda-l1", help="(default: 100)"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: 2e-4)."),
     direction: Optional[Direction] = typer.Option(None, "--direction", help="(default: AtoB)"),
@@ -201,7 +207,10 @@ def train_cyclegan(
     n_layers_d: Optional[int] = typer.Option(None, "--n-layers-d", help="PatchGAN depth with --netD n_layers (default: 3)."),
     norm: Optional[str] = typer.Option(None, "--norm", help="instance, batch or none (default: instance)."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout", help="Dropout in the generators (default: off, as in the reference CycleGAN)."),
-    gan_loss: Optional[str] = typer.Option(None, "--gan-loss", help="lsgan, vanilla (non-saturating), minimax, hinge, wgangp (default: lsgan)."),
+    gan_loss: Optional[str] = typer.Option(None, "--gan-loss", help="lsgan, vanilla (non-saturating), minimax, hinge, wgangp, ragan, rpgan (relativistic pairing) (default: lsgan)."),
+    r1: Optional[float] = typer.Option(None, "--r1", min=0, help=R1_HELP),
+    r2: Optional[float] = typer.Option(None, "--r2", min=0, help=R2_HELP),
+    reg_every: Optional[int] = typer.Option(None, "--reg-every", min=1, help=REG_EVERY_HELP),
     lambda_cycle: Optional[float] = typer.Option(None, "--lambda-cycle", help="Cycle loss weight, both directions (default: 10)."),
     lambda_identity: Optional[float] = typer.Option(None, "--lambda-identity", help="Identity loss, as a fraction of --lambda-cycle; 0 disables (default: 0.5)."),
     pool_size: Optional[int] = typer.Option(None, "--pool-size", min=0, help="Past fakes kept per discriminator; 0 disables the pool (default: 50)."),
@@ -235,6 +244,69 @@ def train_cyclegan(
     _train("cyclegan", values, resume)
 
 
+@train_app.command("cut")
+def train_cut(
+    a: Optional[Path] = typer.Option(None, "--a", help="Folder of domain A images (searched recursively)."),
+    b: Optional[Path] = typer.Option(None, "--b", help="Folder of domain B images; no pairing with --a."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The reference layout instead: trainA/ trainB/ (and testA/ for validation)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="cut (identity PatchNCE on B, lambda_NCE 1) or fastcut (lambda_NCE 10, flip equivariance) (default: cut)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/cut)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (batches)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs over the larger domain (default: 200)."),
+    size: Optional[int] = typer.Option(None, "--size", min=16, help="Training crop in pixels (default: 256)."),
+    load_size: Optional[int] = typer.Option(None, "--load-size", help="Resize before cropping (default: size*286/256)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="(default: 1)"),
+    serial: Optional[bool] = typer.Option(None, "--serial/--no-serial", help="Take B images in order instead of at random (default: random)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: auto)."),
+    netG: Optional[str] = typer.Option(None, "--netG", help="resnet_9blocks, resnet_6blocks (resnet_Nblocks) (default: resnet_9blocks)."),
+    antialias: Optional[bool] = typer.Option(None, "--antialias/--no-antialias", help="Blur-pool down/up-sampling in G, as the reference (default: on)."),
+    ngf: Optional[int] = typer.Option(None, "--ngf", help="Generator width (default: 64)."),
+    ndf: Optional[int] = typer.Option(None, "--ndf", help="Discriminator width (default: 64)."),
+    netD: Optional[str] = typer.Option(None, "--netD", help="basic (70x70 PatchGAN), n_layers, pixel (default: basic)."),
+    n_layers_d: Optional[int] = typer.Option(None, "--n-layers-d", help="PatchGAN depth with --netD n_layers (default: 3)."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="instance, batch or none (default: instance)."),
+    gan_loss: Optional[str] = typer.Option(None, "--gan-loss", help="lsgan, vanilla (non-saturating), minimax, hinge, wgangp, ragan, rpgan (relativistic pairing) (default: lsgan)."),
+    r1: Optional[float] = typer.Option(None, "--r1", min=0, help=R1_HELP),
+    r2: Optional[float] = typer.Option(None, "--r2", min=0, help=R2_HELP),
+    reg_every: Optional[int] = typer.Option(None, "--reg-every", min=1, help=REG_EVERY_HELP),
+    lambda_gan: Optional[float] = typer.Option(None, "--lambda-gan", help="GAN loss weight (default: 1)."),
+    lambda_nce: Optional[float] = typer.Option(None, "--lambda-nce", help="PatchNCE weight (default: 1 cut, 10 fastcut)."),
+    nce_idt: Optional[bool] = typer.Option(None, "--nce-idt/--no-nce-idt", help="Identity PatchNCE on B images (default: on for cut, off for fastcut)."),
+    flip_equivariance: Optional[bool] = typer.Option(None, "--flip-equivariance/--no-flip-equivariance", help="Mirror half the batches and ask for mirrored features (default: fastcut only)."),
+    nce_layers: Optional[str] = typer.Option(None, "--nce-layers", help="Generator layers PatchNCE compares (default: 0,4,8,12,16)."),
+    num_patches: Optional[int] = typer.Option(None, "--num-patches", min=1, help="Patches sampled per layer (default: 256)."),
+    nce_t: Optional[float] = typer.Option(None, "--nce-t", help="PatchNCE temperature (default: 0.07)."),
+    netf_nc: Optional[int] = typer.Option(None, "--netf-nc", min=1, help="Width of the projection heads (default: 256)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: 2e-4)."),
+    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of G's weights, exported instead of G (default: off)."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", min=1, help="Checkpoint every N steps (default: 1000)."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", min=1, help=LOG_EVERY_HELP),
+    val_a: Optional[Path] = typer.Option(None, "--val-a", help="Held-out A images for validation (default: --data's testA/)."),
+    val_b: Optional[Path] = typer.Option(None, "--val-b", help="Their targets, paired with --val-a by name, where the answer is known: adds val_l1."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", min=1, help="Validate every N steps (default: --save-every)."),
+    best_metric: Optional[str] = typer.Option(None, "--best-metric", help="Validation metric that picks checkpoints/best_generator.safetensors (default: val_l1 with --val-b)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data loader processes."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="(default: 0)"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help=GRAD_ACCUM_HELP),
+    amp: Optional[str] = typer.Option(None, "--amp", help=AMP_HELP),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=COMPILE_HELP),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help=SYNC_BN_HELP),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", min=1, help=NPROC_HELP),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help=NNODES_HELP),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help=NODE_RANK_HELP),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help=RDZV_HELP),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0, help=RESTARTS_HELP),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help=TENSORBOARD_HELP),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help=MAX_PIXELS_HELP),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP + " CUT: horse2zebra_cut, horse2zebra_fastcut."),
+    set_values: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+):
+    """Unpaired translation (CUT / FastCUT): one ResNet generator, a PatchGAN, PatchNCE between input and output patches."""
+    values = {k: v for k, v in locals().items() if k not in ("resume",)}
+    _train("cut", values, resume)
+
+
 @train_app.command("srgan")
 def train_srgan(
     hr: Optional[Path] = typer.Option(None, "--hr", help="High-resolution images; their LR is made on the fly unless --lr is given."),
@@ -254,7 +326,10 @@ def train_srgan(
     perceptual: Optional[str] = typer.Option(None, "--perceptual", help="vgg19 or none (default: vgg19)."),
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="torchvision's vgg19-dcbb9e9d.pth (default: the torch hub cache)."),
     perceptual_layers: Optional[str] = typer.Option(None, "--perceptual-layers", help="VGG19 layers before ReLU and weights, e.g. conv5_4:1."),
-    gan_loss: Optional[str] = typer.Option(None, "--gan-loss", help="vanilla, ragan (relativistic average), lsgan or hinge."),
+    gan_loss: Optional[str] = typer.Option(None, "--gan-loss", help="vanilla, ragan (relativistic average), rpgan (relativistic pairing), lsgan or hinge."),
+    r1: Optional[float] = typer.Option(None, "--r1", min=0, help=R1_HELP),
+    r2: Optional[float] = typer.Option(None, "--r2", min=0, help=R2_HELP),
+    reg_every: Optional[int] = typer.Option(None, "--reg-every", min=1, help=REG_EVERY_HELP),
     lambda_pixel: Optional[float] = typer.Option(None, "--lambda-pixel", help="L1 weight in the GAN stage."),
     lambda_perceptual: Optional[float] = typer.Option(None, "--lambda-perceptual"),
     lambda_gan: Optional[float] = typer.Option(None, "--lambda-gan"),

@@ -84,10 +84,14 @@ def validation_batch(cfg: TrainConfig) -> dict | None:
         items = datasets.PairedDataset(pairs, cfg.size, cfg.size, augment=False)
         rows = [items[i] for i in range(len(items))]
         return {"A": torch.stack([r["A"] for r in rows]), "target": torch.stack([r["B"] for r in rows])}
-    roots = (Path(cfg.val_a),) if cfg.val_a else (domain_folders(cfg)[1] or (None,))[:1]
-    if roots[0] is None:
-        return None
-    files = scan_domain(roots[0], "--val-a")
+    if cfg.val_a:
+        root = Path(cfg.val_a)
+    else:
+        tests = domain_folders(cfg)[1] if cfg.data is not None else None
+        if tests is None:
+            return None
+        root = tests[0]
+    files = scan_domain(root, "--val-a")
     return {"A": stack_samples(UnpairedDataset(files, files, cfg.size, cfg.size, augment=False), VAL_COUNT)["A"]}
 
 
