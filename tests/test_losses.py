@@ -63,7 +63,7 @@ def test_r1_and_r2_are_the_hand_computed_penalties_and_their_gradients():
     D = Quadratic((2, 3, 3))
     real, fake = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
     w = D.w.detach()
-    norms = losses.squared_gradient_norm(D, real)
+    norms, _ = losses.squared_gradient_norm(D, real)
     assert torch.allclose(norms, (w * real).square().flatten(1).sum(1), rtol=1e-5)
 
     penalty, metrics = losses.zero_centred_penalties(D, real, fake, r1=0.3, r2=0.2, every=4)

@@ -72,12 +72,13 @@ def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, weig
     return weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def squared_gradient_norm(discriminator, x: torch.Tensor) -> torch.Tensor:
-    """||d D(x) / dx||^2 per sample, differentiable (for a penalty's own gradient). A PatchGAN's
-    map is summed first, as StyleGAN2 and R3GAN sum their logits: the gradient of the sum."""
+def squared_gradient_norm(discriminator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||d D(x) / dx||^2 per sample, differentiable for a penalty's own gradient; D's logits).
+    A PatchGAN's map is summed first, as StyleGAN2 and R3GAN sum their logits."""
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(x).float().sum(), x, create_graph=True)
-    return grad.float().square().flatten(1).sum(1)
+    logits = discriminator(x)
+    (grad,) = torch.autograd.grad(logits.float().sum(), x, create_graph=True)
+    return grad.float().square().flatten(1).sum(1), logits
 
 
 def zero_centred_penalties(discriminator, real: torch.Tensor, fake: torch.Tensor, r1: float, r2: float,
@@ -88,8 +89,11 @@ def zero_centred_penalties(discriminator, real: torch.Tensor, fake: torch.Tensor
     total, metrics = real.new_zeros(()).float(), {}
     for label, gamma, x in (("r1", r1, real), ("r2", r2, fake)):
         if gamma > 0:
-            penalty = squared_gradient_norm(discriminator, x).mean()
-            total = total + gamma / 2 * penalty
+            norms, logits = squared_gradient_norm(discriminator, x)
+            penalty = norms.mean()
+            # + 0 * logits: the last layer's bias has no say in D's input gradient, and DDP
+            # waits for a gradient of every parameter (StyleGAN2-ADA adds the same zero).
+            total = total + gamma / 2 * penalty + 0 * logits.float().mean()
             metrics[f"{name}_{label}"] = penalty.item()
     return total * every, metrics
 
