@@ -118,7 +118,7 @@ def test_cut_learns_a_known_colour_mapping_from_unpaired_photographs(unpaired, t
     learning test uses (benchmarks/unpaired.py measures it at 64 px against CycleGAN)."""
     cfg = make_config("cut", {
         "a": str(unpaired["a"]), "b": str(unpaired["b"]), "out": str(tmp_path / "run"), "steps": 300,
-        "size": 32, "load_size": 40, "batch_size": 4, "netG": "resnet_6blocks", "ngf": 16, "ndf": 16,
+        "size": 32, "load_size": 40, "batch_size": 4, "netG": "resnet_6blocks", "ngf": 16, "ndf": 16, "norm": "none",
         "save_every": 300, "log_every": 50, "workers": 0, "device": "cpu", "seed": 0})
     start = time.process_time()
     run = api.train(cfg)
