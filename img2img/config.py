@@ -69,6 +69,10 @@ class BaseConfig:
     beta1: float = opt(0.5, "Adam beta1.", cli=False, min=0, max=1)
     beta2: float = opt(0.999, "Adam beta2.", cli=False, min=0, max=1)
     decay_start: float = opt(0.5, "Fraction of the run after which the LR decays linearly to 0.", cli=False, min=0, max=1)
+    r1: float = opt(0.0, "Zero-centred R1 penalty on D's gradient at real images, weight gamma "
+                    "(0: off; R3GAN: 0.1 with --gan-loss rpgan).", panel="Losses", min=0)
+    r2: float = opt(0.0, "Zero-centred R2 penalty on D's gradient at fakes, weight gamma (0: off).", panel="Losses", min=0)
+    reg_every: int = opt(16, "Lazy regularisation: R1/R2 every N steps, scaled by N.", panel="Losses", min=1)
     ema: float = opt(0.0, "EMA decay of the generators' weights, exported instead of them; 0: off.", min=0, max=0.99999)
     seed: int = opt(0, "Random seed.")
     save_every: int = opt(1000, "Checkpoint every N steps.", panel="Run folder", min=1)

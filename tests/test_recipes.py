@@ -15,6 +15,7 @@ from img2img.tasks import TASKS
 
 runner = CliRunner()
 EXPECTED = {"horse2zebra", "monet2photo", "summer2winter_yosemite", "facades", "maps", "edges2shoes", "cityscapes",
+            "horse2zebra_cut", "horse2zebra_fastcut",
             "srresnet_x4", "srgan_x4", "esrgan_x4", "realesrgan_x4"}
 
 

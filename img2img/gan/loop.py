@@ -43,6 +43,9 @@ class Phase:
     first_step: int = 0  # e.g. GAN phases after a pixel-loss pretraining
     last_step: int | None = None  # exclusive
     lr: float | None = None  # None: the config's lr
+    # Step the optimizer of this other phase instead of an own one (e.g. a lazy R1 phase
+    # updating D with D's Adam state, as StyleGAN2's "Dreg" shares "Dmain"'s optimizer).
+    optimizer: str | None = None
 
     def active(self, step: int) -> bool:
         before_end = self.last_step is None or step < self.last_step
@@ -128,7 +131,8 @@ class Trainer:
             self.plain = {n: torch.compile(m) for n, m in self.plain.items()}
         self.optimizers, self.schedulers, self.scalers = {}, {}, {}
         for phase in task.phases:
-            self._add_optimizer(phase)
+            if phase.optimizer is None:
+                self._add_optimizer(phase)
         self.ema = {name: AveragedModel(self.raw[name], multi_avg_fn=get_ema_multi_avg_fn(cfg.ema),
                                         use_buffers=True)
                     for name in task.ema_nets if cfg.ema > 0}
@@ -190,7 +194,8 @@ class Trainer:
     def _run_phase(self, phase: Phase, inputs: list[dict]) -> None:
         set_requires_grad(self.raw, phase.nets)
         nets = self.routed(phase.nets)
-        opt, scaler = self.optimizers[phase.name], self.scalers[phase.name]
+        owner = phase.optimizer or phase.name
+        opt, scaler = self.optimizers[owner], self.scalers[owner]
         opt.zero_grad(set_to_none=True)
         accumulate = len(inputs) > 1
         for index, item in enumerate(inputs):
@@ -286,6 +291,8 @@ class Trainer:
 
     def set_lr_scale(self, scale: float) -> None:
         for phase in self.task.phases:
+            if phase.optimizer is not None:
+                continue
             scheduler = self.schedulers[phase.name]
             base = (phase.lr or self.cfg.lr) * scale
             scheduler.base_lrs = [base] * len(scheduler.base_lrs)

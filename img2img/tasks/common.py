@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from img2img.config import BaseConfig, ConfigError, opt
+from img2img.gan import losses
 from img2img.gan.checkpoint import GeneratorSpec
+from img2img.gan.loop import Phase
 from img2img.nets import registry
 
 MIN_UNET_LEVELS = 5
@@ -75,6 +77,22 @@ def generator_spec(arch: str, hparams: dict, cfg: BaseConfig, direction: str) ->
 
 def load_size(cfg: TranslationConfig) -> int:
     return cfg.load_size or round(cfg.size * 286 / 256)
+
+
+def penalty_phases(cfg: BaseConfig, d_names: tuple[str, ...], inputs, first_step: int = 0) -> list[Phase]:
+    """R1/R2 as their own lazy phase every `reg_every` steps, stepping the D phase's optimizer
+    (StyleGAN2's "Dreg"). `inputs(batch)` gives {D name: (real input, fake input)}."""
+    if cfg.r1 == 0 and cfg.r2 == 0:
+        return []
+
+    def loss(nets, s: dict):
+        total, metrics = 0.0, {}
+        for name, (real, fake) in inputs(s).items():
+            penalty, logged = losses.zero_centred_penalties(nets[name], real, fake, cfg.r1, cfg.r2, cfg.reg_every, name)
+            total, metrics = total + penalty, metrics | logged
+        return total, metrics
+
+    return [Phase("D_reg", d_names, loss, every=cfg.reg_every, first_step=first_step, optimizer="D")]
 
 
 def to_unit(x):

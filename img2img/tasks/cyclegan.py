@@ -29,7 +29,8 @@ from img2img.gan.pool import ImagePool
 from img2img.nets import registry
 from img2img.progress import Reporter
 from img2img.tasks import register
-from img2img.tasks.common import TranslationConfig, build_discriminator, generator_arch, generator_spec, load_size, to_unit
+from img2img.tasks.common import (TranslationConfig, build_discriminator, generator_arch, generator_spec, load_size,
+                                  penalty_phases, to_unit)
 
 SAMPLE_COUNT = 3  # per domain
 VAL_COUNT = 16  # held-out images per domain for the validation metrics
@@ -46,8 +47,9 @@ class CycleGANConfig(TranslationConfig):
                     panel="Networks")
     norm: str = "instance"
     dropout: bool = False
-    gan_loss: str = opt("lsgan", "lsgan, vanilla (non-saturating), minimax, hinge, wgangp.", panel="Losses",
-                        choices=("lsgan", "vanilla", "minimax", "hinge", "wgangp"))
+    gan_loss: str = opt("lsgan", "lsgan, vanilla (non-saturating), minimax, hinge, wgangp, ragan, rpgan (relativistic "
+                        "pairing).", panel="Losses", choices=("lsgan", "vanilla", "minimax", "hinge", "wgangp", "ragan",
+                                                              "rpgan"))
     lambda_cycle: float = opt(10.0, "Cycle loss weight, both directions.", panel="Losses", min=0)
     lambda_identity: float = opt(0.5, "Identity loss, as a fraction of --lambda-cycle; 0 disables.", panel="Losses", min=0)
     pool_size: int = opt(50, "Past fakes kept per discriminator; 0 disables the pool.", panel="Losses", min=0)
@@ -95,7 +97,8 @@ class CycleGAN(Task):
                 "D_B": build_discriminator(cfg, in_ch=3), "D_A": build_discriminator(cfg, in_ch=3)}
         self.nets = {name: net.to(device) for name, net in nets.items()}
         self.pools = {"A": ImagePool(cfg.pool_size), "B": ImagePool(cfg.pool_size)}  # past fakes of each domain
-        self.phases = [Phase("G", ("G_AB", "G_BA"), self.g_loss), Phase("D", ("D_A", "D_B"), self.d_loss)]
+        self.phases = [Phase("G", ("G_AB", "G_BA"), self.g_loss), Phase("D", ("D_A", "D_B"), self.d_loss),
+                       *penalty_phases(cfg, ("D_A", "D_B"), self.d_inputs)]
         if data:
             self.load_data()
 
@@ -124,8 +127,8 @@ class CycleGAN(Task):
 
     def g_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
         A, B, fake_A, fake_B = s["A"], s["B"], s["fake_A"], s["fake_B"]
-        gan_AB = losses.g_loss(self.cfg.gan_loss, nets["D_B"](fake_B))
-        gan_BA = losses.g_loss(self.cfg.gan_loss, nets["D_A"](fake_A))
+        gan_AB = losses.generator_adversarial(self.cfg.gan_loss, nets["D_B"], fake_B, B)
+        gan_BA = losses.generator_adversarial(self.cfg.gan_loss, nets["D_A"], fake_A, A)
         cycle_A, cycle_B = F.l1_loss(nets["G_BA"](fake_B), A), F.l1_loss(nets["G_AB"](fake_A), B)
         lambda_cycle, lambda_idt = self.cfg.lambda_cycle, self.cfg.lambda_cycle * self.cfg.lambda_identity
         loss = gan_AB + gan_BA + lambda_cycle * (cycle_A + cycle_B)
@@ -143,6 +146,10 @@ class CycleGAN(Task):
         loss_B, metrics_B = losses.discriminator_step(kind, nets["D_B"], s["B"], self.pools["B"].query(s["fake_B"]), "D_B")
         loss_A, metrics_A = losses.discriminator_step(kind, nets["D_A"], s["A"], self.pools["A"].query(s["fake_A"]), "D_A")
         return loss_A + loss_B, metrics_A | metrics_B
+
+    def d_inputs(self, s: dict) -> dict:
+        """R1 on each domain's reals, R2 on this step's fakes (not the pool's)."""
+        return {"D_B": (s["B"], s["fake_B"].detach()), "D_A": (s["A"], s["fake_A"].detach())}
 
     # ---- what the recorder shows and keeps ------------------------------------------------------
 

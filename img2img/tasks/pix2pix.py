@@ -21,7 +21,8 @@ from img2img.metrics import psnr_rgb
 from img2img.nets import registry
 from img2img.progress import Reporter
 from img2img.tasks import register
-from img2img.tasks.common import TranslationConfig, build_discriminator, generator_arch, generator_spec, load_size, to_unit
+from img2img.tasks.common import (TranslationConfig, build_discriminator, generator_arch, generator_spec, load_size,
+                                  penalty_phases, to_unit)
 
 SAMPLE_COUNT = 4
 VAL_COUNT = 64  # validation pairs measured; enough for a stable mean, cheap on a CPU
@@ -35,8 +36,9 @@ class Pix2PixConfig(TranslationConfig):
     b: str | None = opt(None, "Folder of targets.", panel="Data", path=True)
     direction: str = opt("AtoB", "AtoB, or BtoA to swap inputs and targets.", panel="Data", choices=("AtoB", "BtoA"))
     netG: str = opt("unet_256", "unet_256, unet_128 (unet_N), resnet_9blocks, resnet_6blocks.", panel="Networks")
-    gan_loss: str = opt("vanilla", "vanilla (non-saturating), minimax, lsgan, hinge, wgangp.", panel="Losses",
-                        choices=("vanilla", "minimax", "lsgan", "hinge", "wgangp"))
+    gan_loss: str = opt("vanilla", "vanilla (non-saturating), minimax, lsgan, hinge, wgangp, ragan, "
+                        "rpgan (relativistic pairing).", panel="Losses",
+                        choices=("vanilla", "minimax", "lsgan", "hinge", "wgangp", "ragan", "rpgan"))
     lambda_l1: float = opt(100.0, "Weight of the L1 loss.", panel="Losses", min=0)
     val_a: str | None = opt(None, "Validation inputs.", panel="Validation", path=True,
                             default_text="the --data folder's val/ split")
@@ -64,7 +66,8 @@ class Pix2Pix(Task):
             reporter.message(note)
         self.nets = {"G": registry.build(self.arch, **self.hparams).to(device),
                      "D": build_discriminator(cfg, in_ch=6).to(device)}
-        self.phases = [Phase("D", ("D",), self.d_loss), Phase("G", ("G",), self.g_loss)]
+        self.phases = [Phase("D", ("D",), self.d_loss), *penalty_phases(cfg, ("D",), self.d_inputs),
+                       Phase("G", ("G",), self.g_loss)]
         if data:  # after the networks: bad network flags fail before the data scan
             self.load_data()
 
@@ -92,12 +95,16 @@ class Pix2Pix(Task):
     def forward(self, nets: Nets, batch: dict) -> dict:
         return {"A": batch["A"], "B": batch["B"], "fake": nets["G"](batch["A"])}
 
+    def d_inputs(self, s: dict) -> dict:
+        """D judges the input with its real target and with the (detached) fake."""
+        return {"D": (torch.cat([s["A"], s["B"]], 1), torch.cat([s["A"], s["fake"].detach()], 1))}
+
     def d_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
-        return losses.discriminator_step(self.cfg.gan_loss, nets["D"], torch.cat([s["A"], s["B"]], 1),
-                                         torch.cat([s["A"], s["fake"]], 1))
+        return losses.discriminator_step(self.cfg.gan_loss, nets["D"], *self.d_inputs(s)["D"])
 
     def g_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
-        gan = losses.g_loss(self.cfg.gan_loss, nets["D"](torch.cat([s["A"], s["fake"]], 1)))
+        gan = losses.generator_adversarial(self.cfg.gan_loss, nets["D"], torch.cat([s["A"], s["fake"]], 1),
+                                           torch.cat([s["A"], s["B"]], 1))
         l1 = F.l1_loss(s["fake"], s["B"])
         return gan + self.cfg.lambda_l1 * l1, {"loss_G_GAN": gan.item(), "loss_G_L1": l1.item()}
 

@@ -32,6 +32,7 @@ from img2img.gan.perceptual import PerceptualLoss, build_perceptual
 from img2img.nets import registry
 from img2img.progress import Reporter
 from img2img.tasks import register
+from img2img.tasks.common import penalty_phases
 
 DEFAULT_DEPTH = {"msrresnet": 16, "rrdbnet": 23, "srvgg": 32}  # the released models' depths
 
@@ -57,8 +58,8 @@ class SRGANConfig(BaseConfig):
     init: str | None = opt(None, "Start G from this generator (ours, a run folder, or BasicSR .pth).",
                            panel="Networks", path=True)
     pretrain_steps: int = opt(0, "Pixel-loss-only steps before the GAN stage.", min=0)
-    gan_loss: str = opt("vanilla", "vanilla, ragan (relativistic average), lsgan or hinge.", panel="Losses",
-                        choices=("vanilla", "ragan", "lsgan", "hinge"))
+    gan_loss: str = opt("vanilla", "vanilla, ragan (relativistic average), rpgan (relativistic pairing), lsgan or "
+                        "hinge.", panel="Losses", choices=("vanilla", "ragan", "rpgan", "lsgan", "hinge"))
     perceptual: str = opt("vgg19", "vgg19 or none.", panel="Losses", choices=("vgg19", "none"))
     perceptual_weights: str | None = opt(None, "torchvision's vgg19-dcbb9e9d.pth.", panel="Losses", path=True,
                                          default_text="the torch hub cache")
@@ -183,7 +184,9 @@ class SRGAN(Task):
         perceptual = build_perceptual_loss(cfg)
         self.perceptual = perceptual.to(device) if perceptual is not None else None
         start = cfg.pretrain_steps
-        self.phases = [Phase("D", ("D",), self.d_loss, first_step=start), Phase("G", ("G",), self.g_loss, first_step=start)]
+        self.phases = [Phase("D", ("D",), self.d_loss, first_step=start),
+                       *penalty_phases(cfg, ("D",), lambda s: {"D": (s["hr"], s["sr"].detach())}, first_step=start),
+                       Phase("G", ("G",), self.g_loss, first_step=start)]
         if start > 0:
             self.phases.insert(0, Phase("G_pixel", ("G",), self.pixel_loss, last_step=start))
         self.validates = True
@@ -218,8 +221,7 @@ class SRGAN(Task):
 
     def g_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
         cfg, kind = self.cfg, self.cfg.gan_loss
-        real = nets["D"](s["hr"]).detach() if kind == "ragan" else None
-        gan = losses.g_loss(kind, nets["D"](s["sr"]), real)
+        gan = losses.generator_adversarial(kind, nets["D"], s["sr"], s["hr"])
         pixel = F.l1_loss(s["sr"], s["hr"])
         total = cfg.lambda_gan * gan + cfg.lambda_pixel * pixel
         logged = {"loss_G_GAN": gan.item(), "loss_G_pixel": pixel.item()}
