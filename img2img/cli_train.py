@@ -76,11 +76,13 @@ def train_parameters(task_class) -> list[inspect.Parameter]:
     extras[1].default.help = ("Start from a recipe: a bundled name or a YAML file; flags override it. "
                               f"Bundled: {', '.join(own) or 'none'}.")
     params = options + extras
-    return sorted(params, key=lambda p: (PANEL_ORDER.index(p.default.rich_help_panel), not _is_path(p)))
+    return sorted(params, key=_help_order)
 
 
-def _is_path(param: inspect.Parameter) -> bool:
-    return param.annotation is Optional[Path]
+def _help_order(param: inspect.Parameter) -> tuple[int, bool]:
+    """Panels in PANEL_ORDER (a family's own panels after them), folders first within a panel."""
+    panel = param.default.rich_help_panel
+    return PANEL_ORDER.index(panel) if panel in PANEL_ORDER else len(PANEL_ORDER), param.annotation is not Optional[Path]
 
 
 def add_train_command(train_app: typer.Typer, task_class) -> None:

@@ -47,7 +47,6 @@ def opt(default: Any, help: str, **option: Any) -> Any:
     return field(default=default, metadata={"option": Option(help, **option)})
 
 
-PANELS = ("Data", "Networks", "Losses", "Training", "Validation", "Run folder", "Hardware")
 RUN_FACTS = ("world_size", "effective_batch_size")  # written to config.yaml by train(), never read back
 
 

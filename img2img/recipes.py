@@ -1,6 +1,6 @@
 """YAML recipes for the classic setups: `train --recipe NAME|FILE`, `img2img recipes [NAME]`.
 
-A recipe is a flat mapping of TrainConfig settings plus `task`, with comments saying where
+A recipe is a flat mapping of one family's config settings plus `task`, with comments saying where
 its numbers come from and what data layout it expects.
 """
 
