@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from img2img.config import ConfigError, TrainConfig
 from img2img.data import datasets
