@@ -3,7 +3,6 @@ reference layout, recognition of its .pth files, the projection heads and PatchN
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
