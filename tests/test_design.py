@@ -82,7 +82,7 @@ def test_resolution_order_is_defaults_recipe_flags_then_sets(tmp_path):
 
 def test_the_library_refuses_what_the_cli_refuses():
     cases = [("pix2pix", {"steps": 0}, "--steps 0: must be at least 1"),
-             ("cyclegan", {"gan_loss": "ragan"}, "choose lsgan, vanilla, minimax, hinge, wgangp"),
+             ("cyclegan", {"gan_loss": "wgan"}, "choose lsgan, vanilla, minimax, hinge, wgangp, ragan, rpgan"),
              ("srgan", {"scale": 8}, "--scale 8: must be at most 4"),
              ("pix2pix", {"val_a": "x"}, "both --val-a and --val-b")]
     for task, values, message in cases:

@@ -99,6 +99,6 @@ def test_data_check_takes_unpaired_domains(tmp_path):
 def test_cyclegan_help_and_errors_offer_only_cyclegan_choices(tmp_path):
     help_text = runner.invoke(app, ["train", "cyclegan", "--help"]).output
     assert "lambda_l1" not in help_text and "lambda_identity" in help_text
-    result = runner.invoke(app, ["train", "cyclegan", "--a", str(tmp_path), "--b", str(tmp_path), "--gan-loss", "ragan"])
+    result = runner.invoke(app, ["train", "cyclegan", "--a", str(tmp_path), "--b", str(tmp_path), "--gan-loss", "wgan"])
     assert result.exit_code == 2
     assert "choose lsgan, vanilla, minimax, hinge, wgangp" in result.stderr and "nonsaturating" not in result.stderr
