@@ -132,8 +132,8 @@ def ours(task: str, size: int, batch: int, steps: int, device: torch.device, com
     extra = SR_SETTINGS if task == "srgan" else {"size": size}
     cfg = make_config(task, {**extra, "batch_size": batch, "device": str(device), "compile": compile,
                              "out": "/tmp/img2img-bench"})
-    built = TASKS[task].build(cfg, device, Silent())
-    trainer = Trainer(built, cfg, "/tmp/img2img-bench", device, total_steps=10**6, reporter=Silent())
+    built = TASKS[task](cfg, device, Silent(), data=False)
+    trainer = Trainer(built, cfg, device, total_steps=10**6, reporter=Silent())
     data = trainer.to_device(batch_of(task, cfg.size, batch, device))
     return timed(lambda b: trainer.train_step([b]), data, steps, device)
 
@@ -141,7 +141,7 @@ def ours(task: str, size: int, batch: int, steps: int, device: torch.device, com
 def naive(task: str, size: int, steps: int, device: torch.device) -> float:
     extra = SR_SETTINGS if task == "srgan" else {"size": size}
     cfg = make_config(task, {**extra, "device": str(device), "amp": "off", "out": "/tmp/img2img-bench"})
-    nets = TASKS[task].build(cfg, device, Silent()).nets
+    nets = TASKS[task](cfg, device, Silent(), data=False).nets
     for net in nets.values():
         net.train()
     return timed(naive_step_fn(task, nets, cfg.lr), batch_of(task, cfg.size, 1, device), steps, device)

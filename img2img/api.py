@@ -1,14 +1,13 @@
 """The Python API under the CLI: train(cfg), translate(...), load_generator(path).
 
     from img2img import api
-    from img2img.config import make_config
-    run = api.train(make_config("pix2pix", {"data": "facades", "out": "runs/facades", "steps": 1000}))
+    from img2img.config import resolve
+    run = api.train(resolve("pix2pix", "facades", {"data": "facades", "out": "runs/facades", "steps": 1000}))
     api.translate("runs/facades", "photos/", "out/")
 """
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
@@ -19,24 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from img2img.config import ConfigError, TrainConfig, load_config, make_config
+from img2img.config import BaseConfig, ConfigError, save_config
+from img2img.device import default_workers, resolve_device
 from img2img.gan import checkpoint
 from img2img.gan.checkpoint import load_generator  # noqa: F401  (part of the API)
 from img2img.progress import Reporter, Silent
 
+__all__ = ["train", "translate", "load_generator", "resolve_device"]
 DEFAULT_EPOCHS = 200  # the reference's 100 constant + 100 decaying epochs
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -45,28 +34,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
-    """The run's saved config with the explicitly given values on top."""
-    saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"--resume: {run_dir} holds no config.yaml, so there is no run to resume there")
-    cfg = load_config(saved).to_dict()
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return make_config(cfg.pop("task"), cfg)
-
-
-def default_workers(device: torch.device) -> int:
-    cpus = os.cpu_count() or 1
-    return min(8, cpus) if device.type == "cuda" else min(2, cpus - 1)
-
-
-def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None) -> Path:
+def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = None) -> Path:
     """Train `cfg.task` into the run folder `cfg.out`; returns that folder. Under torchrun
     every process calls this; rank 0 alone writes files and reports."""
     # Imported here: translate, which shares this module, starts faster without them.
     from img2img.data.datasets import SeededSampler
     from img2img.gan import distributed
     from img2img.gan.loop import Trainer, epochs_to_steps
+    from img2img.gan.record import Recorder
     from img2img.tasks import TASKS
 
     world = distributed.from_environment()
@@ -83,26 +58,24 @@ def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = No
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest kernels
     seed_everything(cfg.seed)
-    task_module = TASKS[cfg.task]
-    task = task_module.build(cfg, device, reporter)  # first: bad network flags fail before the data scan
-    dataset, sample_batch = task_module.prepare_data(cfg)
-    cfg.world_size = world.world_size
-    cfg.effective_batch_size = cfg.batch_size * cfg.grad_accum * world.world_size
-    steps_per_epoch_batch = cfg.batch_size * cfg.grad_accum
-    total_steps = cfg.steps or epochs_to_steps(cfg.epochs or DEFAULT_EPOCHS, len(dataset), steps_per_epoch_batch,
-                                               world.world_size)
-    trainer = Trainer(task, cfg, run_dir, device, total_steps, reporter, world)
+    task = TASKS[cfg.task](cfg, device, reporter)  # networks first: bad flags fail before the data scan
+    dataset = task.dataset
+    world_size = world.world_size
+    effective_batch = cfg.batch_size * cfg.grad_accum * world_size
+    per_step = cfg.batch_size * cfg.grad_accum
+    total_steps = cfg.steps or epochs_to_steps(cfg.epochs or DEFAULT_EPOCHS, len(dataset), per_step, world_size)
+    trainer = Trainer(task, cfg, device, total_steps, reporter, world)
+    recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml", world_size=world_size, effective_batch_size=effective_batch)
     if world.distributed:
-        reporter.message(f"{world.world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "
-                         f"accumulated = effective batch {cfg.effective_batch_size}")
+        reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "
+                         f"accumulated = effective batch {effective_batch}")
 
     start = 0 if state is None else int(state["step"])
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
-    sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world.world_size,
-                            start=start * steps_per_epoch_batch)
+    workers = default_workers(device, training=True) if cfg.workers is None else cfg.workers
+    sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world_size, start=start * per_step)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         prefetch_factor=4 if workers else None)
@@ -111,7 +84,7 @@ def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = No
         trainer.load_state_dict(state)  # after iter(): the loader draws from the RNG
     try:
         with stop_on_signals(trainer):
-            trainer.run(batches, sample_batch)
+            trainer.run(batches, recorder, task.sample_batch)
     finally:
         distributed.teardown()
     if world.is_main:

@@ -1,16 +1,22 @@
-"""The configuration of a training run: one flat dataclass, per-task defaults, YAML in and out.
+"""The configuration of a training run: a small common base that each model family's config
+extends (in its task file), the option metadata the command line is derived from, and one
+resolution path for the CLI and the Python API alike:
 
-Flat on purpose: every field is one CLI flag and one `--set key=value` override, and the
-resolved config saved in the run folder reads top to bottom.
+    task defaults < recipe < flags < --set      (or, with resume, the run's saved config < ...)
+
+Every field is one `--set key=value` setting; a field declared with `opt(...)` is also a flag,
+with its help, its panel, its range or choices, all declared here once and checked here, so
+`api.train` refuses what the CLI refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -19,161 +25,255 @@ class ConfigError(Exception):
     """A setting that cannot work; the message says what to pass instead."""
 
 
+@dataclass(frozen=True)
+class Option:
+    """How a config field appears on the command line and what values it accepts."""
+
+    help: str
+    panel: str = "Training"
+    flag: str | None = None  # default: --field-name (underscores as dashes)
+    aliases: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    default_text: str | None = None  # shown as "(default: ...)" instead of the field's default
+    path: bool = False  # a file or folder (PATH on the command line)
+    cli: bool = True  # False: a --set setting only
+    flag_alias: str | None = None  # another option's flag this field takes when its value is no number
+
+
+def opt(default: Any, help: str, **option: Any) -> Any:
+    """A config field that is also a command-line option."""
+    return field(default=default, metadata={"option": Option(help, **option)})
+
+
+RUN_FACTS = ("world_size", "effective_batch_size")  # written to config.yaml by train(), never read back
+
+
 @dataclass
-class TrainConfig:
-    task: str = "pix2pix"
-    # data
-    data: str | None = None  # aligned A|B files (pix2pix)
-    a: str | None = None
-    b: str | None = None
-    direction: str = "AtoB"
-    size: int = 256  # training crop
-    load_size: int | None = None  # resize before cropping; default size * 286 / 256
-    flip: bool = True
-    serial: bool = False  # unpaired data: take B in order instead of at random
-    workers: int | None = None  # DataLoader workers; None: chosen from the CPU count
-    # super-resolution data
-    hr: str | None = None  # high-resolution images; LR made on the fly unless lr_dir is given
-    lr_dir: str | None = None  # explicit low-resolution partners of hr (CLI: --lr for srgan)
-    scale: int = 4
-    degradation: str = "bicubic"  # bicubic, realesrgan
-    val_a: str | None = None  # paired validation inputs (pix2pix); default: the data's val/ split
-    val_b: str | None = None  # their targets
-    val_hr: str | None = None  # held-out HR images for PSNR/SSIM; default: the first training images
-    val_lr: str | None = None  # their explicit LR partners; default: made by `degradation`, seeded per image
-    # length
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 1
-    # networks
-    netG: str = "unet_256"
-    ngf: int = 64
-    ndf: int = 64
-    netD: str = "basic"  # basic (70x70 PatchGAN), n_layers, pixel
-    n_layers_d: int = 3
-    n_blocks: int | None = None  # SR generators' depth (blocks, or convs for srvgg); None: the published one
-    norm: str = "batch"
-    dropout: bool = True
-    # losses and optimisation
-    gan_loss: str = "vanilla"
-    lambda_l1: float = 100.0
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
-    pool_size: int = 50
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    decay_start: float = 0.5  # fraction of the run after which the LR decays linearly to 0
-    ema: float = 0.0  # EMA decay of G's weights; 0 disables
-    # super-resolution losses and stages
-    pretrain_steps: int = 0  # pixel-loss-only steps before the GAN phases start
-    init: str | None = None  # start G from this generator checkpoint
-    perceptual: str = "vgg19"  # vgg19, none
-    perceptual_weights: str | None = None  # local VGG19 weights file
-    perceptual_layers: str = "conv5_4:1"  # VGG19 layers (before ReLU) and their weights
-    lambda_pixel: float = 1e-2
-    lambda_perceptual: float = 1.0
-    lambda_gan: float = 5e-3
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA), off
-    grad_accum: int = 1  # micro-batches per optimizer step
-    compile: bool = False  # torch.compile G and D
-    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA, BatchNorm networks)
-    # recorded by train(): processes and images per optimizer step over all of them
-    world_size: int = 1
-    effective_batch_size: int = 1
-    # bookkeeping
-    out: str = "runs/run"
-    device: str = "auto"
-    seed: int = 0
-    save_every: int = 1000
-    sample_every: int | None = None  # default: save_every
-    log_every: int = 10
-    tensorboard: bool = False  # mirror log.jsonl into RUN/tensorboard/ (needs the tensorboard extra)
-    val_every: int | None = None  # validation metrics every N steps (and at the end)
-    best_metric: str | None = None  # keep checkpoints/best_*.safetensors by this validation metric
+class BaseConfig:
+    """What every model family shares: length, optimiser, schedule, run folder, hardware."""
+
+    task: str = ""
+    out: str | None = opt(None, "Run folder.", panel="Run folder", path=True, default_text="runs/TASK")
+    steps: int | None = opt(None, "Training steps (batches).", min=1)
+    epochs: int | None = opt(None, "Epochs over the data, instead of --steps.", min=1, default_text="200")
+    size: int = opt(256, "Training crop in pixels.", panel="Data", min=16)
+    batch_size: int = opt(1, "Images per step and process.", min=1)
+    flip: bool = opt(True, "Random horizontal flips (SR: the 8 symmetries).", panel="Data", cli=False)
+    workers: int | None = opt(None, "Data loader processes.", panel="Hardware", min=0, default_text="from the CPU count")
+    ngf: int = opt(64, "Generator width.", panel="Networks", min=1)
+    ndf: int = opt(64, "Discriminator width.", panel="Networks", min=1)
+    lr: float = opt(2e-4, "Adam learning rate.", aliases=("--learning-rate",), min=0)
+    beta1: float = opt(0.5, "Adam beta1.", cli=False, min=0, max=1)
+    beta2: float = opt(0.999, "Adam beta2.", cli=False, min=0, max=1)
+    decay_start: float = opt(0.5, "Fraction of the run after which the LR decays linearly to 0.", cli=False, min=0, max=1)
+    r1: float = opt(0.0, "Zero-centred R1 penalty on D's gradient at real images, weight gamma "
+                    "(0: off; R3GAN: 0.1 with --gan-loss rpgan).", panel="Losses", min=0)
+    r2: float = opt(0.0, "Zero-centred R2 penalty on D's gradient at fakes, weight gamma (0: off).", panel="Losses", min=0)
+    reg_every: int = opt(16, "Lazy regularisation: R1/R2 every N steps, scaled by N.", panel="Losses", min=1)
+    ema: float = opt(0.0, "EMA decay of the generators' weights, exported instead of them; 0: off.", min=0, max=0.99999)
+    seed: int = opt(0, "Random seed.")
+    save_every: int = opt(1000, "Checkpoint every N steps.", panel="Run folder", min=1)
+    sample_every: int | None = opt(None, "Sample grid every N steps.", panel="Run folder", cli=False, min=1,
+                                   default_text="--save-every")
+    log_every: int = opt(10, "Write log.jsonl and update the progress line every N steps.", panel="Run folder", min=1)
+    tensorboard: bool = opt(False, "Also log to RUN/tensorboard/ (needs the tensorboard extra).", panel="Run folder")
+    val_every: int | None = opt(None, "Validate every N steps.", panel="Validation", min=1, default_text="--save-every")
+    best_metric: str | None = opt(None, "Validation metric that picks checkpoints/best_*.safetensors.", panel="Validation")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N.", panel="Hardware")
+    amp: str = opt("auto", "auto: bf16 (or fp16 with loss scaling) autocast on CUDA; off: fp32.", panel="Hardware",
+                   choices=("auto", "off"))
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", panel="Hardware", min=1)
+    compile: bool = opt(False, "torch.compile the generators and discriminators.", panel="Hardware")
+    sync_bn: bool = opt(False, "SyncBatchNorm across processes (CUDA, BatchNorm networks).", panel="Hardware")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: Path) -> None:
-        from img2img.data.images import write_bytes_atomic
-
-        write_bytes_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
+    def check(self) -> None:
+        """Cross-field checks of the family; values are already typed and in range."""
 
 
-# Where CycleGAN's reference defaults differ from pix2pix's.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pix2pix": {},
-    "cyclegan": {"netG": "resnet_9blocks", "norm": "instance", "gan_loss": "lsgan", "dropout": False},
-    # BasicSR's train_SRGAN_x4.yml: MSRResNet + VGG-style D, 128 px HR patches, batch 16, Adam 1e-4
-    # with betas (0.9, 0.99), L1 1e-2 + perceptual (conv5_4) 1 + vanilla GAN 5e-3, EMA 0.999.
-    "srgan": {"netG": "msrresnet", "netD": "vgg", "gan_loss": "vanilla", "ema": 0.999, "lr": 1e-4,
-              "beta1": 0.9, "beta2": 0.99, "size": 128, "batch_size": 16, "lambda_pixel": 1e-2,
-              "lambda_perceptual": 1.0, "lambda_gan": 5e-3, "perceptual_layers": "conv5_4:1"},
-}
+# ---- each family's config (declared in its task file) ---------------------------------------
 
 
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+def configs() -> dict[str, type[BaseConfig]]:
+    from img2img.tasks import TASKS  # the task files import this module: import them late
+
+    return {name: task.Config for name, task in TASKS.items()}
 
 
-def make_config(task: str, values: dict[str, Any], recipe: dict[str, Any] | None = None) -> TrainConfig:
-    """TrainConfig for `task`: task defaults, then a recipe, then `values` (None: not given)."""
-    if task not in TASK_DEFAULTS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_DEFAULTS)}")
-    merged = {"task": task, **TASK_DEFAULTS[task]}
+def config_class(task: str) -> type[BaseConfig]:
+    known = configs()
+    if task not in known:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(known)}")
+    return known[task]
+
+
+def option_of(cls: type, name: str) -> Option | None:
+    """A field's Option, from the first class that declares one (a family may re-declare a
+    field just to change its default)."""
+    for klass in cls.__mro__:
+        declared = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if declared is not None and "option" in declared.metadata:
+            return declared.metadata["option"]
+    return None
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def field_names(cls: type = BaseConfig) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+# ---- building and checking ----------------------------------------------------------------
+
+
+def make_config(task: str, values: Mapping[str, Any], recipe: Mapping[str, Any] | None = None) -> BaseConfig:
+    """The config of `task`: its defaults, then a recipe, then `values` (None: not given)."""
+    cls = config_class(task)
+    merged: dict[str, Any] = {}
     for source in (recipe or {}, values):
         for key, value in source.items():
-            if value is not None:
-                merged[key] = check_value(key, value)
-    return TrainConfig(**merged)
+            if value is not None and key not in ("task", *RUN_FACTS):
+                merged[key] = check_value(key, value, cls)
+    cfg = cls(task=task, **merged)
+    if cfg.out is None:
+        cfg.out = f"runs/{task}"
+    cfg.check()
+    return cfg
 
 
-def check_value(key: str, value: Any) -> Any:
-    """`value` as the type of setting `key`, or a ConfigError that says what was expected."""
-    types = {f.name: str(f.type) for f in fields(TrainConfig)}
-    if key not in types:
-        raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key)}")
-    expected, optional = types[key].replace(" | None", ""), "None" in types[key]
+def check_value(key: str, value: Any, cls: type = BaseConfig) -> Any:
+    """`value` as the type of setting `key` of `cls`, in range, or a ConfigError saying what was expected."""
+    types = field_types(cls)
+    if key not in types or key == "task":
+        raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key, cls)}")
+    value = _typed(key, value, types[key])
+    option = option_of(cls, key)
+    if option is None or value is None:
+        return value
+    flag = flag_of(key, option)
+    if option.choices and value not in option.choices:
+        raise ConfigError(f"{flag} {value!r} is not offered for {task_of(cls)}; choose {', '.join(option.choices)}")
+    if option.min is not None and value < option.min:
+        raise ConfigError(f"{flag} {value}: must be at least {option.min:g}")
+    if option.max is not None and value > option.max:
+        raise ConfigError(f"{flag} {value}: must be at most {option.max:g}")
+    return value
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    expected = next((a for a in args if a is not type(None)), hint) if args else hint
     if value is None and optional:
         return None
-    if expected == "float" and isinstance(value, str):  # YAML reads 2e-4 (no dot) as text
+    if isinstance(value, Path):
+        value = str(value)
+    if expected is float and isinstance(value, str):  # YAML reads 2e-4 (no dot) as text
         try:
             value = float(value)
         except ValueError:
             pass
-    if expected == "bool" and isinstance(value, bool):
+    if isinstance(value, bool):
+        if expected is bool:
+            return value
+    elif expected is int and isinstance(value, int):
         return value
-    if expected == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if expected == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif expected is float and isinstance(value, (int, float)):
         return float(value)
-    if expected == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    elif expected is str and isinstance(value, (str, int, float)):
         return str(value)
-    raise ConfigError(f"setting {key!r} takes {'an' if expected == 'int' else 'a'} {expected}"
+    name = expected.__name__
+    raise ConfigError(f"setting {key!r} takes {'an' if name == 'int' else 'a'} {name}"
                       f"{' or null' if optional else ''}, not {value!r}")
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`--set key=value` items (YAML values: 2e-4, true, null, unet_128) to a dict, checked."""
+def task_of(cls: type) -> str:
+    return next((name for name, known in configs().items() if known is cls), "this task")
+
+
+def flag_of(name: str, option: Option | None) -> str:
+    return (option.flag if option and option.flag else None) or "--" + name.replace("_", "-")
+
+
+def parse_overrides(items: list[str], cls: type | None = None) -> dict[str, Any]:
+    """`--set key=value` items (YAML values: 2e-4, true, null, unet_128) to a dict, checked
+    against `cls` (None: the family that has the setting)."""
     overrides = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: write it as key=value, e.g. --set lambda_l1=50")
+            raise ConfigError(f"--set {item!r}: write it as key=value, e.g. --set lr=1e-4")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
-        overrides[key.strip()] = check_value(key.strip(), value)
+        overrides[key.strip()] = check_value(key.strip(), value, cls or family_with(key.strip()))
     return overrides
 
 
-def load_config(path: Path) -> TrainConfig:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return make_config(data.pop("task", "pix2pix"), data)
+def family_with(key: str) -> type[BaseConfig]:
+    return next((cls for cls in configs().values() if key in field_names(cls)), BaseConfig)
 
 
-def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, field_names(), n=1)
+def _did_you_mean(key: str, cls: type) -> str:
+    known = field_names(cls) if cls is not BaseConfig else [n for c in configs().values() for n in field_names(c)]
+    close = difflib.get_close_matches(key, known, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# ---- resolution: one path for the CLI and the API -------------------------------------------
+
+
+def resolve(task: str, recipe: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+            resume: bool = False, sets: list[str] | None = None) -> BaseConfig:
+    """The config of a run. `recipe`: a bundled recipe name or a YAML file; `overrides`: settings
+    given by name (None: not given); `sets`: `key=value` texts applied last; `resume`: start from
+    the saved config of the run in `overrides["out"]` instead of the task's defaults and recipe."""
+    cls = config_class(task)
+    values = {**(overrides or {}), **parse_overrides(sets or [], cls)}
+    if resume:
+        run_dir = Path(values.get("out") or f"runs/{task}")
+        saved = load_config(run_dir / "config.yaml", missing=f"--resume: {run_dir} holds no config.yaml, "
+                                                            "so there is no run to resume there")
+        if saved.task != task:
+            raise ConfigError(f"--resume: {run_dir} holds a {saved.task} run: use `img2img train {saved.task}`")
+        return make_config(task, values, saved.to_dict())
+    recipe_values: dict[str, Any] = {}
+    if recipe:
+        from img2img import recipes
+
+        recipe_task, recipe_values = recipes.load(str(recipe))
+        if recipe_task != task:
+            raise ConfigError(f"--recipe {recipe} is a {recipe_task} recipe: use `img2img train {recipe_task}`")
+    return make_config(task, values, recipe_values)
+
+
+def load_config(path: Path, missing: str | None = None) -> BaseConfig:
+    """A saved config.yaml (its recorded run facts are left out)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(missing or f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a config (a mapping of settings)")
+    task = str(data.pop("task", "pix2pix"))
+    # Runs of earlier versions saved every family's settings: keep this family's.
+    own, everyone = set(field_names(config_class(task))), {n for c in configs().values() for n in field_names(c)}
+    return make_config(task, {k: v for k, v in data.items() if k in own or k not in everyone})
+
+
+def save_config(cfg: BaseConfig, path: Path, **facts: Any) -> None:
+    """config.yaml: the resolved settings, then facts of the run (processes, effective batch)."""
+    from img2img.data.images import write_bytes_atomic
+
+    write_bytes_atomic(path, yaml.safe_dump({**cfg.to_dict(), **facts}, sort_keys=False).encode())

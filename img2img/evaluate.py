@@ -35,7 +35,8 @@ from torch import nn
 from img2img import metrics as pixel_metrics
 from img2img.config import ConfigError
 from img2img.data.header import failure
-from img2img.data.images import list_images, read_image
+from img2img.data.images import files_by_key, read_image
+from img2img.hints import install_hint
 from img2img.progress import Reporter, Silent
 
 PAIRED_METRICS = ("psnr", "ssim", "lpips")
@@ -114,19 +115,12 @@ def parse_metrics(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _by_key(folder: Path) -> dict[str, list[Path]]:
-    files: dict[str, list[Path]] = {}
-    for path in list_images(folder):
-        files.setdefault(path.relative_to(folder).with_suffix("").as_posix(), []).append(path)
-    return files
-
-
 def match_folders(pred_dir: Path, target_dir: Path) -> Matching:
     """Pair files by relative path and stem; list what has no partner, by name."""
     for flag, folder in (("PRED_DIR", pred_dir), ("TARGET_DIR", target_dir)):
         if not Path(folder).is_dir():
             raise ConfigError(f"{flag} {folder}: no such folder")
-    pred, target = _by_key(Path(pred_dir)), _by_key(Path(target_dir))
+    pred, target = files_by_key(Path(pred_dir)), files_by_key(Path(target_dir))
     for flag, folder, files in (("PRED_DIR", pred_dir, pred), ("TARGET_DIR", target_dir, target)):
         if not files:
             raise ConfigError(f"{flag} {folder}: no images found (png, jpg, webp, bmp, tif)")
@@ -194,7 +188,7 @@ def _require_torchmetrics() -> None:
         import torchmetrics  # noqa: F401
     except ImportError as err:
         raise ConfigError("LPIPS, FID and KID need torchmetrics and torch-fidelity: "
-                          "pip install 'img2img[eval]' (PSNR and SSIM need neither)") from err
+                          f"{install_hint('eval')} (PSNR and SSIM need neither)") from err
 
 
 @contextlib.contextmanager

@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from img2img import memory
 from img2img.data.header import ImageError, check_image, failure
-from img2img.data.images import (TEMP_SUFFIX, Decoded, Image, decode_image, is_image_file, list_images,
-                                 output_layout, to_pixels, write_image)
+from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, decode_image, is_image_file,
+                                 list_images, output_layout, to_pixels, write_image)
 from img2img.data.strips import StripWriter, streams
+from img2img.device import default_workers
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Reporter, Silent
 from img2img.tiling import AlphaRows, blend_strips
@@ -72,7 +73,7 @@ class Options:
     direction: str = "AtoB"
     bn_mode: str = "eval"
     overwrite: bool = False
-    ext: str | None = None  # output extension (".png"); None keeps the input's
+    ext: str | None = None  # output format ("png" or ".png"); None keeps the input's
     tile: int | None = None  # tile side in input pixels; None: whole images
     tile_overlap: int = 32
     resize: int | None = None  # resize so the shorter side has this many pixels
@@ -81,6 +82,26 @@ class Options:
     workers: int | None = None
     writers: int = 4
     max_memory: int | None = None  # bytes of image data; None: what the system has free
+
+    def __post_init__(self) -> None:
+        """The checks the CLI and the API share: a bad option is a usage error, named by its flag."""
+        if self.ext is not None:
+            self.ext = f".{self.ext.lstrip('.').lower()}"
+            if self.ext not in IMAGE_EXTENSIONS:
+                raise InputError(f"--ext {self.ext[1:]}: choose one of png, jpg, webp, bmp, tif")
+        if self.tile is not None and self.tile < 16:
+            raise InputError(f"--tile {self.tile}: tiles must be at least 16 px")
+        if self.tile is not None and not 0 <= self.tile_overlap * 2 < self.tile:
+            raise InputError(f"--tile-overlap {self.tile_overlap} must be at least 0 and less than half of --tile {self.tile}")
+        for flag, value in (("--batch-size", self.batch_size), ("--resize", self.resize)):
+            if value is not None and value < 1:
+                raise InputError(f"{flag} {value}: must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise InputError(f"--workers {self.workers}: must be at least 0")
+        for flag, value, choices in (("--direction", self.direction, ("AtoB", "BtoA")),
+                                     ("--bn-mode", self.bn_mode, ("eval", "train")), ("--amp", self.amp, ("auto", "off"))):
+            if value not in choices:
+                raise InputError(f"{flag} {value!r}: choose {' or '.join(choices)}")
 
 
 # ---- what to translate ------------------------------------------------------------------
@@ -191,12 +212,6 @@ def default_batch_size(device: torch.device, tile: int | None) -> int:
     if device.type != "cuda":
         return 1
     return 16 if tile else 8
-
-
-def default_workers(device: torch.device) -> int:
-    # On a CPU the network already uses every core: decoding in other processes only takes
-    # cores from its threads (measured in benchmarks/translate.py), so decode in line.
-    return min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
 
 
 # ---- the run ----------------------------------------------------------------------------

@@ -11,7 +11,6 @@ per-image values averaged over the batch.
 
 from __future__ import annotations
 
-import kornia
 import torch
 
 SSIM_WINDOW = 11
@@ -36,11 +35,15 @@ def prepare(image: torch.Tensor, border: int, quantize: bool, y_channel: bool = 
 
 def _psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean over the batch of each image's PSNR, in dB."""
+    import kornia  # here: the CLI's start-up needs none of it
+
     return float(torch.stack([kornia.metrics.psnr(o, r, max_val=1.0) for o, r in zip(out, ref)]).mean())
 
 
 def _ssim(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean over the batch of each image's SSIM, per channel then averaged over the channels."""
+    import kornia
+
     if min(out.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px after the border crop, "
                          f"got {out.shape[-2]}x{out.shape[-1]}")

@@ -1,6 +1,6 @@
 """YAML recipes for the classic setups: `train --recipe NAME|FILE`, `img2img recipes [NAME]`.
 
-A recipe is a flat mapping of TrainConfig settings plus `task`, with comments saying where
+A recipe is a flat mapping of one family's config settings plus `task`, with comments saying where
 its numbers come from and what data layout it expects.
 """
 
@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
-from img2img.config import ConfigError, check_value
+from img2img.config import ConfigError, check_value, config_class
+from img2img.resources import shipped
 
-RECIPES = Path(__file__).parent / "recipes"
+RECIPES = shipped("recipes")
 
 
 def names() -> list[str]:
@@ -43,9 +44,15 @@ def load(name_or_file: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"{path}: a recipe is a mapping of settings with a 'task' (pix2pix, cyclegan, srgan)")
     task = data.pop("task")
     try:
-        return task, {key: check_value(key, value) for key, value in data.items()}
+        cls = config_class(str(task))
+        return task, {key: check_value(key, value, cls) for key, value in data.items()}
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def task_of(name: str) -> str:
+    """The task a bundled recipe trains."""
+    return str((yaml.safe_load((RECIPES / f"{name}.yaml").read_text()) or {}).get("task", ""))
 
 
 def summary(name: str) -> str:

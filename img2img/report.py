@@ -37,7 +37,9 @@ import yaml
 
 from img2img.config import ConfigError
 from img2img.data.header import ImageError
-from img2img.data.images import list_images, read_image, write_bytes_atomic
+from img2img.data.images import files_by_key, read_image, write_bytes_atomic
+from img2img.gan.record import TensorBoardWriter, is_number
+from img2img.hints import install_hint
 
 REPORT_FILE = "report.html"
 GALLERY_FILE = "gallery.html"
@@ -46,7 +48,7 @@ TENSORBOARD_DIR = "tensorboard"
 REPORT_SAMPLES = 12  # newest sample grids shown in full; older ones are linked
 GALLERY_MAX_ROWS = 500  # embedded thumbnails make the page grow ~40 KB per row
 THUMB_PX = 256
-MATPLOTLIB_MISSING = "plots need matplotlib: pip install 'img2img[eval]'"
+MATPLOTLIB_MISSING = "plots need matplotlib: {}"
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
@@ -129,10 +131,6 @@ def read_log(run_dir: Path) -> RunLog:
     log.train = [train[s] for s in sorted(train)]
     log.val = [val[s] for s in sorted(val)]
     return log
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def loss_keys(records: list[dict]) -> list[str]:
@@ -241,7 +239,7 @@ def write_plots(run_dir: Path, log: RunLog) -> tuple[dict[str, Path], list[str]]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return {}, [MATPLOTLIB_MISSING]
+        return {}, [MATPLOTLIB_MISSING.format(install_hint("eval"))]
     folder = Path(run_dir) / PLOTS_DIR
     plots = {}
     for name, draw, records in (("losses", plot_losses, log.train),
@@ -489,49 +487,10 @@ def _translate_row(result, target_files: dict[str, Path] | None, shown: bool) ->
 def _targets_by_key(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise ConfigError(f"--targets {folder}: no such folder")
-    return {p.relative_to(folder).with_suffix("").as_posix(): p for p in list_images(folder)}
+    return {key: paths[0] for key, paths in files_by_key(folder).items()}
 
 
 # ---- TensorBoard ------------------------------------------------------------------------------
-
-
-def tensorboard_scalars(record: dict) -> list[tuple[str, float]]:
-    """The scalars of one log.jsonl record, as (tag, value), grouped the way the report groups them."""
-    scalars = []
-    for key, value in record.items():
-        if key == "lr" and isinstance(value, dict):
-            scalars += [(f"lr/{name}", float(v)) for name, v in value.items() if is_number(v)]
-        elif key == "val" and isinstance(value, dict):
-            scalars += [(f"val/{name}", float(v)) for name, v in value.items() if is_number(v)]
-        elif key in ("step", "time") or not is_number(value):
-            continue
-        elif key.startswith("loss"):
-            scalars.append((f"loss/{key.removeprefix('loss_')}", float(value)))
-        elif key.endswith(("real", "fake")):
-            scalars.append((f"D/{key}", float(value)))
-        else:
-            scalars.append((f"train/{key}", float(value)))
-    return scalars
-
-
-class TensorBoardWriter:
-    """Writes log records as TensorBoard scalars into RUN/tensorboard/ (needs `tensorboard`)."""
-
-    def __init__(self, run_dir: str | Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ConfigError("TensorBoard logging needs the tensorboard package: "
-                              "pip install 'img2img[tensorboard]'") from err
-        self.folder = Path(run_dir) / TENSORBOARD_DIR
-        self.writer = SummaryWriter(log_dir=str(self.folder))
-
-    def write(self, record: dict) -> None:
-        for tag, value in tensorboard_scalars(record):
-            self.writer.add_scalar(tag, value, record.get("step"), walltime=record.get("time"))
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def export_tensorboard(run_dir: str | Path) -> Path:
@@ -543,7 +502,7 @@ def export_tensorboard(run_dir: str | Path) -> Path:
     if folder.is_dir():
         for old in folder.glob("events.out.tfevents.*"):
             old.unlink()
-    writer = TensorBoardWriter(run_dir)
+    writer = TensorBoardWriter(run_dir)  # the writer training uses, so both give the same tags
     try:
         for record in sorted(log.train + log.val, key=lambda r: r["step"]):
             writer.write(record)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from img2img.data.images import Image
+from img2img.device import REDUCED_PRECISION, autocast_dtype
 from img2img.gan.checkpoint import GeneratorSpec
 
 
@@ -23,6 +24,16 @@ def set_bn_mode(module: nn.Module, mode: str) -> None:
             layer.train()
             if isinstance(layer, nn.BatchNorm2d):
                 layer.momentum = 0.0  # batch statistics are used but never stored
+
+
+def to_network_range(x: torch.Tensor, pixel_range: str) -> torch.Tensor:
+    """[0, 1] images in the network's own convention ("-1,1": pix2pix/CycleGAN; "0,1": SR)."""
+    return x * 2 - 1 if pixel_range == "-1,1" else x
+
+
+def to_unit_range(y: torch.Tensor, pixel_range: str) -> torch.Tensor:
+    """A network's output back to [0, 1], clamped."""
+    return ((y + 1) / 2 if pixel_range == "-1,1" else y).clamp(0, 1)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1,
@@ -43,17 +54,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1,
     if reflect_h < pad_h or reflect_w < pad_w:
         x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
     return x, height, width
-
-
-REDUCED_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def autocast_dtype(device: torch.device, amp: str, allowed: tuple = REDUCED_PRECISION) -> torch.dtype | None:
-    """bf16 where the GPU has it, else fp16; only precisions the model declares it supports."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    preferred = REDUCED_PRECISION if torch.cuda.is_bf16_supported() else (torch.float16,)
-    return next((dtype for dtype in preferred if dtype in allowed), None)
 
 
 class Translator:
@@ -85,16 +85,12 @@ class Translator:
         x = rgb.to(self.device, non_blocking=True).float()
         if self.in_channels == 1:
             x = x[:, :1]
-        if self.spec.pixel_range == "-1,1":
-            x = x * 2 - 1
+        x = to_network_range(x, self.spec.pixel_range)
         padded, height, width = pad_to_multiple(x, self.multiple, self.min_size, self.square)
         if self.channels_last:
             padded = padded.contiguous(memory_format=torch.channels_last)
         y = self._forward(padded)
-        y = y[..., : height * self.scale, : width * self.scale]
-        if self.spec.pixel_range == "-1,1":
-            y = (y + 1) / 2
-        y = y.clamp(0, 1)
+        y = to_unit_range(y[..., : height * self.scale, : width * self.scale], self.spec.pixel_range)
         return y.expand(-1, 3, -1, -1) if y.shape[1] == 1 else y
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,7 @@ def test_translate_reads_paths_from_stdin_and_skips_existing_outputs(run_dir, tm
     (["train", "pix2pix", "--data", "."], 1, "no images found"),
     (["train", "pix2pix", "--data", ".", "--netG", "unet_77"], 2, "power of 2"),
     (["translate", "--model", "/no/model.pth", ".", "out"], 2, "no images found"),
-    (["info", "/no/model.pth"], 1, "/no/model.pth: no such file"),
+    (["info", "/no/model.pth"], 2, "/no/model.pth: no such file"),
 ])
 def test_user_mistakes_get_a_message_not_a_traceback(args, code, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -174,6 +174,6 @@ def test_images_smaller_than_the_patch_and_bad_sizes_are_refused(hr_folder, tmp_
     with pytest.raises(DataError, match="smaller than the 256 px HR patch"):
         scan_hr(hr_folder, 256)
     with pytest.raises(ConfigError, match="multiple of --scale 3"):
-        scan_training(make_config("srgan", {"hr": str(hr_folder), "scale": 3, "size": 64}))
+        make_config("srgan", {"hr": str(hr_folder), "scale": 3, "size": 64})
     with pytest.raises(ConfigError, match="no such folder"):
-        scan_training(make_config("srgan", {"hr": str(tmp_path / "missing"), "scale": 2}))
+        scan_training(tmp_path / "missing", None, 2, 128)

@@ -175,14 +175,14 @@ def test_a_decoder_that_kills_its_process_fails_that_file_alone(model, tmp_path,
     folder.mkdir()
     for i, crop in enumerate(photo_crops(12)):
         cv2.imwrite(str(folder / f"{i:02d}.png"), crop[:, :, ::-1])
-    real = infer.read_image
+    real = infer.decode_image
 
     def crashing(path):
         if path.name == "05.png":
             os.kill(os.getpid(), signal.SIGSEGV)
         return real(path)
 
-    monkeypatch.setattr(infer, "read_image", crashing)  # the forked workers inherit it
+    monkeypatch.setattr(infer, "decode_image", crashing)  # the forked workers inherit it
     results = infer.translate(model, str(folder), tmp_path / "out", workers=1)
     errors = {r.job.source.name: r.error for r in results if r.error}
     assert list(errors) == ["05.png"] and "decoder crashed on this file" in errors["05.png"]

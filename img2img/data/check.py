@@ -48,6 +48,9 @@ def scan_folder(folder: Path, decode: bool = False) -> Report:
 
 
 def pairing_problems(a: Path, b: Path) -> list[str]:
+    if not datasets.files_by_stem(a).keys() & datasets.files_by_stem(b).keys():
+        return [f"no file of {a} has a partner of the same relative path and stem in {b}; if these are two "
+                "unpaired domains (CycleGAN), pass --unpaired"]
     try:
         datasets.scan_paired(a, b)
     except datasets.DataError as err:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from img2img.config import ConfigError
 from img2img.data.header import check_image, failure
-from img2img.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, read_image
+from img2img.data.images import IMAGE_EXTENSIONS, files_by_key, is_image_file, list_images, read_image
 
 
 class DataError(Exception):
@@ -101,8 +101,14 @@ def scan_aligned(root: Path, split: str = "train") -> list[Pair]:
 
 
 def files_by_stem(folder: Path) -> dict[str, Path]:
-    """Relative path without extension -> file; pairs match on this key."""
-    return {str(p.relative_to(folder).with_suffix("")): p for p in list_images(folder)}
+    """Relative path without extension -> file (the first, where several formats share it)."""
+    return {key: paths[0] for key, paths in files_by_key(folder).items()}
+
+
+def partner_problems(files: dict[str, Path], root: Path, others: dict[str, Path], other_root: Path) -> list[str]:
+    """One line per file of either folder that has no partner of the same key in the other."""
+    return ([f"{files[k]}: no partner in {other_root} (looked for {k}.*)" for k in sorted(files.keys() - others.keys())]
+            + [f"{others[k]}: no partner in {root} (looked for {k}.*)" for k in sorted(others.keys() - files.keys())])
 
 
 def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
@@ -112,8 +118,7 @@ def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
     a_files, b_files = files_by_stem(a_root), files_by_stem(b_root)
     if not a_files:
         raise DataError(f"--a {a_root}: no images found")
-    problems = [f"{a_files[k]}: no partner in {b_root} (looked for {k}.*)" for k in sorted(a_files.keys() - b_files.keys())]
-    problems += [f"{b_files[k]}: no partner in {a_root} (looked for {k}.*)" for k in sorted(b_files.keys() - a_files.keys())]
+    problems = partner_problems(a_files, a_root, b_files, b_root)
     pairs = []
     for key in sorted(a_files.keys() & b_files.keys()):
         size_a, size_b = checked_size(a_files[key], problems), checked_size(b_files[key], problems)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -191,6 +190,8 @@ def seed_of(rng: np.random.Generator) -> int:
 
 
 def gaussian_noise(image: np.ndarray, sigma: float, gray: bool, seed: int) -> np.ndarray:
+    import albumentations as A  # here: the CLI's start-up needs none of it
+
     # per_channel=False draws one noise image for all channels: Real-ESRGAN's "gray noise".
     transform = A.GaussNoise(std_range=(sigma, sigma), per_channel=not gray, p=1.0)
     transform.set_random_seed(seed)
@@ -198,6 +199,8 @@ def gaussian_noise(image: np.ndarray, sigma: float, gray: bool, seed: int) -> np
 
 
 def poisson_noise(image: np.ndarray, scale: float, gray: bool, seed: int) -> np.ndarray:
+    import albumentations as A  # here: the CLI's start-up needs none of it
+
     # Real-ESRGAN counts 256 photons per unit intensity and multiplies the noise by `scale`,
     # so the variance per unit intensity is scale^2 / 256: ShotNoise's scale.
     transform = A.ShotNoise(scale_range=(scale**2 / 256, scale**2 / 256), p=1.0)
@@ -216,6 +219,8 @@ def add_noise(image: np.ndarray, rng: np.random.Generator, settings: OrderSettin
 
 
 def jpeg(image: np.ndarray, rng: np.random.Generator, quality_range: tuple[int, int]) -> np.ndarray:
+    import albumentations as A  # here: the CLI's start-up needs none of it
+
     quality = int(rng.integers(quality_range[0], quality_range[1] + 1))
     transform = A.ImageCompression(compression_type="jpeg", quality_range=(quality, quality), p=1.0)
     return transform(image=np.clip(image, 0.0, 1.0))["image"]

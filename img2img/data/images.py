@@ -56,6 +56,15 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
+def files_by_key(folder: Path) -> dict[str, list[Path]]:
+    """Images below `folder` by key, the relative path without extension (`x/1` for x/1.png):
+    how pairs, outputs and targets are matched whatever their formats."""
+    files: dict[str, list[Path]] = {}
+    for path in list_images(folder):
+        files.setdefault(path.relative_to(folder).with_suffix("").as_posix(), []).append(path)
+    return files
+
+
 def read_image(path: Path) -> Image:
     return decode_image(path).to_image()
 

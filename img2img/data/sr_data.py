@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from img2img.config import ConfigError, TrainConfig
-from img2img.data.datasets import (DataError, checked_size, files_by_stem, image_size, raise_problems, require_folder,
-                                   scan_images, to_tensor)
-from img2img.data.degrade import DEGRADATIONS, degrade
+from img2img.config import ConfigError
+from img2img.data.datasets import (DataError, checked_size, files_by_stem, image_size, partner_problems, raise_problems,
+                                   require_folder, scan_images, to_tensor)
+from img2img.data.degrade import degrade
 from img2img.data.images import read_image
 from img2img.metrics import SSIM_WINDOW
 
@@ -54,15 +54,14 @@ def scan_hr(folder: Path, min_size: int, flag: str = "--hr", need: str = PATCH) 
 
 
 def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
-                  flags: tuple[str, str] = ("--lr", "--hr"), need: str = PATCH) -> list[SRItem]:
+                  flags: tuple[str, str] = ("--lr-dir", "--hr"), need: str = PATCH) -> list[SRItem]:
     """LR/HR files matched by relative path and stem; each LR must be HR // scale in size."""
     require_folder(lr_root, flags[0])
     require_folder(hr_root, flags[1])
     lr_files, hr_files = files_by_stem(lr_root), files_by_stem(hr_root)
     if not hr_files:
         raise DataError(f"{flags[1]} {hr_root}: no images found")
-    problems = [f"{hr_files[k]}: no partner in {lr_root} (looked for {k}.*)" for k in sorted(hr_files.keys() - lr_files.keys())]
-    problems += [f"{lr_files[k]}: no partner in {hr_root} (looked for {k}.*)" for k in sorted(lr_files.keys() - hr_files.keys())]
+    problems = partner_problems(hr_files, hr_root, lr_files, lr_root)
     items = []
     for key in sorted(hr_files.keys() & lr_files.keys()):
         lr_size, hr_size = checked_size(lr_files[key], problems), checked_size(hr_files[key], problems)
@@ -87,23 +86,13 @@ def pair_problem(lr: Path, lr_size: tuple[int, int], hr: Path, hr_size: tuple[in
     return None
 
 
-def check_sizes(cfg: TrainConfig) -> None:
-    if cfg.scale < 2:
-        raise ConfigError(f"--scale must be 2, 3 or 4, got {cfg.scale}")
-    if cfg.size % cfg.scale:
-        raise ConfigError(f"--size {cfg.size} (the HR patch) must be a multiple of --scale {cfg.scale} "
-                          f"(try --size {max(cfg.scale, cfg.size // cfg.scale * cfg.scale)})")
-    if cfg.degradation not in DEGRADATIONS:
-        raise ConfigError(f"unknown --degradation {cfg.degradation!r}; choose {' or '.join(DEGRADATIONS)}")
-
-
-def scan_training(cfg: TrainConfig) -> list[SRItem]:
-    check_sizes(cfg)
-    if cfg.hr is None:
-        raise ConfigError("give --hr DIR (high-resolution images), and --lr DIR if their LR partners exist")
-    if cfg.lr_dir is not None:
-        return scan_sr_pairs(Path(cfg.lr_dir), Path(cfg.hr), cfg.scale, cfg.size)
-    return scan_hr(Path(cfg.hr), cfg.size)
+def scan_training(hr: Path | None, lr: Path | None, scale: int, size: int) -> list[SRItem]:
+    """HR images (LR made on the fly), or HR/LR pairs when `lr` is given."""
+    if hr is None:
+        raise ConfigError("give --hr DIR (high-resolution images), and --lr-dir DIR if their LR partners exist")
+    if lr is not None:
+        return scan_sr_pairs(lr, hr, scale, size, ("--lr-dir", "--hr"))
+    return scan_hr(hr, size)
 
 
 def validation_min_size(scale: int) -> int:
@@ -112,20 +101,18 @@ def validation_min_size(scale: int) -> int:
     return SSIM_WINDOW + 4 * scale + 4
 
 
-def scan_validation(cfg: TrainConfig, training: list[SRItem]) -> list[SRItem]:
+def scan_validation(val_hr: Path | None, val_lr: Path | None, scale: int, training: list[SRItem]) -> list[SRItem]:
     """--val-hr (with --val-lr if given), else the first training images large enough."""
-    if cfg.val_lr is not None and cfg.val_hr is None:
-        raise ConfigError("--val-lr needs --val-hr (the HR partners of the LR images)")
-    min_size, need = validation_min_size(cfg.scale), f"the {{}} px needed to measure SSIM at x{cfg.scale}"
-    if cfg.val_hr is None:
+    min_size, need = validation_min_size(scale), f"the {{}} px needed to measure SSIM at x{scale}"
+    if val_hr is None:
         usable = list(islice((item for item in training if min(image_size(item.hr)) >= min_size), VAL_COUNT))
         if training and not usable:
             raise DataError(f"no training image is large enough to validate on (at least {min_size} px "
                             "a side); give --val-hr DIR")
         return usable
-    if cfg.val_lr is not None:
-        return scan_sr_pairs(Path(cfg.val_lr), Path(cfg.val_hr), cfg.scale, min_size, ("--val-lr", "--val-hr"), need)
-    return scan_hr(Path(cfg.val_hr), min_size, "--val-hr", need)
+    if val_lr is not None:
+        return scan_sr_pairs(val_lr, val_hr, scale, min_size, ("--val-lr", "--val-hr"), need)
+    return scan_hr(val_hr, min_size, "--val-hr", need)
 
 
 # ---- loading and cropping ----------------------------------------------------------------

@@ -30,6 +30,8 @@ from img2img.nets import recognise, registry, zoo
 
 FORMAT_VERSION = 1
 STATE_PATTERN = "state_step*.pt"
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+UNREADABLE = "{}: not a readable PyTorch checkpoint (truncated, corrupt, or another kind of file)"
 
 
 class CheckpointError(Exception):
@@ -74,6 +76,9 @@ def build_generator(spec: GeneratorSpec) -> nn.Module:
 def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, GeneratorSpec]:
     """A generator in eval mode, from our .safetensors, a foreign .pth/.safetensors, or a run folder."""
     path = resolve_generator_path(Path(path), direction)
+    if path.suffix not in (".safetensors", *TORCH_SUFFIXES):
+        raise CheckpointError(f"{path}: not a generator file; give a .safetensors file written by img2img, "
+                              f"a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}) or a run folder")
     if path.suffix == ".safetensors":
         state_dict, metadata = _read_safetensors(path)
         if "img2img" in metadata:
@@ -135,9 +140,33 @@ def _check_direction(path: Path, spec: GeneratorSpec, direction: str) -> None:
                       "Leave out --direction to use this one.")
 
 
+def generator_files(path: Path) -> list[Path]:
+    """The generator files a path stands for: itself, or those of a run folder (a CycleGAN run
+    has two: G_AB and G_BA)."""
+    path = Path(path)
+    if path.is_file() or not path.exists():
+        return [resolve_generator_path(path)]
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    both = [folder / "G_AB.safetensors", folder / "G_BA.safetensors"]
+    return both if all(p.is_file() for p in both) else [resolve_generator_path(path)]
+
+
+def describe_generators(path: Path) -> list[dict]:
+    """What `img2img info` prints: one record per generator file."""
+    records = []
+    for file in generator_files(Path(path)):
+        module, spec = load_generator(file, "BtoA" if file.stem == "G_BA" else "AtoB")
+        records.append({"file": str(file), "arch": spec.arch, "hparams": spec.hparams,
+                        "parameters": registry.count_parameters(module), "pixel_range": spec.pixel_range,
+                        "scale": spec.scale, "task": spec.task, "direction": spec.direction,
+                        "step": spec.step, "source": spec.source,
+                        **({"details": spec.details} if spec.details else {})})
+    return records
+
+
 def resolve_generator_path(path: Path, direction: str = "AtoB") -> Path:
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder (give a .safetensors/.pth file or a run folder)")
+    if not path.exists():  # a path that cannot work: a usage error, as a missing INPUT is
+        raise ConfigError(f"{path}: no such file or folder (give a .safetensors/.pth file or a run folder)")
     if path.is_file():
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -163,6 +192,10 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
 
 def safe_torch_load(path: Path) -> Any:
     """torch.load that never unpickles arbitrary objects, with errors a person can act on."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if not (head == b"PK" or head[:1] == b"\x80"):  # neither torch.save's zip nor its legacy pickle
+        raise CheckpointError(UNREADABLE.format(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -173,8 +206,8 @@ def safe_torch_load(path: Path) -> Any:
                 "trust its source, and convert it to a plain state_dict first."
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
-    except Exception as err:  # truncated or foreign files fail in many different ways
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+    except Exception:  # truncated or foreign files fail in many ways, whose texts mean nothing to a user
+        raise CheckpointError(UNREADABLE.format(path)) from None
 
 
 def _first_line(err: Exception) -> str:

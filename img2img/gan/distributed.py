@@ -100,11 +100,28 @@ def any_true(world: World, value: bool) -> bool:
     return bool(flag.item())
 
 
+LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
+
+
+def without_launch_flags(argv: list[str]) -> list[str]:
+    """A command's arguments without the launcher's own flags (torchrun gets those)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
+            kept.append(arg)
+    return kept
+
+
 def relaunch(argv: list[str], nproc_per_node: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None,
              max_restarts: int) -> int:
-    """Run this same img2img command under torchrun; returns its exit code."""
+    """Run this same img2img command (`argv`, launch flags included) under torchrun; returns its exit code."""
     from torch.distributed.run import get_args_parser, run
 
+    argv = without_launch_flags(argv)
     launcher = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
     if nnodes > 1:
         if not rdzv_endpoint:

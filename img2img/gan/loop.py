@@ -1,40 +1,40 @@
 """The generic GAN training loop: a task states its networks, its shared forward pass and its
-phases (which networks a loss trains); the loop owns everything else: requires_grad toggling,
-autocast and loss scaling, optimizers and LR schedules, EMA, NaN checks, logs, sample grids,
-checkpoints and exact resume.
+phases (which networks a loss trains); the loop owns the optimisation: requires_grad toggling,
+autocast and loss scaling, optimizers and LR schedules, gradient sync, EMA, NaN checks and the
+state for exact resume. The run folder is gan/record.py's.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
 import time
 import warnings
 from collections import defaultdict
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from img2img.config import TrainConfig
-from img2img.data.images import Image, write_image
+from img2img.config import BaseConfig
+from img2img.device import autocast_dtype
 from img2img.gan import checkpoint, distributed
 from img2img.gan.health import Health
-from img2img.report import TensorBoardWriter
 from img2img.progress import Reporter
 
-LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, float]]]
+Nets = Mapping[str, nn.Module]
+LossFn = Callable[[Nets, dict], tuple[torch.Tensor, dict[str, float]]]
 
 
 @dataclass
 class Phase:
-    """One optimizer step per `every` training steps, on `loss`, updating `nets` only."""
+    """One optimizer step per `every` training steps on `loss(nets, batch)`, updating `nets`
+    only. The loss receives the networks routed for this phase: the trained ones through their
+    DDP wrappers, the others as plain modules."""
 
     name: str
     nets: tuple[str, ...]
@@ -43,36 +43,56 @@ class Phase:
     first_step: int = 0  # e.g. GAN phases after a pixel-loss pretraining
     last_step: int | None = None  # exclusive
     lr: float | None = None  # None: the config's lr
+    # Step the optimizer of this other phase instead of an own one (e.g. a lazy R1 phase
+    # updating D with D's Adam state, as StyleGAN2's "Dreg" shares "Dmain"'s optimizer).
+    optimizer: str | None = None
 
     def active(self, step: int) -> bool:
         before_end = self.last_step is None or step < self.last_step
         return step >= self.first_step and before_end and (step - self.first_step) % self.every == 0
 
 
-@dataclass
 class Task:
-    """What a model family hands the loop."""
+    """What a model family hands the loop (and the recorder). A task file subclasses it: its
+    constructor builds the networks, the data and the validation set once; its methods state
+    the phases' losses. Every method that runs networks receives them as an argument."""
 
-    name: str
+    name = ""
     nets: dict[str, nn.Module]
     phases: list[Phase]
-    forward: Callable[[dict], dict]  # the step's shared computation (e.g. the fakes)
-    sample_columns: Callable[[dict], list[torch.Tensor]]  # grid columns (NCHW, [0, 1])
-    # file stem -> (net name, its spec): the generator files a checkpoint writes
-    exports: dict[str, tuple[str, Callable[[], checkpoint.GeneratorSpec]]]
     ema_nets: tuple[str, ...] = ()
-    # Networks whose forward pass in `forward` is back-propagated by a phase (the generators):
-    # they run through their DDP wrappers there.
+    # Networks whose pass in `forward` is back-propagated by a phase (the generators): they
+    # run through their DDP wrappers there.
     forward_nets: tuple[str, ...] = ()
-    # Validation metrics (e.g. PSNR next to the bicubic baseline), given the module to export
-    # for each net name (the EMA where there is one); logged as "val" records.
-    validate: Callable[[Callable[[str], nn.Module]], dict[str, float]] | None = None
+    validates = False  # True when `validate` has held-out data to measure
     default_best_metric: str | None = None  # the validation metric that picks best_*.safetensors
-    extra_state: Callable[[], dict] = dict
-    load_extra_state: Callable[[dict], None] = lambda state: None
+    dataset: Any = None  # the training set, indexed by (index, seed)
+    sample_batch: dict | None = None  # a fixed batch for the sample grids
+
+    def forward(self, nets: Nets, batch: dict) -> dict:
+        """The step's shared computation (e.g. the fakes), handed to every phase's loss."""
+        return batch
+
+    def sample_columns(self, nets: Nets, batch: dict) -> list[torch.Tensor]:
+        """Columns of the sample grid (NCHW, [0, 1])."""
+        raise NotImplementedError
+
+    def exports(self) -> dict[str, tuple[str, checkpoint.GeneratorSpec]]:
+        """file stem -> (net name, its spec): the generator files a checkpoint writes."""
+        raise NotImplementedError
+
+    def validate(self, nets: Nets) -> dict[str, float]:
+        """Validation metrics of the exported networks (the EMA where there is one)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
-def set_requires_grad(nets: dict[str, nn.Module], trained: tuple[str, ...]) -> None:
+def set_requires_grad(nets: Mapping[str, nn.Module], trained: tuple[str, ...]) -> None:
     for name, net in nets.items():
         net.requires_grad_(name in trained)
 
@@ -110,25 +130,18 @@ def warmup_ema(decay: float):
     return update
 
 
-def autocast_for(device: torch.device, mode: str):
-    """bf16 where the GPU supports it, else fp16 (with a GradScaler); fp32 on CPU."""
-    if device.type != "cuda" or mode == "off":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class Trainer:
-    """Runs a Task. `task.nets` is routed: while a phase runs, the networks it trains are
-    called through their DDP wrappers (so their gradients are averaged across processes) and
-    every other network through the plain module; `self.raw` always holds the modules."""
+    """Optimises a Task: one optimizer, LR schedule and loss scaler per phase, EMA, routing
+    (the networks a phase trains through their DDP wrappers, the others plain), NaN skips.
+    What it has done is written by a Recorder; `self.raw` always holds the plain modules."""
 
-    def __init__(self, task: Task, cfg: TrainConfig, run_dir: Path, device: torch.device,
-                 total_steps: int, reporter: Reporter, world: distributed.World | None = None):
-        self.task, self.cfg, self.run_dir, self.device = task, cfg, Path(run_dir), device
+    def __init__(self, task: Task, cfg: BaseConfig, device: torch.device, total_steps: int,
+                 reporter: Reporter, world: distributed.World | None = None):
+        self.task, self.cfg, self.device = task, cfg, device
         self.total_steps, self.reporter = total_steps, reporter
         self.world = world or distributed.World()
         self.step = 0
-        self.amp_dtype = autocast_for(device, cfg.amp)
+        self.amp_dtype = autocast_dtype(device, cfg.amp)
         self.raw = dict(task.nets)
         if device.type == "cuda":
             for net in self.raw.values():
@@ -140,7 +153,8 @@ class Trainer:
             self.plain = {n: torch.compile(m) for n, m in self.plain.items()}
         self.optimizers, self.schedulers, self.scalers = {}, {}, {}
         for phase in task.phases:
-            self._add_optimizer(phase)
+            if phase.optimizer is None:
+                self._add_optimizer(phase)
         self.ema = {name: AveragedModel(self.raw[name], multi_avg_fn=warmup_ema(cfg.ema), use_buffers=True)
                     for name in task.ema_nets if cfg.ema > 0}
         self.window: dict[str, list[float]] = defaultdict(list)
@@ -151,8 +165,7 @@ class Trainer:
         self.rollback_requested = False
         self.lr_scale = 1.0  # halved by each roll-back after repeated non-finite losses
         self.stop_signal: int | None = None  # set by a signal handler: checkpoint and stop
-        self.best: float | None = None  # the best validation value so far (best_metric)
-        self.tensorboard = TensorBoardWriter(run_dir) if cfg.tensorboard and self.world.is_main else None
+        self.best: float | None = None  # the best validation value so far (the recorder's best_metric)
 
     def _add_optimizer(self, phase: Phase) -> None:
         params = [p for name in phase.nets for p in self.raw[name].parameters()]
@@ -171,10 +184,9 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def route(self, trained: tuple[str, ...]) -> None:
+    def routed(self, trained: tuple[str, ...]) -> dict[str, nn.Module]:
         """Trained networks through DDP, the others through their plain modules."""
-        for name in self.raw:
-            self.task.nets[name] = self.synced[name] if name in trained else self.plain[name]
+        return {name: self.synced[name] if name in trained else self.plain[name] for name in self.raw}
 
     def train_step(self, batches: list[dict]) -> None:
         """One optimizer step per active phase over `batches` (several for accumulation)."""
@@ -184,9 +196,8 @@ class Trainer:
         if len(batches) == 1:
             # The reference's order: the shared forward once, then each phase in turn.
             set_requires_grad(self.raw, self.task.forward_nets)
-            self.route(self.task.forward_nets)
             with self.autocast():
-                shared = self.task.forward(batches[0])
+                shared = self.task.forward(self.routed(self.task.forward_nets), batches[0])
             for phase in active:
                 self._run_phase(phase, [shared])
         else:
@@ -203,16 +214,17 @@ class Trainer:
 
     def _run_phase(self, phase: Phase, inputs: list[dict]) -> None:
         set_requires_grad(self.raw, phase.nets)
-        self.route(phase.nets)
-        opt, scaler = self.optimizers[phase.name], self.scalers[phase.name]
+        nets = self.routed(phase.nets)
+        owner = phase.optimizer or phase.name
+        opt, scaler = self.optimizers[owner], self.scalers[owner]
         opt.zero_grad(set_to_none=True)
         accumulate = len(inputs) > 1
         for index, item in enumerate(inputs):
             last = index == len(inputs) - 1
             # Gradients are averaged across processes once, on the last micro-batch.
             with self._no_sync(phase.nets, skip=last or not accumulate), self.autocast():
-                shared = self.task.forward(item) if accumulate else item
-                loss, metrics = phase.loss(shared)
+                shared = self.task.forward(nets, item) if accumulate else item
+                loss, metrics = phase.loss(nets, shared)
             # Every process must skip together, or the others would wait for its gradients.
             if not distributed.all_true(self.world, bool(torch.isfinite(loss.detach()))):
                 self.skipped_nonfinite += 1
@@ -238,31 +250,24 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------
 
-    def run(self, batches: Iterator[dict], sample_batch: dict | None) -> None:
-        cfg = self.cfg
-        sample_every = cfg.sample_every or cfg.save_every
+    def run(self, batches: Iterator[dict], recorder, sample_batch: dict | None = None) -> None:
+        """Train up to `total_steps`; `recorder` (gan.record.Recorder) writes the run folder."""
         self.reporter.start(self.total_steps, self.step, f"training {self.task.name}")
-        while self.step < self.total_steps:
-            micro = [self.to_device(next(batches)) for _ in range(cfg.grad_accum)]
-            self.train_step(micro)
-            self.window_images += sum(batch_size(b) for b in micro) * self.world.world_size
-            if self.rollback_requested:
-                self.roll_back()
-            if distributed.any_true(self.world, self.stop_signal is not None):
-                self.save()
-                raise TrainingStopped(self.stop_signal or signal.SIGTERM, self.step)
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                self.log()
-            if sample_batch is not None and (self.step % sample_every == 0 or self.step == self.total_steps):
-                self.write_samples(sample_batch)
-            val_every = cfg.val_every or cfg.save_every
-            if self.task.validate is not None and (self.step % val_every == 0 or self.step == self.total_steps):
-                self.run_validation()
-            if self.step % cfg.save_every == 0 or self.step == self.total_steps:
-                self.save()
-        self.reporter.finish()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        try:
+            while self.step < self.total_steps:
+                micro = [self.to_device(next(batches)) for _ in range(self.cfg.grad_accum)]
+                self.train_step(micro)
+                self.window_images += sum(batch_size(b) for b in micro) * self.world.world_size
+                if self.rollback_requested:
+                    self.rollback_requested = False
+                    recorder.roll_back(self)
+                if distributed.any_true(self.world, self.stop_signal is not None):
+                    recorder.save(self)
+                    raise TrainingStopped(self.stop_signal or signal.SIGTERM, self.step)
+                recorder.after_step(self, sample_batch)
+            self.reporter.finish()
+        finally:
+            recorder.close()
 
     def to_device(self, batch: dict) -> dict:
         cuda = self.device.type == "cuda"
@@ -275,7 +280,8 @@ class Trainer:
             moved[key] = value
         return moved
 
-    def log(self) -> None:
+    def pop_metrics(self) -> dict:
+        """The means of the metrics since the last call, with LRs and throughput."""
         elapsed = time.perf_counter() - self.window_start
         record = {"step": self.step, **{k: sum(v) / len(v) for k, v in self.window.items() if v}}
         record["lr"] = {name: s.get_last_lr()[0] for name, s in self.schedulers.items()}
@@ -285,102 +291,29 @@ class Trainer:
             record["skipped_nonfinite"] = self.skipped_nonfinite
         self.window.clear()
         self.window_start, self.window_images = time.perf_counter(), 0
-        warning = self.health.discriminator_wins(self.step, record)
-        if warning:
-            record["warning"] = warning
-            self.reporter.message(f"warning: {warning}")
-        info = " ".join(f"{k.removeprefix('loss_')} {v:.3g}" for k, v in record.items() if k.startswith("loss"))
-        self.reporter.update(self.step, f"{info} | {record['img_per_s'] or 0:.1f} img/s")
-        self.append_log(record)
+        return record
 
-    def append_log(self, record: dict) -> None:
-        """One line of log.jsonl (rank 0), mirrored to TensorBoard when asked."""
-        if not self.world.is_main:
-            return
-        with open(self.run_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            self.tensorboard.write(record)
-
-    @torch.no_grad()
-    def run_validation(self) -> None:
-        if not self.world.is_main:
-            return
-        self.route(())
+    @contextmanager
+    def evaluating(self):
+        """Every network (and EMA) in eval mode, back to training mode after."""
         for net in [*self.raw.values(), *self.ema.values()]:
             net.eval()
-        metrics = self.task.validate(self.export_module)
-        for net in self.raw.values():
-            net.train()
-        text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        self.reporter.message(f"step {self.step} validation: {text}")
-        self.keep_best(metrics)
-        self.append_log({"step": self.step, "val": metrics, "time": time.time()})
+        try:
+            yield
+        finally:
+            for net in self.raw.values():
+                net.train()
 
-    @torch.no_grad()
-    def write_samples(self, batch: dict) -> None:
-        if not self.world.is_main:
-            return
-        batch = self.to_device(batch)
-        self.route(())
-        for net in self.raw.values():
-            net.eval()
-        with self.autocast():
-            columns = [c.float().clamp(0, 1) for c in self.task.sample_columns(batch)]
-        for net in self.raw.values():
-            net.train()
-        # One row per sample: input | output | target (or the task's own columns).
-        grid = torch.cat([torch.cat([c[i] for c in columns], dim=2) for i in range(len(columns[0]))], dim=1)
-        write_image(self.run_dir / "samples" / f"step_{self.step:08d}.png",
-                    Image(rgb=grid.cpu(), alpha=None, gray=False, bits=8))
+    def export_modules(self) -> dict[str, nn.Module]:
+        """Each network as it is exported: its EMA where there is one."""
+        return {name: self.ema[name].module if name in self.ema else net for name, net in self.raw.items()}
 
-    # ---- checkpoints ------------------------------------------------------------------
-
-    def keep_best(self, metrics: dict[str, float]) -> None:
-        """Copy the exported generators to best_*.safetensors when `best_metric` improves."""
-        name = self.cfg.best_metric or self.task.default_best_metric
-        if not name:
-            return
-        if name not in metrics:
-            self.reporter.message(f"best_metric {name!r} is not among the validation metrics: {', '.join(metrics)}")
-            return
-        value, lower_is_better = metrics[name], not name.startswith(HIGHER_IS_BETTER)
-        if self.best is not None and (value >= self.best if lower_is_better else value <= self.best):
-            return
-        self.best = value
-        self.export("best_")
-        self.append_log({"step": self.step, "best": {name: value}, "time": time.time()})
-
-    def export_module(self, name: str) -> nn.Module:
-        return self.ema[name].module if name in self.ema else self.raw[name]
-
-    def save(self) -> None:
-        if not self.world.is_main:
-            return
-        self.export()
-        checkpoint.save_state(self.run_dir / "checkpoints", self.step, self.state_dict())
-
-    def export(self, prefix: str = "") -> None:
-        for stem, (net_name, spec_fn) in self.task.exports.items():
-            spec = spec_fn()
-            spec.step = self.step
-            path = self.run_dir / "checkpoints" / f"{prefix}{stem}.safetensors"
-            checkpoint.save_generator(path, self.export_module(net_name), spec)
-
-    def roll_back(self) -> None:
-        """Back to the newest checkpoint with half the learning rate."""
-        self.rollback_requested = False
-        found = checkpoint.load_latest_state(self.run_dir / "checkpoints")
-        failed_at = self.step
-        if found is not None:
-            self.load_state_dict(found[0])
-        self.set_lr_scale(self.lr_scale * 0.5)
-        where = f"rolled back to step {self.step}" if found else "no checkpoint to roll back to yet"
-        self.reporter.message(f"repeated non-finite losses up to step {failed_at}: {where}; "
-                              f"learning rate now x{self.lr_scale:g} of the configured one")
+    # ---- state ------------------------------------------------------------------------
 
     def set_lr_scale(self, scale: float) -> None:
         for phase in self.task.phases:
+            if phase.optimizer is not None:
+                continue
             scheduler = self.schedulers[phase.name]
             base = (phase.lr or self.cfg.lr) * scale
             scheduler.base_lrs = [base] * len(scheduler.base_lrs)
@@ -400,7 +333,7 @@ class Trainer:
             "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
             "ema": {k: v.state_dict() for k, v in self.ema.items()},
             "rng": rng_state(),
-            "task": self.task.extra_state(),
+            "task": self.task.state_dict(),
             "lr_scale": self.lr_scale,
             "best": self.best,
         }
@@ -412,14 +345,11 @@ class Trainer:
                                ("ema", self.ema)):
             for name, obj in objects.items():
                 obj.load_state_dict(state[group][name])
-        self.task.load_extra_state(state.get("task", {}))
+        self.task.load_state_dict(state.get("task", {}))
         set_rng_state(state["rng"])
         self.best = state.get("best")
         if state.get("lr_scale", 1.0) != 1.0:
             self.set_lr_scale(float(state["lr_scale"]))
-
-
-HIGHER_IS_BETTER = ("psnr", "ssim", "val_psnr", "val_ssim")  # metric name prefixes; others: lower is better
 
 
 class TrainingStopped(Exception):

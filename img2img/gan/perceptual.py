@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import vgg19
 
 from img2img.config import ConfigError
 from img2img.gan.checkpoint import CheckpointError, safe_torch_load
@@ -83,6 +82,8 @@ def find_weights(path: str | Path | None) -> Path:
 def load_vgg19_features(path: Path, depth: int) -> nn.Sequential:
     """torchvision's vgg19().features[:depth] with the weights in `path` (a full VGG19
     state_dict, or only its `features.*` entries up to the deepest layer used)."""
+    from torchvision.models import vgg19  # here: the CLI's start-up needs none of torchvision
+
     features = vgg19(weights=None).features[:depth]
     try:
         state = safe_torch_load(path)

@@ -78,7 +78,7 @@ def infer_from_state_dict(state_dict: StateDict) -> tuple[str, dict]:
     raise ValueError(
         "the weights match no known generator layout "
         f"(first keys: {sample}); supported: reference CycleGAN/pix2pix ResnetGenerator and "
-        "UnetGenerator, BasicSR/Real-ESRGAN MSRResNet, RRDBNet and SRVGGNetCompact"
+        "UnetGenerator, CUT's anti-aliased ResnetGenerator, BasicSR/Real-ESRGAN MSRResNet, RRDBNet and SRVGGNetCompact"
     )
 
 
@@ -88,4 +88,4 @@ def count_parameters(module: nn.Module) -> int:
 
 def _load_all() -> None:
     # Importing the architecture modules runs their @register decorators.
-    from img2img.nets import patchgan, resnet, sr, sr_disc, unet  # noqa: F401
+    from img2img.nets import cut, patchgan, resnet, sr, sr_disc, unet  # noqa: F401

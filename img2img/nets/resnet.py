@@ -70,6 +70,8 @@ class ResnetGenerator(nn.Module):
 def infer_resnet(sd) -> dict | None:
     if "model.1.weight" not in sd or not any(".conv_block." in k for k in sd):
         return None
+    if any(k.endswith(".filt") for k in sd):
+        return None  # CUT's anti-aliased layout (nets/cut.py)
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.conv_block\.", k))}
     first = sd["model.1.weight"]
     use_dropout = any(k.startswith(f"model.{min(blocks)}.conv_block.6.") for k in sd)

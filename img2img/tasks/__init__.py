@@ -1,5 +1,22 @@
-"""One module per model family; each exposes prepare_data(cfg) and build(cfg, device, reporter)."""
+"""One module per model family, each registering a Task subclass (with its Config) by name.
 
-from img2img.tasks import cyclegan, pix2pix, srgan
+Every module of this package is imported here, so adding a family is adding its file: the
+`train` command, `--set` and recipes find it through TASKS.
+"""
 
-TASKS = {"pix2pix": pix2pix, "cyclegan": cyclegan, "srgan": srgan}
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+TASKS: dict = {}  # name -> Task subclass
+
+
+def register(task_class):
+    """Class decorator: make a Task subclass trainable under its `name`."""
+    TASKS[task_class.name] = task_class
+    return task_class
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

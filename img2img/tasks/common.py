@@ -1,19 +1,35 @@
-"""Network choices shared by the pix2pix and CycleGAN tasks: --netG / --netD names -> modules."""
+"""What the pix2pix and CycleGAN families share: their network options (--netG / --netD names
+-> modules) and the [-1, 1] image convention. Not a task: it registers nothing."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from torch import nn
 
-from img2img.config import ConfigError, TrainConfig
+from img2img.config import BaseConfig, ConfigError, opt
+from img2img.gan import losses
 from img2img.gan.checkpoint import GeneratorSpec
+from img2img.gan.loop import Phase
 from img2img.nets import registry
 
 MIN_UNET_LEVELS = 5
 
 
-def generator_arch(cfg: TrainConfig, in_ch: int = 3, out_ch: int = 3) -> tuple[str, dict, str | None]:
+@dataclass
+class TranslationConfig(BaseConfig):
+    """The reference pytorch-CycleGAN-and-pix2pix options both families take."""
+
+    load_size: int | None = opt(None, "Resize before cropping.", panel="Data", min=16, default_text="size*286/256")
+    netD: str = opt("basic", "basic (70x70 PatchGAN), n_layers, pixel.", panel="Networks",
+                    choices=("basic", "n_layers", "pixel"))
+    n_layers_d: int = opt(3, "PatchGAN depth with --netD n_layers.", panel="Networks", min=1)
+    norm: str = opt("batch", "batch, instance or none.", panel="Networks", choices=("batch", "instance", "none"))
+    dropout: bool = opt(True, "Dropout in the generators.", panel="Networks")
+
+
+def generator_arch(cfg, in_ch: int = 3, out_ch: int = 3) -> tuple[str, dict, str | None]:
     """(arch, hparams, note) for --netG; note says how a U-Net was adapted to --size."""
     if m := re.fullmatch(r"resnet_(\d+)blocks", cfg.netG):
         if cfg.size % 4:
@@ -47,19 +63,36 @@ def unet_levels(input_px: int, size: int, name: str) -> tuple[int, str | None]:
                     f"with --size {size} it is built with {levels} levels (unet_{2**levels})")
 
 
-def build_discriminator(cfg: TrainConfig, in_ch: int) -> nn.Module:
-    if cfg.netD == "basic":
-        return registry.build("patchgan", in_ch=in_ch, ndf=cfg.ndf, n_layers=3, norm=cfg.norm)
-    if cfg.netD == "n_layers":
-        return registry.build("patchgan", in_ch=in_ch, ndf=cfg.ndf, n_layers=cfg.n_layers_d, norm=cfg.norm)
+def build_discriminator(cfg: TranslationConfig, in_ch: int) -> nn.Module:
     if cfg.netD == "pixel":
         return registry.build("pixel", in_ch=in_ch, ndf=cfg.ndf, norm=cfg.norm)
-    raise ConfigError(f"unknown --netD {cfg.netD!r}; choose basic (70x70 PatchGAN), n_layers or pixel")
+    n_layers = cfg.n_layers_d if cfg.netD == "n_layers" else 3
+    return registry.build("patchgan", in_ch=in_ch, ndf=cfg.ndf, n_layers=n_layers, norm=cfg.norm)
 
 
-def generator_spec(arch: str, hparams: dict, cfg: TrainConfig, direction: str) -> GeneratorSpec:
+def generator_spec(arch: str, hparams: dict, cfg: BaseConfig, direction: str) -> GeneratorSpec:
     return GeneratorSpec(arch=arch, hparams=hparams, pixel_range="-1,1", scale=1, task=cfg.task,
                          direction=direction, config=cfg.to_dict())
+
+
+def load_size(cfg: TranslationConfig) -> int:
+    return cfg.load_size or round(cfg.size * 286 / 256)
+
+
+def penalty_phases(cfg: BaseConfig, d_names: tuple[str, ...], inputs, first_step: int = 0) -> list[Phase]:
+    """R1/R2 as their own lazy phase every `reg_every` steps, stepping the D phase's optimizer
+    (StyleGAN2's "Dreg"). `inputs(batch)` gives {D name: (real input, fake input)}."""
+    if cfg.r1 == 0 and cfg.r2 == 0:
+        return []
+
+    def loss(nets, s: dict):
+        total, metrics = 0.0, {}
+        for name, (real, fake) in inputs(s).items():
+            penalty, logged = losses.zero_centred_penalties(nets[name], real, fake, cfg.r1, cfg.r2, cfg.reg_every, name)
+            total, metrics = total + penalty, metrics | logged
+        return total, metrics
+
+    return [Phase("D_reg", d_names, loss, every=cfg.reg_every, first_step=first_step, optimizer="D")]
 
 
 def to_unit(x):

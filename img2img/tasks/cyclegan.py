@@ -15,110 +15,122 @@ through an image pool of past fakes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from img2img.config import ConfigError, TrainConfig
+from img2img.config import ConfigError, opt
 from img2img.data.unpaired import UnpairedDataset, scan_domain, stack_samples
 from img2img.gan import losses
-from img2img.gan.loop import Phase, Task
+from img2img.gan.loop import Nets, Phase, Task
 from img2img.gan.pool import ImagePool
 from img2img.nets import registry
 from img2img.progress import Reporter
-from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, to_unit
+from img2img.tasks import register
+from img2img.tasks.common import (TranslationConfig, build_discriminator, generator_arch, generator_spec, load_size,
+                                  penalty_phases, to_unit)
 
 SAMPLE_COUNT = 3  # per domain
 VAL_COUNT = 16  # held-out images per domain for the validation metrics
 
 
-def domain_folders(cfg: TrainConfig) -> tuple[tuple[Path, Path], tuple[Path, Path] | None]:
-    """((A folder, B folder), (sample A, sample B) folders or None) from --a/--b or --data."""
-    if cfg.data is not None:
-        root = Path(cfg.data)
-        if not (root / "trainA").is_dir() or not (root / "trainB").is_dir():
-            raise ConfigError(f"--data {root}: expected trainA/ and trainB/ subfolders (the reference "
-                              "CycleGAN layout); or give the two folders as --a DIR --b DIR")
-        tests = (root / "testA", root / "testB")
-        return (root / "trainA", root / "trainB"), tests if all(p.is_dir() for p in tests) else None
-    if cfg.a is None or cfg.b is None:
-        raise ConfigError("give both --a DIR and --b DIR (two folders of unpaired images), "
-                          "or --data DIR with trainA/ and trainB/")
-    return (Path(cfg.a), Path(cfg.b)), None
+@dataclass
+class CycleGANConfig(TranslationConfig):
+    a: str | None = opt(None, "Folder of domain A images (searched recursively).", panel="Data", path=True)
+    b: str | None = opt(None, "Folder of domain B images; no pairing with --a.", panel="Data", path=True)
+    data: str | None = opt(None, "The reference layout instead: trainA/ trainB/ (and testA/ testB/ for samples "
+                           "and validation).", panel="Data", path=True)
+    serial: bool = opt(False, "Take B images in order instead of at random.", panel="Data")
+    netG: str = opt("resnet_9blocks", "resnet_9blocks, resnet_6blocks (resnet_Nblocks), unet_256, unet_128.",
+                    panel="Networks")
+    norm: str = "instance"
+    dropout: bool = False
+    gan_loss: str = opt("lsgan", "lsgan, vanilla (non-saturating), minimax, hinge, wgangp, ragan, rpgan (relativistic "
+                        "pairing).", panel="Losses", choices=("lsgan", "vanilla", "minimax", "hinge", "wgangp", "ragan",
+                                                              "rpgan"))
+    lambda_cycle: float = opt(10.0, "Cycle loss weight, both directions.", panel="Losses", min=0)
+    lambda_identity: float = opt(0.5, "Identity loss, as a fraction of --lambda-cycle; 0 disables.", panel="Losses", min=0)
+    pool_size: int = opt(50, "Past fakes kept per discriminator; 0 disables the pool.", panel="Losses", min=0)
+    val_a: str | None = opt(None, "Held-out A images for validation.", panel="Validation", path=True,
+                            default_text="--data's testA/")
+    val_b: str | None = opt(None, "Held-out B images for validation.", panel="Validation", path=True,
+                            default_text="--data's testB/")
 
-
-def prepare_data(cfg: TrainConfig) -> tuple[UnpairedDataset, dict]:
-    """(training set, a fixed batch of both domains for sample grids)."""
-    (root_a, root_b), sample_roots = domain_folders(cfg)
-    files_a, files_b = scan_domain(root_a, "--a"), scan_domain(root_b, "--b")
-    load_size = cfg.load_size or round(cfg.size * 286 / 256)
-    train_set = UnpairedDataset(files_a, files_b, cfg.size, load_size, cfg.flip, cfg.serial)
-    if sample_roots is not None:
-        files_a, files_b = scan_domain(sample_roots[0], "--data"), scan_domain(sample_roots[1], "--data")
-    sample_set = UnpairedDataset(files_a, files_b, cfg.size, cfg.size, augment=False)
-    return train_set, stack_samples(sample_set, SAMPLE_COUNT)
-
-
-def validation_batch(cfg: TrainConfig) -> dict | None:
-    """Held-out images of both domains: --val-a/--val-b, else --data's testA/ and testB/."""
-    if cfg.val_a or cfg.val_b:
-        if not (cfg.val_a and cfg.val_b):
+    def check(self) -> None:
+        if bool(self.val_a) != bool(self.val_b):
             raise ConfigError("give both --val-a and --val-b (held-out images of each domain)")
-        roots = (Path(cfg.val_a), Path(cfg.val_b))
-    else:
-        roots = domain_folders(cfg)[1] if cfg.data is not None else None
-    if roots is None:
-        return None
-    files_a, files_b = scan_domain(roots[0], "--val-a"), scan_domain(roots[1], "--val-b")
-    return stack_samples(UnpairedDataset(files_a, files_b, cfg.size, cfg.size, augment=False), VAL_COUNT)
+
+    def folders(self) -> tuple[tuple[Path, Path], tuple[Path, Path] | None]:
+        """((A folder, B folder), (held-out A, held-out B) or None) from --a/--b or --data."""
+        if self.data is not None:
+            root = Path(self.data)
+            if not (root / "trainA").is_dir() or not (root / "trainB").is_dir():
+                raise ConfigError(f"--data {root}: expected trainA/ and trainB/ subfolders (the reference "
+                                  "CycleGAN layout); or give the two folders as --a DIR --b DIR")
+            tests = (root / "testA", root / "testB")
+            return (root / "trainA", root / "trainB"), tests if all(p.is_dir() for p in tests) else None
+        if self.a is None or self.b is None:
+            raise ConfigError("give both --a DIR and --b DIR (two folders of unpaired images), "
+                              "or --data DIR with trainA/ and trainB/")
+        return (Path(self.a), Path(self.b)), None
 
 
-def make_validate(cfg: TrainConfig, device: torch.device):
-    """Unpaired data has no targets: measure how well each image survives the round trip
-    (cycle L1), and how far the translation moves it (a translation that changes nothing
-    would have a perfect cycle)."""
-    batch = validation_batch(cfg)
-    if batch is None:
-        return None
+@register
+class CycleGAN(Task):
+    """Unpaired translation (CycleGAN): two ResNet generators (A->B, B->A), two PatchGANs,
+    LSGAN + cycle + identity loss."""
 
-    def validate(export_module) -> dict[str, float]:
-        g_ab, g_ba = export_module("G_AB"), export_module("G_BA")
-        a, b = batch["A"].to(device), batch["B"].to(device)
-        fake_b, fake_a = g_ab(a), g_ba(b)
-        return {"val_cycle_A": float((g_ba(fake_b) - a).abs().mean() / 2),
-                "val_cycle_B": float((g_ab(fake_a) - b).abs().mean() / 2),
-                "val_change_A": float((fake_b - a).abs().mean() / 2),
-                "val_change_B": float((fake_a - b).abs().mean() / 2)}
+    name = "cyclegan"
+    Config = CycleGANConfig
+    example = "img2img train cyclegan --recipe horse2zebra --a horses/ --b zebras/ --set lambda_identity=0"
+    ema_nets = forward_nets = ("G_AB", "G_BA")
 
-    return validate
+    def __init__(self, cfg: CycleGANConfig, device: torch.device, reporter: Reporter, data: bool = True):
+        self.cfg, self.device = cfg, device
+        self.arch, self.hparams, note = generator_arch(cfg)
+        if note:
+            reporter.message(note)
+        # Created in the reference's order (netG_A, netG_B, netD_A, netD_B).
+        nets = {"G_AB": registry.build(self.arch, **self.hparams), "G_BA": registry.build(self.arch, **self.hparams),
+                "D_B": build_discriminator(cfg, in_ch=3), "D_A": build_discriminator(cfg, in_ch=3)}
+        self.nets = {name: net.to(device) for name, net in nets.items()}
+        self.pools = {"A": ImagePool(cfg.pool_size), "B": ImagePool(cfg.pool_size)}  # past fakes of each domain
+        self.phases = [Phase("G", ("G_AB", "G_BA"), self.g_loss), Phase("D", ("D_A", "D_B"), self.d_loss),
+                       *penalty_phases(cfg, ("D_A", "D_B"), self.d_inputs)]
+        if data:
+            self.load_data()
 
+    def load_data(self) -> None:
+        cfg = self.cfg
+        (root_a, root_b), held_out = cfg.folders()
+        train_a, train_b = scan_domain(root_a, "--a"), scan_domain(root_b, "--b")
+        self.dataset = UnpairedDataset(train_a, train_b, cfg.size, load_size(cfg), cfg.flip, cfg.serial)
+        if held_out is not None:  # --data's testA/ and testB/: samples and validation
+            held_out = scan_domain(held_out[0], "--data"), scan_domain(held_out[1], "--data")
+        shown = held_out or (train_a, train_b)
+        self.sample_batch = stack_samples(UnpairedDataset(*shown, cfg.size, cfg.size, augment=False), SAMPLE_COUNT)
+        if cfg.val_a:
+            held_out = scan_domain(Path(cfg.val_a), "--val-a"), scan_domain(Path(cfg.val_b), "--val-b")
+        self.val_batch = None
+        if held_out is not None:
+            self.val_batch = stack_samples(UnpairedDataset(*held_out, cfg.size, cfg.size, augment=False), VAL_COUNT)
+        self.validates = self.val_batch is not None
 
-def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
-    kind = cfg.gan_loss
-    if kind not in losses.GAN_LOSSES:
-        raise ConfigError(f"unknown --gan-loss {kind!r}; choose one of {', '.join(losses.GAN_LOSSES)}")
-    arch, hparams, note = generator_arch(cfg)
-    if note:
-        reporter.message(note)
-    # Created in the reference's order (netG_A, netG_B, netD_A, netD_B). The loop swaps DDP
-    # wrappers in and out of `nets`, so the networks are always called through it.
-    nets = {"G_AB": registry.build(arch, **hparams), "G_BA": registry.build(arch, **hparams),
-            "D_B": build_discriminator(cfg, in_ch=3), "D_A": build_discriminator(cfg, in_ch=3)}
-    nets = {name: net.to(device) for name, net in nets.items()}
-    pools = {"A": ImagePool(cfg.pool_size), "B": ImagePool(cfg.pool_size)}  # past fakes of each domain
-    lambda_cycle, lambda_idt = cfg.lambda_cycle, cfg.lambda_cycle * cfg.lambda_identity
+    # ---- the step ----------------------------------------------------------------------------
 
-    def adversarial(D: str, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        return losses.g_loss(kind, nets[D](fake), nets[D](real) if kind == "ragan" else None)
+    def forward(self, nets: Nets, batch: dict) -> dict:
+        """The fakes, made with the generators before their update (as in the reference): the G
+        phase back-propagates through them, the D phase judges them detached."""
+        return {"A": batch["A"], "B": batch["B"], "fake_B": nets["G_AB"](batch["A"]), "fake_A": nets["G_BA"](batch["B"])}
 
-    def g_step(s: dict) -> tuple[torch.Tensor, dict]:
-        # The fakes are made here, not in `forward`: the loop enables gradients per phase, and
-        # the generators come out of the previous step's D phase frozen.
-        A, B = s["A"], s["B"]
-        s["fake_B"], s["fake_A"] = fake_B, fake_A = nets["G_AB"](A), nets["G_BA"](B)
-        gan_AB, gan_BA = adversarial("D_B", fake_B, B), adversarial("D_A", fake_A, A)
+    def g_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
+        A, B, fake_A, fake_B = s["A"], s["B"], s["fake_A"], s["fake_B"]
+        gan_AB = losses.generator_adversarial(self.cfg.gan_loss, nets["D_B"], fake_B, B)
+        gan_BA = losses.generator_adversarial(self.cfg.gan_loss, nets["D_A"], fake_A, A)
         cycle_A, cycle_B = F.l1_loss(nets["G_BA"](fake_B), A), F.l1_loss(nets["G_AB"](fake_A), B)
+        lambda_cycle, lambda_idt = self.cfg.lambda_cycle, self.cfg.lambda_cycle * self.cfg.lambda_identity
         loss = gan_AB + gan_BA + lambda_cycle * (cycle_A + cycle_B)
         metrics = {"loss_G_AB": gan_AB.item(), "loss_G_BA": gan_BA.item(),
                    "loss_cycle_A": cycle_A.item(), "loss_cycle_B": cycle_B.item()}
@@ -128,52 +140,44 @@ def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
             metrics |= {"loss_idt_A": idt_A.item(), "loss_idt_B": idt_B.item()}
         return loss, metrics
 
-    def fakes(s: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The G phase's fakes (made before the G update, as in the reference); with gradient
-        accumulation the loop hands each phase a fresh forward, so they are made again."""
-        if "fake_B" in s:
-            return s["fake_B"].detach(), s["fake_A"].detach()
-        with torch.no_grad():
-            return nets["G_AB"](s["A"]), nets["G_BA"](s["B"])
-
-    def d_loss(D: str, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        real_logits, fake_logits = nets[D](real), nets[D](fake)
-        loss = losses.d_loss(kind, real_logits, fake_logits)
-        if kind == "wgangp":
-            loss = loss + losses.gradient_penalty(nets[D], real, fake)
-        return loss, {f"loss_{D}": loss.item(), f"{D}_real": losses.probability(real_logits, kind),
-                      f"{D}_fake": losses.probability(fake_logits, kind)}
-
-    def d_step(s: dict) -> tuple[torch.Tensor, dict]:
-        fake_B, fake_A = fakes(s)
+    def d_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
+        kind = self.cfg.gan_loss
         # Pool B first, as in the reference, so the pools consume random numbers in its order.
-        loss_B, metrics_B = d_loss("D_B", s["B"], pools["B"].query(fake_B))
-        loss_A, metrics_A = d_loss("D_A", s["A"], pools["A"].query(fake_A))
+        loss_B, metrics_B = losses.discriminator_step(kind, nets["D_B"], s["B"], self.pools["B"].query(s["fake_B"]), "D_B")
+        loss_A, metrics_A = losses.discriminator_step(kind, nets["D_A"], s["A"], self.pools["A"].query(s["fake_A"]), "D_A")
         return loss_A + loss_B, metrics_A | metrics_B
 
-    def sample_columns(batch: dict) -> list[torch.Tensor]:
+    def d_inputs(self, s: dict) -> dict:
+        """R1 on each domain's reals, R2 on this step's fakes (not the pool's)."""
+        return {"D_B": (s["B"], s["fake_B"].detach()), "D_A": (s["A"], s["fake_A"].detach())}
+
+    # ---- what the recorder shows and keeps ------------------------------------------------------
+
+    def sample_columns(self, nets: Nets, batch: dict) -> list[torch.Tensor]:
         """Rows real A | fake B | reconstructed A, then real B | fake A | reconstructed B."""
         fake_B, fake_A = nets["G_AB"](batch["A"]), nets["G_BA"](batch["B"])
         columns = [(batch["A"], batch["B"]), (fake_B, fake_A), (nets["G_BA"](fake_B), nets["G_AB"](fake_A))]
         return [to_unit(torch.cat(pair)) for pair in columns]
 
-    def extra_state() -> dict:
-        return {f"pool_{name}": pool.state_dict() for name, pool in pools.items()}
+    def exports(self) -> dict:
+        return {"G_AB": ("G_AB", generator_spec(self.arch, self.hparams, self.cfg, "AtoB")),
+                "G_BA": ("G_BA", generator_spec(self.arch, self.hparams, self.cfg, "BtoA"))}
 
-    def load_extra_state(state: dict) -> None:
-        for name, pool in pools.items():
+    def validate(self, nets: Nets) -> dict[str, float]:
+        """Unpaired data has no targets: measure how well each image survives the round trip
+        (cycle L1), and how far the translation moves it (a translation that changes nothing
+        would have a perfect cycle)."""
+        g_ab, g_ba = nets["G_AB"], nets["G_BA"]
+        a, b = self.val_batch["A"].to(self.device), self.val_batch["B"].to(self.device)
+        fake_b, fake_a = g_ab(a), g_ba(b)
+        return {"val_cycle_A": float((g_ba(fake_b) - a).abs().mean() / 2),
+                "val_cycle_B": float((g_ab(fake_a) - b).abs().mean() / 2),
+                "val_change_A": float((fake_b - a).abs().mean() / 2),
+                "val_change_B": float((fake_a - b).abs().mean() / 2)}
+
+    def state_dict(self) -> dict:
+        return {f"pool_{name}": pool.state_dict() for name, pool in self.pools.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, pool in self.pools.items():
             pool.load_state_dict(state[f"pool_{name}"])
-
-    return Task(
-        name="cyclegan",
-        nets=nets,
-        phases=[Phase("G", ("G_AB", "G_BA"), g_step), Phase("D", ("D_A", "D_B"), d_step)],
-        forward=dict,  # a copy of the batch, which g_step extends with the fakes d_step reads
-        sample_columns=sample_columns,
-        exports={"G_AB": ("G_AB", lambda: generator_spec(arch, hparams, cfg, "AtoB")),
-                 "G_BA": ("G_BA", lambda: generator_spec(arch, hparams, cfg, "BtoA"))},
-        ema_nets=("G_AB", "G_BA"),
-        validate=make_validate(cfg, device),
-        extra_state=extra_state,
-        load_extra_state=load_extra_state,
-    )

@@ -7,106 +7,120 @@ then a G update through the updated D.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from img2img.config import ConfigError, TrainConfig
+from img2img.config import ConfigError, opt
 from img2img.data import datasets
 from img2img.gan import losses
-from img2img.gan.loop import Phase, Task
+from img2img.gan.loop import Nets, Phase, Task
 from img2img.metrics import psnr_rgb
 from img2img.nets import registry
 from img2img.progress import Reporter
-from img2img.tasks.common import build_discriminator, generator_arch, generator_spec, to_unit
+from img2img.tasks import register
+from img2img.tasks.common import (TranslationConfig, build_discriminator, generator_arch, generator_spec, load_size,
+                                  penalty_phases, to_unit)
 
 SAMPLE_COUNT = 4
 VAL_COUNT = 64  # validation pairs measured; enough for a stable mean, cheap on a CPU
 
 
-def prepare_data(cfg: TrainConfig) -> tuple[datasets.PairedDataset, dict]:
-    """(training set, a fixed batch for sample grids from the val split or the first pairs)."""
-    data, a, b = (None if p is None else Path(p) for p in (cfg.data, cfg.a, cfg.b))
-    pairs = datasets.scan_training_pairs(data, a, b)
-    load_size = cfg.load_size or round(cfg.size * 286 / 256)
-    train_set = datasets.PairedDataset(pairs, cfg.size, load_size, cfg.flip, cfg.direction)
-    sample_pairs = validation_pairs(cfg)[:SAMPLE_COUNT] or pairs[:SAMPLE_COUNT]
-    return train_set, fixed_batch(sample_pairs, cfg)
+@dataclass
+class Pix2PixConfig(TranslationConfig):
+    data: str | None = opt(None, "Aligned layout: each file holds A|B side by side; train/ val/ test/ subfolders.",
+                           panel="Data", path=True)
+    a: str | None = opt(None, "Folder of inputs, paired with --b by relative path and file stem.", panel="Data", path=True)
+    b: str | None = opt(None, "Folder of targets.", panel="Data", path=True)
+    direction: str = opt("AtoB", "AtoB, or BtoA to swap inputs and targets.", panel="Data", choices=("AtoB", "BtoA"))
+    netG: str = opt("unet_256", "unet_256, unet_128 (unet_N), resnet_9blocks, resnet_6blocks.", panel="Networks")
+    gan_loss: str = opt("vanilla", "vanilla (non-saturating), minimax, lsgan, hinge, wgangp, ragan, "
+                        "rpgan (relativistic pairing).", panel="Losses",
+                        choices=("vanilla", "minimax", "lsgan", "hinge", "wgangp", "ragan", "rpgan"))
+    lambda_l1: float = opt(100.0, "Weight of the L1 loss.", panel="Losses", min=0)
+    val_a: str | None = opt(None, "Validation inputs.", panel="Validation", path=True,
+                            default_text="the --data folder's val/ split")
+    val_b: str | None = opt(None, "Validation targets, paired with --val-a by name.", panel="Validation", path=True)
 
-
-def validation_pairs(cfg: TrainConfig) -> list[datasets.Pair]:
-    """--val-a/--val-b, else the aligned data's val/ (or test/) split, else none."""
-    if cfg.val_a or cfg.val_b:
-        if not (cfg.val_a and cfg.val_b):
+    def check(self) -> None:
+        if bool(self.val_a) != bool(self.val_b):
             raise ConfigError("give both --val-a and --val-b")
-        return datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b))
-    return datasets.scan_validation_pairs(None if cfg.data is None else Path(cfg.data))
 
 
-def fixed_batch(pairs: list[datasets.Pair], cfg: TrainConfig) -> dict:
-    """Pairs resized to the training crop, without augmentation: the same images every time."""
-    items = datasets.PairedDataset(pairs, cfg.size, cfg.size, direction=cfg.direction, augment=False)
-    rows = [items[i] for i in range(len(items))]
-    return {"A": torch.stack([x["A"] for x in rows]), "B": torch.stack([x["B"] for x in rows])}
+@register
+class Pix2Pix(Task):
+    """Paired translation (pix2pix): U-Net generator, PatchGAN discriminator, L1 + GAN loss."""
 
+    name = "pix2pix"
+    Config = Pix2PixConfig
+    example = "img2img train pix2pix --recipe facades --data facades/ --set lambda_l1=50"
+    ema_nets = forward_nets = ("G",)
+    default_best_metric = "val_l1"
 
-def make_validate(cfg: TrainConfig, device: torch.device):
-    """L1 and PSNR of G(A) against B on the validation pairs, next to those of A itself."""
-    pairs = validation_pairs(cfg)[:VAL_COUNT]
-    if not pairs:
-        return None
-    batch = fixed_batch(pairs, cfg)
+    def __init__(self, cfg: Pix2PixConfig, device: torch.device, reporter: Reporter, data: bool = True):
+        self.cfg, self.device = cfg, device
+        self.arch, self.hparams, note = generator_arch(cfg)
+        if note:
+            reporter.message(note)
+        self.nets = {"G": registry.build(self.arch, **self.hparams).to(device),
+                     "D": build_discriminator(cfg, in_ch=6).to(device)}
+        self.phases = [Phase("D", ("D",), self.d_loss), *penalty_phases(cfg, ("D",), self.d_inputs),
+                       Phase("G", ("G",), self.g_loss)]
+        if data:  # after the networks: bad network flags fail before the data scan
+            self.load_data()
 
-    def validate(export_module) -> dict[str, float]:
-        generator = export_module("G")
+    def load_data(self) -> None:
+        cfg = self.cfg
+        folder = lambda value: None if value is None else Path(value)  # noqa: E731
+        pairs = datasets.scan_training_pairs(folder(cfg.data), folder(cfg.a), folder(cfg.b))
+        self.dataset = datasets.PairedDataset(pairs, cfg.size, load_size(cfg), cfg.flip, cfg.direction)
+        if cfg.val_a:
+            val_pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b))
+        else:
+            val_pairs = datasets.scan_validation_pairs(folder(cfg.data))
+        self.sample_batch = self.fixed_batch(val_pairs[:SAMPLE_COUNT] or pairs[:SAMPLE_COUNT])
+        self.val_batch = self.fixed_batch(val_pairs[:VAL_COUNT]) if val_pairs else None
+        self.validates = self.val_batch is not None
+
+    def fixed_batch(self, pairs: list[datasets.Pair]) -> dict:
+        """Pairs resized to the training crop, without augmentation: the same images every time."""
+        items = datasets.PairedDataset(pairs, self.cfg.size, self.cfg.size, direction=self.cfg.direction, augment=False)
+        rows = [items[i] for i in range(len(items))]
+        return {"A": torch.stack([x["A"] for x in rows]), "B": torch.stack([x["B"] for x in rows])}
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    def forward(self, nets: Nets, batch: dict) -> dict:
+        return {"A": batch["A"], "B": batch["B"], "fake": nets["G"](batch["A"])}
+
+    def d_inputs(self, s: dict) -> dict:
+        """D judges the input with its real target and with the (detached) fake."""
+        return {"D": (torch.cat([s["A"], s["B"]], 1), torch.cat([s["A"], s["fake"].detach()], 1))}
+
+    def d_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
+        return losses.discriminator_step(self.cfg.gan_loss, nets["D"], *self.d_inputs(s)["D"])
+
+    def g_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
+        gan = losses.generator_adversarial(self.cfg.gan_loss, nets["D"], torch.cat([s["A"], s["fake"]], 1),
+                                           torch.cat([s["A"], s["B"]], 1))
+        l1 = F.l1_loss(s["fake"], s["B"])
+        return gan + self.cfg.lambda_l1 * l1, {"loss_G_GAN": gan.item(), "loss_G_L1": l1.item()}
+
+    # ---- what the recorder shows and keeps ------------------------------------------------------
+
+    def sample_columns(self, nets: Nets, batch: dict) -> list[torch.Tensor]:
+        return [to_unit(batch["A"]), to_unit(nets["G"](batch["A"])), to_unit(batch["B"])]
+
+    def exports(self) -> dict:
+        return {"generator": ("G", generator_spec(self.arch, self.hparams, self.cfg, self.cfg.direction))}
+
+    def validate(self, nets: Nets) -> dict[str, float]:
+        """L1 and PSNR of G(A) against B on the validation pairs, next to those of A itself."""
+        batch, generator = self.val_batch, nets["G"]
         a, b = to_unit(batch["A"]), to_unit(batch["B"])
-        fakes = torch.cat([to_unit(generator(batch["A"][i : i + 8].to(device))).float().cpu().clamp(0, 1)
+        fakes = torch.cat([to_unit(generator(batch["A"][i : i + 8].to(self.device))).float().cpu().clamp(0, 1)
                            for i in range(0, len(a), 8)])
         return {"val_l1": float((fakes - b).abs().mean()), "val_psnr": psnr_rgb(fakes, b, quantize=False),
                 "val_l1_identity": float((a - b).abs().mean()), "val_psnr_identity": psnr_rgb(a, b, quantize=False)}
-
-    return validate
-
-
-def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
-    arch, hparams, note = generator_arch(cfg)
-    if note:
-        reporter.message(note)
-    # The loop swaps DDP wrappers in and out of `nets`: always call networks through it.
-    nets = {"G": registry.build(arch, **hparams).to(device), "D": build_discriminator(cfg, in_ch=6).to(device)}
-    kind = cfg.gan_loss
-
-    def forward(batch: dict) -> dict:
-        return {"A": batch["A"], "B": batch["B"], "fake": nets["G"](batch["A"])}
-
-    def d_step(s: dict) -> tuple[torch.Tensor, dict]:
-        real_ab = torch.cat([s["A"], s["B"]], 1)
-        fake_ab = torch.cat([s["A"], s["fake"].detach()], 1)
-        real, fake = nets["D"](real_ab), nets["D"](fake_ab)
-        loss = losses.d_loss(kind, real, fake)
-        if kind == "wgangp":
-            loss = loss + losses.gradient_penalty(nets["D"], real_ab, fake_ab)
-        return loss, {"loss_D": loss.item(), "D_real": losses.probability(real, kind),
-                      "D_fake": losses.probability(fake, kind)}
-
-    def g_step(s: dict) -> tuple[torch.Tensor, dict]:
-        gan = losses.g_loss(kind, nets["D"](torch.cat([s["A"], s["fake"]], 1)))
-        l1 = F.l1_loss(s["fake"], s["B"])
-        return gan + cfg.lambda_l1 * l1, {"loss_G_GAN": gan.item(), "loss_G_L1": l1.item()}
-
-    def sample_columns(batch: dict) -> list[torch.Tensor]:
-        return [to_unit(batch["A"]), to_unit(nets["G"](batch["A"])), to_unit(batch["B"])]
-
-    return Task(
-        name="pix2pix",
-        nets=nets,
-        phases=[Phase("D", ("D",), d_step), Phase("G", ("G",), g_step)],
-        forward=forward,
-        sample_columns=sample_columns,
-        exports={"generator": ("G", lambda: generator_spec(arch, hparams, cfg, cfg.direction))},
-        validate=make_validate(cfg, device),
-        default_best_metric="val_l1",
-        ema_nets=("G",),
-        forward_nets=("G",),
-    )

@@ -14,33 +14,83 @@ ESRGAN and Real-ESRGAN are the recipes srresnet_x4, srgan_x4, esrgan_x4 and real
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from img2img import metrics
-from img2img.config import ConfigError, TrainConfig
+from img2img.config import BaseConfig, ConfigError, opt
 from img2img.data import sr_data
+from img2img.data.degrade import DEGRADATIONS
 from img2img.gan import checkpoint, losses
 from img2img.gan.checkpoint import GeneratorSpec
-from img2img.gan.loop import Phase, Task
+from img2img.gan.loop import Nets, Phase, Task
 from img2img.gan.perceptual import PerceptualLoss, build_perceptual
 from img2img.nets import registry
 from img2img.progress import Reporter
+from img2img.tasks import register
+from img2img.tasks.common import penalty_phases
 
 DEFAULT_DEPTH = {"msrresnet": 16, "rrdbnet": 23, "srvgg": 32}  # the released models' depths
-SR_GAN_LOSSES = ("vanilla", "ragan", "lsgan", "hinge")
+
+
+@dataclass
+class SRGANConfig(BaseConfig):
+    # BasicSR's train_SRGAN_x4.yml: MSRResNet + VGG-style D, 128 px HR patches, batch 16, Adam
+    # 1e-4 with betas (0.9, 0.99), L1 1e-2 + perceptual (conv5_4) 1 + vanilla GAN 5e-3, EMA 0.999.
+    hr: str | None = opt(None, "High-resolution images; their LR is made on the fly unless --lr-dir is given.",
+                         panel="Data", path=True)
+    lr_dir: str | None = opt(None, "LR partners of --hr, paired by relative path and file stem (each HR/scale "
+                             "in size); --lr DIR is accepted too.", panel="Data", path=True, flag_alias="--lr")
+    scale: int = opt(4, "Upscaling factor: 2, 3 or 4.", panel="Data", min=2, max=4)
+    size: int = opt(128, "HR patch in pixels, a multiple of --scale.", panel="Data", min=8)
+    degradation: str = opt("bicubic", "bicubic or realesrgan (second-order blur, resize, noise, JPEG).",
+                           panel="Data", choices=DEGRADATIONS)
+    batch_size: int = 16
+    netG: str = opt("msrresnet", "msrresnet, rrdbnet or srvgg.", panel="Networks", choices=tuple(DEFAULT_DEPTH))
+    n_blocks: int | None = opt(None, "Generator depth.", panel="Networks", min=1,
+                               default_text="16 msrresnet, 23 rrdbnet, 32 srvgg")
+    netD: str = opt("vgg", "vgg (ESRGAN; any --size) or unet (Real-ESRGAN, spectral norm).",
+                    panel="Networks", choices=("vgg", "unet"))
+    init: str | None = opt(None, "Start G from this generator (ours, a run folder, or BasicSR .pth).",
+                           panel="Networks", path=True)
+    pretrain_steps: int = opt(0, "Pixel-loss-only steps before the GAN stage.", min=0)
+    gan_loss: str = opt("vanilla", "vanilla, ragan (relativistic average), rpgan (relativistic pairing), lsgan or "
+                        "hinge.", panel="Losses", choices=("vanilla", "ragan", "rpgan", "lsgan", "hinge"))
+    perceptual: str = opt("vgg19", "vgg19 or none.", panel="Losses", choices=("vgg19", "none"))
+    perceptual_weights: str | None = opt(None, "torchvision's vgg19-dcbb9e9d.pth.", panel="Losses", path=True,
+                                         default_text="the torch hub cache")
+    perceptual_layers: str = opt("conv5_4:1", "VGG19 layers before ReLU and their weights.", panel="Losses")
+    lambda_pixel: float = opt(1e-2, "L1 weight in the GAN stage.", panel="Losses", min=0)
+    lambda_perceptual: float = opt(1.0, "Perceptual loss weight.", panel="Losses", min=0)
+    lambda_gan: float = opt(5e-3, "GAN loss weight.", panel="Losses", min=0)
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    ema: float = 0.999
+    val_hr: str | None = opt(None, "Held-out HR images for PSNR/SSIM.", panel="Validation", path=True,
+                             default_text="the first 4 training images")
+    val_lr: str | None = opt(None, "Their LR partners.", panel="Validation", path=True,
+                             default_text="made by --degradation")
+
+    def check(self) -> None:
+        if self.size % self.scale:
+            raise ConfigError(f"--size {self.size} (the HR patch) must be a multiple of --scale {self.scale} "
+                              f"(try --size {max(self.scale, self.size // self.scale * self.scale)})")
+        if self.val_lr is not None and self.val_hr is None:
+            raise ConfigError("--val-lr needs --val-hr (the HR partners of the LR images)")
+
+    def gan_stage_runs(self) -> bool:
+        return self.steps is None or self.steps > self.pretrain_steps
 
 
 # ---- networks ----------------------------------------------------------------------------
 
 
-def generator_arch(cfg: TrainConfig) -> tuple[str, dict]:
-    if cfg.netG not in DEFAULT_DEPTH:
-        raise ConfigError(f"unknown --netG {cfg.netG!r} for srgan; choose {', '.join(DEFAULT_DEPTH)}")
+def generator_arch(cfg: SRGANConfig) -> tuple[str, dict]:
     depth = cfg.n_blocks or DEFAULT_DEPTH[cfg.netG]
     io = {"num_in_ch": 3, "num_out_ch": 3}
     if cfg.netG == "msrresnet":
@@ -54,14 +104,12 @@ def generator_arch(cfg: TrainConfig) -> tuple[str, dict]:
                        "num_grow_ch": max(1, cfg.ngf // 2)}
 
 
-def build_discriminator(cfg: TrainConfig) -> nn.Module:
+def build_discriminator(cfg: SRGANConfig) -> nn.Module:
     if cfg.netD == "vgg":  # its depth follows --size (see VGGStyleDiscriminator)
         return registry.build("vgg", num_in_ch=3, num_feat=cfg.ndf, input_size=cfg.size)
-    if cfg.netD in ("unet", "unet_sn"):
-        if cfg.size % 8:
-            raise ConfigError(f"--netD unet needs --size to be a multiple of 8, got {cfg.size}")
-        return registry.build("unet_sn", num_in_ch=3, num_feat=cfg.ndf, skip_connection=True)
-    raise ConfigError(f"unknown --netD {cfg.netD!r} for srgan; choose vgg (ESRGAN) or unet (Real-ESRGAN)")
+    if cfg.size % 8:
+        raise ConfigError(f"--netD unet needs --size to be a multiple of 8, got {cfg.size}")
+    return registry.build("unet_sn", num_in_ch=3, num_feat=cfg.ndf, skip_connection=True)
 
 
 def init_flags(arch: str, hparams: dict) -> str:
@@ -80,47 +128,19 @@ def load_init(G: nn.Module, arch: str, hparams: dict, path: str) -> None:
     G.load_state_dict(module.state_dict())
 
 
-def gan_stage_runs(cfg: TrainConfig) -> bool:
-    return cfg.steps is None or cfg.steps > cfg.pretrain_steps
-
-
-def build_perceptual_loss(cfg: TrainConfig) -> PerceptualLoss | None:
-    if cfg.perceptual not in ("vgg19", "none"):
-        raise ConfigError(f"unknown --perceptual {cfg.perceptual!r}; choose vgg19 or none")
+def build_perceptual_loss(cfg: SRGANConfig) -> PerceptualLoss | None:
     # A pixel-loss-only run needs no VGG19 weights.
-    if cfg.perceptual == "none" or cfg.lambda_perceptual == 0 or not gan_stage_runs(cfg):
+    if cfg.perceptual == "none" or cfg.lambda_perceptual == 0 or not cfg.gan_stage_runs():
         return None
     return build_perceptual(cfg.perceptual_weights, cfg.perceptual_layers)
 
 
-def check_settings(cfg: TrainConfig, G: nn.Module, reporter: Reporter) -> None:
-    sr_data.check_sizes(cfg)
-    if cfg.gan_loss not in SR_GAN_LOSSES:
-        raise ConfigError(f"--gan-loss {cfg.gan_loss!r} is not offered for srgan; choose {', '.join(SR_GAN_LOSSES)}")
-    lr_patch = cfg.size // cfg.scale
-    if lr_patch % G.multiple:
-        raise ConfigError(f"--netG {cfg.netG} at x{cfg.scale} needs LR patches that are a multiple of {G.multiple} "
-                          f"px; --size {cfg.size} gives {lr_patch}")
+def notes(cfg: SRGANConfig, reporter: Reporter) -> None:
     if cfg.lr_dir is not None and cfg.degradation != "bicubic":
-        reporter.message(f"--degradation {cfg.degradation} is unused: the LR images come from --lr {cfg.lr_dir}")
-    if gan_stage_runs(cfg) and cfg.pretrain_steps == 0 and not cfg.init:
+        reporter.message(f"--degradation {cfg.degradation} is unused: the LR images come from --lr-dir {cfg.lr_dir}")
+    if cfg.gan_stage_runs() and cfg.pretrain_steps == 0 and not cfg.init:
         reporter.message("note: the GAN stage starts from an untrained generator; the published setups start "
                          "from a PSNR-oriented one (--init RUN_OR_PTH, or --pretrain-steps N first)")
-
-
-# ---- the task ----------------------------------------------------------------------------
-
-
-def validation_source(cfg: TrainConfig, reporter: Reporter) -> Callable[[], list[sr_data.SRItem]]:
-    """The validation images, scanned now when --val-hr names them (so a bad folder fails before
-    training), else the first training images, found when first needed."""
-    if cfg.val_hr is not None:
-        items = sr_data.scan_validation(cfg, [])
-        reporter.message(f"validation: PSNR/SSIM on Y of {len(items)} image(s) from {cfg.val_hr}")
-        return lambda: items
-    reporter.message(f"validation: PSNR/SSIM on Y of the first {sr_data.VAL_COUNT} training images "
-                     "(give --val-hr DIR for held-out ones)")
-    return lambda: sr_data.scan_validation(cfg, sr_data.scan_training(cfg))
 
 
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
@@ -128,94 +148,108 @@ def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
 
 
-def make_validate(items: Callable[[], list[sr_data.SRItem]], cfg: TrainConfig, multiple: int,
-                  device: torch.device):
-    loaded: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def validate(export_module) -> dict[str, float]:
-        if not loaded:  # decoded on first use: only the process that validates holds them
-            loaded.extend(sr_data.validation_images(items(), cfg.scale, cfg.degradation, multiple))
-        G = export_module("G")
-        totals = dict.fromkeys(("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic"), 0.0)
-        for lr, hr in loaded:
-            lr, hr = lr.to(device), hr.to(device)
-            sr, bicubic = G(lr).float().clamp(0, 1), bicubic_upscale(lr, cfg.scale)
-            totals["psnr_y"] += metrics.psnr_y(sr, hr, cfg.scale)
-            totals["ssim_y"] += metrics.ssim_y(sr, hr, cfg.scale)
-            totals["psnr_y_bicubic"] += metrics.psnr_y(bicubic, hr, cfg.scale)
-            totals["ssim_y_bicubic"] += metrics.ssim_y(bicubic, hr, cfg.scale)
-        return {key: value / len(loaded) for key, value in totals.items()}
-
-    return validate
+# ---- the task ----------------------------------------------------------------------------
 
 
-def prepare_data(cfg: TrainConfig) -> tuple[sr_data.SRDataset, dict]:
-    """(training set, a fixed batch for sample grids, from the validation images where they fit)."""
-    items = sr_data.scan_training(cfg)
-    dataset = sr_data.SRDataset(items, cfg.size, cfg.scale, cfg.degradation, symmetry=cfg.flip)
-    val_items = sr_data.scan_validation(cfg, items)
-    return dataset, sr_data.sample_batch(val_items, items, cfg.size, cfg.scale, cfg.degradation)
+@register
+class SRGAN(Task):
+    """Super-resolution (SRGAN / ESRGAN / Real-ESRGAN): pixel-loss pretraining, then GAN training."""
 
+    name = "srgan"
+    Config = SRGANConfig
+    example = "img2img train srgan --recipe srgan_x4 --hr photos/ --init runs/srresnet_x4"
+    ema_nets = forward_nets = ("G",)
+    default_best_metric = "psnr_y"
 
-def build(cfg: TrainConfig, device: torch.device, reporter: Reporter) -> Task:
-    arch, hparams = generator_arch(cfg)
-    G = registry.build(arch, **hparams)
-    check_settings(cfg, G, reporter)
-    if cfg.init:
-        load_init(G, arch, hparams, cfg.init)
-    # The loop swaps DDP wrappers in and out of `nets`: always call networks through it.
-    nets = {"G": G.to(device)}
-    if gan_stage_runs(cfg):  # a pixel-loss-only run neither builds nor checks a D
-        nets["D"] = build_discriminator(cfg).to(device)
-    perceptual = build_perceptual_loss(cfg)
-    perceptual = perceptual.to(device) if perceptual is not None else None
-    val_items = validation_source(cfg, reporter)
-    kind, start = cfg.gan_loss, cfg.pretrain_steps
+    def __init__(self, cfg: SRGANConfig, device: torch.device, reporter: Reporter, data: bool = True):
+        self.cfg, self.device, self.reporter = cfg, device, reporter
+        self.arch, self.hparams = generator_arch(cfg)
+        G = registry.build(self.arch, **self.hparams)
+        lr_patch = cfg.size // cfg.scale
+        if lr_patch % G.multiple:
+            raise ConfigError(f"--netG {cfg.netG} at x{cfg.scale} needs LR patches that are a multiple of "
+                              f"{G.multiple} px; --size {cfg.size} gives {lr_patch}")
+        notes(cfg, reporter)
+        if cfg.init:
+            load_init(G, self.arch, self.hparams, cfg.init)
+        self.nets = {"G": G.to(device)}
+        perceptual = build_perceptual_loss(cfg)
+        self.perceptual = perceptual.to(device) if perceptual is not None else None
+        start = cfg.pretrain_steps
+        self.phases = []
+        if cfg.gan_stage_runs():  # a pixel-loss-only run neither builds nor checks a D
+            self.nets["D"] = build_discriminator(cfg).to(device)
+            self.phases = [Phase("D", ("D",), self.d_loss, first_step=start),
+                           *penalty_phases(cfg, ("D",), lambda s: {"D": (s["hr"], s["sr"].detach())},
+                                           first_step=start),
+                           Phase("G", ("G",), self.g_loss, first_step=start)]
+        if start > 0:
+            self.phases.insert(0, Phase("G_pixel", ("G",), self.pixel_loss, last_step=start))
+        self.validates = True
+        if data:
+            self.load_data()
 
-    def forward(batch: dict) -> dict:
+    def load_data(self) -> None:
+        cfg = self.cfg
+        folder = lambda value: None if value is None else Path(value)  # noqa: E731
+        items = sr_data.scan_training(folder(cfg.hr), folder(cfg.lr_dir), cfg.scale, cfg.size)
+        self.dataset = sr_data.SRDataset(items, cfg.size, cfg.scale, cfg.degradation, symmetry=cfg.flip)
+        self.val_items = sr_data.scan_validation(folder(cfg.val_hr), folder(cfg.val_lr), cfg.scale, items)
+        if cfg.val_hr:
+            self.reporter.message(f"validation: PSNR/SSIM on Y of {len(self.val_items)} image(s) from {cfg.val_hr}")
+        else:
+            self.reporter.message(f"validation: PSNR/SSIM on Y of the first {len(self.val_items)} training images "
+                                  "(give --val-hr DIR for held-out ones)")
+        self.sample_batch = sr_data.sample_batch(self.val_items, items, cfg.size, cfg.scale, cfg.degradation)
+        self.val_images: list[tuple[torch.Tensor, torch.Tensor]] = []  # decoded on first use
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    def forward(self, nets: Nets, batch: dict) -> dict:
         return {"lr": batch["lr"], "hr": batch["hr"], "sr": nets["G"](batch["lr"])}
 
-    def pixel_step(s: dict) -> tuple[torch.Tensor, dict]:
+    def pixel_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
         loss = F.l1_loss(s["sr"], s["hr"])
         return loss, {"loss_G_pixel": loss.item()}
 
-    def d_step(s: dict) -> tuple[torch.Tensor, dict]:
-        real, fake = nets["D"](s["hr"]), nets["D"](s["sr"].detach())
-        loss = losses.d_loss(kind, real, fake)
-        return loss, {"loss_D": loss.item(), "D_real": losses.probability(real, kind),
-                      "D_fake": losses.probability(fake, kind)}
+    def d_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
+        return losses.discriminator_step(self.cfg.gan_loss, nets["D"], s["hr"], s["sr"])
 
-    def g_step(s: dict) -> tuple[torch.Tensor, dict]:
-        real = nets["D"](s["hr"]).detach() if kind == "ragan" else None
-        gan = losses.g_loss(kind, nets["D"](s["sr"]), real)
+    def g_loss(self, nets: Nets, s: dict) -> tuple[torch.Tensor, dict]:
+        cfg, kind = self.cfg, self.cfg.gan_loss
+        gan = losses.generator_adversarial(kind, nets["D"], s["sr"], s["hr"])
         pixel = F.l1_loss(s["sr"], s["hr"])
         total = cfg.lambda_gan * gan + cfg.lambda_pixel * pixel
         logged = {"loss_G_GAN": gan.item(), "loss_G_pixel": pixel.item()}
-        if perceptual is not None:
-            feature = perceptual(s["sr"], s["hr"])
+        if self.perceptual is not None:
+            feature = self.perceptual(s["sr"], s["hr"])
             total = total + cfg.lambda_perceptual * feature
             logged["loss_G_perceptual"] = feature.item()
         return total, logged
 
-    def sample_columns(batch: dict) -> list[torch.Tensor]:
-        lr_big = F.interpolate(batch["lr"], scale_factor=cfg.scale, mode="nearest")
+    # ---- what the recorder shows and keeps ------------------------------------------------------
+
+    def sample_columns(self, nets: Nets, batch: dict) -> list[torch.Tensor]:
+        lr_big = F.interpolate(batch["lr"], scale_factor=self.cfg.scale, mode="nearest")
         return [lr_big, nets["G"](batch["lr"]), batch["hr"]]
 
-    phases = []
-    if "D" in nets:
-        phases = [Phase("D", ("D",), d_step, first_step=start), Phase("G", ("G",), g_step, first_step=start)]
-    if start > 0:
-        phases.insert(0, Phase("G_pixel", ("G",), pixel_step, last_step=start))
-    return Task(
-        name="srgan",
-        nets=nets,
-        phases=phases,
-        forward=forward,
-        sample_columns=sample_columns,
-        exports={"generator": ("G", lambda: GeneratorSpec(arch=arch, hparams=hparams, pixel_range="0,1",
-                                                          scale=cfg.scale, task="srgan", config=cfg.to_dict()))},
-        ema_nets=("G",),
-        forward_nets=("G",),
-        validate=make_validate(val_items, cfg, G.multiple, device),
-        default_best_metric="psnr_y",
-    )
+    def exports(self) -> dict:
+        spec = GeneratorSpec(arch=self.arch, hparams=self.hparams, pixel_range="0,1", scale=self.cfg.scale,
+                             task="srgan", config=self.cfg.to_dict())
+        return {"generator": ("G", spec)}
+
+    def validate(self, nets: Nets) -> dict[str, float]:
+        """PSNR/SSIM on Y of the generator and of the bicubic upscale, BasicSR's convention."""
+        scale = self.cfg.scale
+        if not self.val_images:  # decoded on first use: only the process that validates holds them
+            self.val_images = sr_data.validation_images(self.val_items, scale, self.cfg.degradation,
+                                                        self.nets["G"].multiple)
+        totals = dict.fromkeys(("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic"), 0.0)
+        for lr, hr in self.val_images:
+            lr, hr = lr.to(self.device), hr.to(self.device)
+            sr, bicubic = nets["G"](lr).float().clamp(0, 1), bicubic_upscale(lr, scale)
+            totals["psnr_y"] += metrics.psnr_y(sr, hr, scale)
+            totals["ssim_y"] += metrics.ssim_y(sr, hr, scale)
+            totals["psnr_y_bicubic"] += metrics.psnr_y(bicubic, hr, scale)
+            totals["ssim_y_bicubic"] += metrics.ssim_y(bicubic, hr, scale)
+        return {key: value / len(self.val_images) for key, value in totals.items()}

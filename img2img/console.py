@@ -1,0 +1,99 @@
+"""The terminal side of the CLI: rich progress and messages on stderr, and the rule that turns
+a user's mistake into one message and an exit code (0 success, 1 failure, 2 usage), never a
+traceback."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from img2img.config import ConfigError
+from img2img.data.datasets import DataError
+from img2img.data.header import ImageError
+from img2img.data.quiet import codec_noise_filtered
+from img2img.gan.checkpoint import CheckpointError
+from img2img.gan.loop import TrainingStopped
+from img2img.infer import InputError
+
+# soft_wrap: a message is never cut inside a word, URL or path, on a terminal or in a log file.
+console = Console(stderr=True, soft_wrap=True)
+USAGE_ERRORS = (ConfigError, InputError)
+FAILURES = (DataError, CheckpointError, ImageError)
+
+
+class RichReporter:
+    """The library's Reporter, drawn with rich on stderr; plain lines when stderr is a log file."""
+
+    PLAIN_EVERY_S = 10.0
+
+    def __init__(self):
+        self.progress: Progress | None = None
+        self.plain = not console.is_terminal
+        self.total, self.description, self.last_line, self.task_id = 0, "", 0.0, None
+
+    def start(self, total: int, done: int, description: str) -> None:
+        self.total, self.description = total, description
+        if self.plain:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=console, transient=False)
+        self.progress.start()
+        self.task_id = self.progress.add_task(description, total=total, completed=done, info="")
+
+    def update(self, done: int, info: str = "") -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=done, **({"info": escape(info)} if info else {}))
+        elif self.plain and (time.monotonic() - self.last_line > self.PLAIN_EVERY_S or done == self.total):
+            self.last_line = time.monotonic()
+            say(f"{self.description} {done}/{self.total} {info}")
+
+    def message(self, text: str) -> None:
+        say(text)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def say(text: str, style: str = "") -> None:
+    """A message of the library's on stderr: its text is never read as rich markup (`[onnx]`)."""
+    console.print(f"[{style}]{escape(text)}[/]" if style else escape(text), highlight=False)
+
+
+def fail(message: str, code: int) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def run_guarded(action):
+    """Run `action`, turning the user's mistakes into a message and an exit code, not a traceback;
+    the codec libraries' own messages are dropped (one line per bad file is ours to print)."""
+    try:
+        with codec_noise_filtered():
+            return action()
+    except USAGE_ERRORS as err:
+        fail(str(err), 2)
+    except FAILURES as err:
+        fail(str(err), 1)
+    except TrainingStopped as stop:
+        say(f"{stop}; a checkpoint was written: run the same command with --resume to continue")
+        raise typer.Exit(128 + stop.signum)
+    except KeyboardInterrupt:
+        say("interrupted")
+        raise typer.Exit(130)
+
+
+def list_and_exit(what: str, problems: list[str]) -> None:
+    """Name every problem, then exit 1; nothing when there are none."""
+    if problems:
+        say(f"{len(problems)} {what}:", "red")
+        for problem in problems:
+            say(f"  {problem.strip()}")
+        raise typer.Exit(1)

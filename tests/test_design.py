@@ -1,0 +1,109 @@
+"""The shape of the code: per-family configs, options declared once and checked in the library,
+one resolution path for the CLI and the API, the core below reporting."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from img2img import infer
+from img2img.cli import app
+from img2img.cli_train import _split_shared_flag
+from img2img.config import BaseConfig, ConfigError, make_config, option_of, resolve
+from img2img.gan.loop import Task
+from img2img.progress import Silent
+from img2img.tasks import TASKS
+from img2img.tasks.srgan import SRGANConfig
+
+runner = CliRunner()
+PACKAGE = Path(__file__).resolve().parents[1] / "img2img"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "gan").glob("*.py")), ids=lambda p: p.name)
+def test_the_gan_core_imports_nothing_above_it(path):
+    above = {"img2img.report", "img2img.evaluate", "img2img.tasks", "img2img.cli", "img2img.api", "img2img.infer"}
+    assert not {name for name in imported_modules(path) if name.startswith(tuple(above))}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_family_is_a_task_with_its_own_config(name):
+    task = TASKS[name]
+    assert issubclass(task, Task) and issubclass(task.Config, BaseConfig) and task.Config is not BaseConfig
+    cfg = make_config(name, {})
+    assert cfg.task == name and cfg.out == f"runs/{name}"
+    built = task(make_config(name, {"ngf": 4, "ndf": 4, "perceptual": "none"} if name == "srgan" else
+                             {"ngf": 4, "ndf": 4, "size": 64}), torch.device("cpu"), Silent(), data=False)
+    assert set(built.nets) >= {n for phase in built.phases for n in phase.nets}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_setting_with_a_flag_is_on_the_train_command(name):
+    result = runner.invoke(app, ["train", name, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    cls = TASKS[name].Config
+    for field in dataclasses.fields(cls):
+        option = option_of(cls, field.name)
+        if option is not None and option.cli:
+            assert (option.flag or "--" + field.name.replace("_", "-")) in result.output, field.name
+    assert "lambda_l1" not in result.output or name == "pix2pix"
+
+
+def test_a_family_config_holds_only_its_own_settings():
+    assert "lambda_l1" not in make_config("cyclegan", {}).to_dict()
+    assert "scale" not in make_config("pix2pix", {}).to_dict()
+    with pytest.raises(ConfigError, match="unknown setting 'lambda_l1'"):
+        make_config("cyclegan", {"lambda_l1": 3})
+
+
+def test_resolution_order_is_defaults_recipe_flags_then_sets(tmp_path):
+    cfg = resolve("pix2pix", "facades", {"lambda_l1": 10.0, "ngf": 8}, sets=["ngf=16"])
+    assert cfg.direction == "BtoA" and cfg.lambda_l1 == 10.0 and cfg.ngf == 16
+    with pytest.raises(ConfigError, match="train cyclegan"):
+        resolve("pix2pix", "horse2zebra")
+
+
+def test_the_library_refuses_what_the_cli_refuses():
+    cases = [("pix2pix", {"steps": 0}, "--steps 0: must be at least 1"),
+             ("cyclegan", {"gan_loss": "wgan"}, "choose lsgan, vanilla, minimax, hinge, wgangp, ragan, rpgan"),
+             ("srgan", {"scale": 8}, "--scale 8: must be at most 4"),
+             ("pix2pix", {"val_a": "x"}, "both --val-a and --val-b")]
+    for task, values, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            make_config(task, values)
+    for options, message in [({"tile": 64, "tile_overlap": 32}, "--tile-overlap"), ({"ext": "gif"}, "--ext gif")]:
+        with pytest.raises(infer.InputError, match=message):
+            infer.Options(**options)
+
+
+def test_srgan_lr_is_the_learning_rate_and_still_takes_the_old_folder():
+    assert _split_shared_flag(SRGANConfig, {"lr": "1e-3"})["lr"] == 1e-3
+    assert _split_shared_flag(SRGANConfig, {"lr": "lr_images/"}) == {"lr": None, "lr_dir": "lr_images/"}
+
+
+def test_resume_starts_from_the_saved_config_and_old_flat_configs_still_load(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    flat = {**make_config("cyclegan", {"ngf": 8}).to_dict(), "lambda_l1": 100.0, "scale": 4, "world_size": 1}
+    (run / "config.yaml").write_text(yaml.safe_dump(flat))
+    cfg = resolve("cyclegan", overrides={"out": str(run), "steps": 9}, resume=True)
+    assert cfg.ngf == 8 and cfg.steps == 9
+    with pytest.raises(ConfigError, match="holds a cyclegan run"):
+        resolve("pix2pix", overrides={"out": str(run)}, resume=True)

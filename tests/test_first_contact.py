@@ -1,0 +1,104 @@
+"""What a new user meets: install hints, messages, exit codes, export, info, data check, help."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from img2img import hints
+from img2img.cli import app
+from img2img.export import export_onnx
+from img2img.gan.checkpoint import GeneratorSpec, save_generator
+from img2img.nets import registry
+
+runner = CliRunner()
+HPARAMS = {"ngf": 4, "n_blocks": 1, "norm": "instance"}
+
+
+@pytest.fixture(scope="module")
+def cyclegan_run(tmp_path_factory) -> Path:
+    """A CycleGAN run folder's generators (instance norm, as exported by the task)."""
+    run = tmp_path_factory.mktemp("first") / "run"
+    for stem, direction in (("G_AB", "AtoB"), ("G_BA", "BtoA")):
+        spec = GeneratorSpec(arch="resnet", hparams=HPARAMS, pixel_range="-1,1", task="cyclegan", direction=direction)
+        save_generator(run / "checkpoints" / f"{stem}.safetensors", registry.build("resnet", **HPARAMS), spec)
+    (run / "config.yaml").write_text("task: cyclegan\n")
+    return run
+
+
+@pytest.mark.parametrize("editable, expected", [(None, 'pip install "img2img[onnx]"'),
+                                                 ("clone", 'pip install -e ".[onnx]"')])
+def test_install_hints_keep_their_extra(editable, expected, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hints, "editable_source", lambda: None if editable is None else tmp_path.resolve())
+    assert hints.install_hint("onnx") == expected
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the extra is not installed
+    result = runner.invoke(app, ["export", str(tmp_path / "g.onnx"), "--model", str(tmp_path)])
+    assert result.exit_code == 1 and expected in result.stderr
+
+
+def test_long_messages_are_not_wrapped_when_stderr_is_not_a_terminal(tmp_path):
+    long = tmp_path / ("a-folder-with-a-rather-long-name-" * 4) / "weights-inception-2015-12-05-6726825d.pth"
+    (tmp_path / "in").mkdir()
+    result = runner.invoke(app, ["translate", "--model", str(long), str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no images found" in result.stderr  # INPUT is checked first
+    (tmp_path / "in" / "x.png").write_bytes(b"")
+    result = runner.invoke(app, ["translate", "--model", str(long), str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert any(str(long) in line for line in result.stderr.splitlines()), result.stderr
+
+
+def test_model_mistakes_follow_the_exit_code_rule(cyclegan_run, tmp_path):
+    missing = runner.invoke(app, ["export", str(tmp_path / "g.onnx"), "--model", str(tmp_path / "nope.pth")])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.stderr
+    wrong = runner.invoke(app, ["info", str(cyclegan_run / "config.yaml")])
+    assert wrong.exit_code == 1 and "not a generator file" in wrong.stderr and "pop from" not in wrong.stderr
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a zip file at all")
+    result = runner.invoke(app, ["info", str(broken)])
+    assert result.exit_code == 1 and "not a readable PyTorch checkpoint (truncated, corrupt" in result.stderr
+
+
+def test_export_prints_no_warnings(cyclegan_run, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(cyclegan_run, tmp_path / "g.onnx")
+    assert not caught, [str(w.message) for w in caught]
+    result = runner.invoke(app, ["export", str(tmp_path / "h.onnx"), "--model", str(cyclegan_run)])
+    assert result.exit_code == 0 and "Warning" not in result.output and result.stdout == ""
+
+
+def test_info_prints_both_generators_of_a_cyclegan_run_on_stdout(cyclegan_run):
+    result = runner.invoke(app, ["info", str(cyclegan_run), "--json"])
+    assert result.exit_code == 0 and result.stderr == ""
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["direction"] for r in records] == ["AtoB", "BtoA"]
+    text = runner.invoke(app, ["info", str(cyclegan_run)])
+    assert "G_AB.safetensors" in text.stdout and "G_BA.safetensors" in text.stdout
+
+
+def test_data_check_takes_unpaired_domains(tmp_path):
+    import cv2
+    import numpy as np
+
+    for folder, names in (("horses", ["h1", "h2"]), ("zebras", ["z1"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            cv2.imwrite(str(tmp_path / folder / f"{name}.png"), np.zeros((8, 8, 3), np.uint8))
+    paired = runner.invoke(app, ["data", "check", str(tmp_path / "horses"), "--b", str(tmp_path / "zebras")])
+    assert paired.exit_code == 1 and "--unpaired" in paired.stderr and paired.stderr.count("no partner") == 0
+    unpaired = runner.invoke(app, ["data", "check", str(tmp_path / "horses"), "--b", str(tmp_path / "zebras"), "--unpaired"])
+    assert unpaired.exit_code == 0 and "no problems found" in unpaired.stderr
+
+
+def test_cyclegan_help_and_errors_offer_only_cyclegan_choices(tmp_path):
+    help_text = runner.invoke(app, ["train", "cyclegan", "--help"]).output
+    assert "lambda_l1" not in help_text and "lambda_identity" in help_text
+    result = runner.invoke(app, ["train", "cyclegan", "--a", str(tmp_path), "--b", str(tmp_path), "--gan-loss", "wgan"])
+    assert result.exit_code == 2
+    assert "choose lsgan, vanilla, minimax, hinge, wgangp" in result.stderr and "nonsaturating" not in result.stderr
