@@ -85,6 +85,8 @@ TRAINABLE = {
     "msrresnet": [{"num_feat": 16, "num_block": 16, "upscale": scale} for scale in (2, 3, 4)],
     "rrdbnet": [{"num_feat": 16, "num_block": 23, "num_grow_ch": 8, "scale": scale} for scale in (2, 4)],
     "srvgg": [{"num_feat": 16, "num_conv": 32, "upscale": 4, "act_type": act} for act in ("prelu", "relu", "leakyrelu")],
+    "cut_resnet": [{"ngf": 8, "n_blocks": 9, "norm": "instance", "antialias": True, "antialias_up": True},
+                   {"ngf": 8, "n_blocks": 6, "norm": "instance", "antialias": False, "antialias_up": False}],
 }
 
 
