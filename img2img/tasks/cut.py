@@ -35,8 +35,8 @@ from img2img.gan.loop import Nets, Phase, Task
 from img2img.nets.cut import CutResnetGenerator, PatchHeads, patch_nce
 from img2img.progress import Reporter
 from img2img.tasks import register
-from img2img.tasks.common import TranslationConfig, build_discriminator, load_size, penalty_phases, to_unit
-from img2img.tasks.cyclegan import CycleGANConfig
+from img2img.tasks.common import TranslationConfig, build_discriminator, penalty_phases, to_unit
+from img2img.tasks.cyclegan import CycleGANConfig, unpaired_training_data
 
 MODES = {"cut": {"lambda_nce": 1.0, "nce_idt": True, "flip_equivariance": False},
          "fastcut": {"lambda_nce": 10.0, "nce_idt": False, "flip_equivariance": True}}
@@ -116,9 +116,7 @@ class CUT(Task):
 
     def load_data(self) -> None:
         cfg = self.cfg
-        (root_a, root_b), held_out = cfg.folders()
-        train_a, train_b = scan_domain(root_a, "--a"), scan_domain(root_b, "--b")
-        self.dataset = UnpairedDataset(train_a, train_b, cfg.size, load_size(cfg), cfg.flip, cfg.serial)
+        train_a, train_b, held_out, self.dataset = unpaired_training_data(cfg)
         self.sample_batch = stack_samples(UnpairedDataset(train_a, train_b, cfg.size, cfg.size, augment=False),
                                           SAMPLE_COUNT)
         self.val_batch = self.validation_batch(held_out)

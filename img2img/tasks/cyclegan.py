@@ -77,6 +77,14 @@ class CycleGANConfig(TranslationConfig):
         return (Path(self.a), Path(self.b)), None
 
 
+def unpaired_training_data(cfg: CycleGANConfig) -> tuple[list[Path], list[Path], tuple | None, UnpairedDataset]:
+    """The two training domains (each scanned once), the held-out folders (--data's testA/ and
+    testB/, or None), and the training set over both domains: what CycleGAN and CUT share."""
+    (root_a, root_b), held_out = cfg.folders()
+    train_a, train_b = scan_domain(root_a, "--a"), scan_domain(root_b, "--b")
+    return train_a, train_b, held_out, UnpairedDataset(train_a, train_b, cfg.size, load_size(cfg), cfg.flip, cfg.serial)
+
+
 @register
 class CycleGAN(Task):
     """Unpaired translation (CycleGAN): two ResNet generators (A->B, B->A), two PatchGANs,
@@ -104,9 +112,7 @@ class CycleGAN(Task):
 
     def load_data(self) -> None:
         cfg = self.cfg
-        (root_a, root_b), held_out = cfg.folders()
-        train_a, train_b = scan_domain(root_a, "--a"), scan_domain(root_b, "--b")
-        self.dataset = UnpairedDataset(train_a, train_b, cfg.size, load_size(cfg), cfg.flip, cfg.serial)
+        train_a, train_b, held_out, self.dataset = unpaired_training_data(cfg)
         if held_out is not None:  # --data's testA/ and testB/: samples and validation
             held_out = scan_domain(held_out[0], "--data"), scan_domain(held_out[1], "--data")
         shown = held_out or (train_a, train_b)
