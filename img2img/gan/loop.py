@@ -7,6 +7,7 @@ state for exact resume. The run folder is gan/record.py's.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 import random
 import signal
 import time
@@ -52,7 +53,7 @@ class Phase:
         return step >= self.first_step and before_end and (step - self.first_step) % self.every == 0
 
 
-class Task:
+class Task(ABC):
     """What a model family hands the loop (and the recorder). A task file subclasses it: its
     constructor builds the networks, the data and the validation set once; its methods state
     the phases' losses. Every method that runs networks receives them as an argument."""
@@ -73,13 +74,13 @@ class Task:
         """The step's shared computation (e.g. the fakes), handed to every phase's loss."""
         return batch
 
+    @abstractmethod
     def sample_columns(self, nets: Nets, batch: dict) -> list[torch.Tensor]:
         """Columns of the sample grid (NCHW, [0, 1])."""
-        raise NotImplementedError
 
+    @abstractmethod
     def exports(self) -> dict[str, tuple[str, checkpoint.GeneratorSpec]]:
         """file stem -> (net name, its spec): the generator files a checkpoint writes."""
-        raise NotImplementedError
 
     def validate(self, nets: Nets) -> dict[str, float]:
         """Validation metrics of the exported networks (the EMA where there is one)."""
