@@ -233,6 +233,19 @@ def test_a_single_direction_generator_is_not_run_backwards(tmp_path, unpaired):
 # ---- learning --------------------------------------------------------------------------
 
 
+def colour_map_errors(run) -> list[list[float]]:
+    """[learnt, identity] mean absolute error against the colour mapping, per held-out photograph."""
+    G_AB, _ = load_generator(run, "AtoB")
+    errors = []
+    with torch.no_grad():
+        for rgb in held_out_photos(64):
+            a = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+            target = torch.from_numpy(colour_map(rgb)).permute(2, 0, 1)[None]
+            translated = (G_AB(a * 2 - 1) + 1) / 2
+            errors.append([float((translated - target).abs().mean()), float((a - target).abs().mean())])
+    return errors
+
+
 def held_out_photos(size: int) -> list[np.ndarray]:
     """The crops of the photographs kept out of training, as HxWx3 arrays in [0, 1]."""
     _, test = photo_paths()
@@ -254,15 +267,7 @@ def test_learns_a_known_colour_mapping_from_unpaired_photographs(unpaired, tmp_p
     start = time.process_time()
     run = api.train(cfg)
     seconds = time.process_time() - start
-    G_AB, _ = load_generator(run, "AtoB")
-
-    errors = []
-    with torch.no_grad():
-        for rgb in held_out_photos(64):
-            a = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-            target = torch.from_numpy(colour_map(rgb)).permute(2, 0, 1)[None]
-            translated = (G_AB(a * 2 - 1) + 1) / 2
-            errors.append([float((translated - target).abs().mean()), float((a - target).abs().mean())])
+    errors = colour_map_errors(run)
     learnt, identity = np.mean(errors, axis=0)
     print(f"{netG}: held-out mean |G_AB(a) - f(a)| {learnt:.4f} vs identity |a - f(a)| {identity:.4f} "
           f"({learnt / identity:.2f}); {seconds:.0f} s CPU")

@@ -36,7 +36,7 @@ from img2img.nets.cut import CutResnetGenerator, PatchHeads, patch_nce
 from img2img.progress import Reporter
 from img2img.tasks import register
 from img2img.tasks.common import TranslationConfig, build_discriminator, penalty_phases, to_unit
-from img2img.tasks.cyclegan import CycleGANConfig, unpaired_training_data
+from img2img.tasks.cyclegan import CycleGANConfig, unpaired_gan_loss, unpaired_training_data
 
 MODES = {"cut": {"lambda_nce": 1.0, "nce_idt": True, "flip_equivariance": False},
          "fastcut": {"lambda_nce": 10.0, "nce_idt": False, "flip_equivariance": True}}
@@ -57,9 +57,7 @@ class CUTConfig(TranslationConfig):
     antialias: bool = opt(True, "Blur-pool down/up-sampling in G, as the reference.", panel="Networks")
     norm: str = "instance"
     dropout: bool = False
-    gan_loss: str = opt("lsgan", "lsgan, vanilla (non-saturating), minimax, hinge, wgangp, ragan, rpgan (relativistic "
-                        "pairing).", panel="Losses", choices=("lsgan", "vanilla", "minimax", "hinge", "wgangp", "ragan",
-                                                              "rpgan"))
+    gan_loss: str = unpaired_gan_loss()
     lambda_gan: float = opt(1.0, "GAN loss weight.", panel="Losses", min=0)
     lambda_nce: float | None = opt(None, "PatchNCE weight.", panel="Losses", min=0, default_text="1 cut, 10 fastcut")
     nce_idt: bool | None = opt(None, "Identity PatchNCE on B images.", panel="Losses", default_text="on for cut")

@@ -36,6 +36,12 @@ SAMPLE_COUNT = 3  # per domain
 VAL_COUNT = 16  # held-out images per domain for the validation metrics
 
 
+def unpaired_gan_loss():
+    """--gan-loss of the unpaired families (CycleGAN, CUT): LSGAN by default, as their references."""
+    return opt("lsgan", "lsgan, vanilla (non-saturating), minimax, hinge, wgangp, ragan, rpgan (relativistic pairing).",
+               panel="Losses", choices=("lsgan", "vanilla", "minimax", "hinge", "wgangp", "ragan", "rpgan"))
+
+
 @dataclass
 class CycleGANConfig(TranslationConfig):
     a: str | None = opt(None, "Folder of domain A images (searched recursively).", panel="Data", path=True)
@@ -47,9 +53,7 @@ class CycleGANConfig(TranslationConfig):
                     panel="Networks")
     norm: str = "instance"
     dropout: bool = False
-    gan_loss: str = opt("lsgan", "lsgan, vanilla (non-saturating), minimax, hinge, wgangp, ragan, rpgan (relativistic "
-                        "pairing).", panel="Losses", choices=("lsgan", "vanilla", "minimax", "hinge", "wgangp", "ragan",
-                                                              "rpgan"))
+    gan_loss: str = unpaired_gan_loss()
     lambda_cycle: float = opt(10.0, "Cycle loss weight, both directions.", panel="Losses", min=0)
     lambda_identity: float = opt(0.5, "Identity loss, as a fraction of --lambda-cycle; 0 disables.", panel="Losses", min=0)
     pool_size: int = opt(50, "Past fakes kept per discriminator; 0 disables the pool.", panel="Losses", min=0)
