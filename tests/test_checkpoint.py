@@ -11,6 +11,8 @@ from img2img.gan import checkpoint
 from img2img.gan.checkpoint import CheckpointError, GeneratorSpec, load_generator, save_generator
 from img2img.nets import registry
 
+from helpers import generator_cases, generator_input_size
+
 
 def test_generator_file_round_trip_needs_nothing_else(tmp_path):
     hparams = {"in_ch": 3, "out_ch": 3, "ngf": 8, "n_blocks": 2, "norm": "instance", "use_dropout": False}
@@ -22,6 +24,21 @@ def test_generator_file_round_trip_needs_nothing_else(tmp_path):
     assert loaded_spec == spec
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded(x), net(x))
+
+
+@pytest.mark.parametrize("arch, hparams", generator_cases())
+def test_every_generator_loads_its_file_exactly_without_initialising_first(tmp_path, arch, hparams):
+    """Loading builds the module on the meta device and assigns the file's tensors."""
+    torch.manual_seed(0)
+    net = registry.build(arch, **hparams).eval()
+    spec = GeneratorSpec(arch=arch, hparams=hparams, pixel_range=registry.get(arch).pixel_range)
+    save_generator(tmp_path / "g.safetensors", net, spec)
+    loaded, _ = load_generator(tmp_path / "g.safetensors")
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    assert not loaded.training
+    x = torch.rand(1, 3, generator_input_size(arch), generator_input_size(arch))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
 
 
 def test_a_run_folder_resolves_to_its_generator(tmp_path):

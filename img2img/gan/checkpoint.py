@@ -69,10 +69,6 @@ def save_generator(path: Path, module: nn.Module, spec: GeneratorSpec) -> None:
     write_bytes_atomic(Path(path), data)
 
 
-def build_generator(spec: GeneratorSpec) -> nn.Module:
-    return registry.build(spec.arch, **spec.hparams)
-
-
 def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, GeneratorSpec]:
     """A generator in eval mode, from our .safetensors, a foreign .pth/.safetensors, or a run folder."""
     path = resolve_generator_path(Path(path), direction)
@@ -84,9 +80,7 @@ def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, Gene
         if "img2img" in metadata:
             spec = GeneratorSpec.from_json(metadata["img2img"])
             _check_direction(path, spec, direction)
-            module = build_generator(spec)
-            _load_state(module, state_dict, path)
-            return module.eval(), spec
+            return loaded_module(spec.arch, spec.hparams, state_dict, path), spec
     else:
         state_dict = safe_torch_load(path)
     try:
@@ -105,11 +99,10 @@ def load_foreign(path: Path, state_dict: dict) -> tuple[nn.Module, GeneratorSpec
         found, misfit = None, str(err)
     if found is not None:
         arch = registry.get(found.arch)
-        module = found.module or registry.build(found.arch, **found.hparams)
-        _load_state(module, found.state_dict, path)
+        module = loaded_module(found.arch, found.hparams, found.state_dict, path, found.module)
         spec = GeneratorSpec(arch=found.arch, hparams=found.hparams, pixel_range=arch.pixel_range,
                              scale=int(getattr(module, "scale", 1)), source=f"foreign: {found.layout}")
-        return module.eval(), spec
+        return module, spec
     try:
         loaded = zoo.load(state_dict)
         zoo_note = f"; spandrel {zoo.spandrel_version()} is installed and knows none of its architectures either"
@@ -215,13 +208,27 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else err.__class__.__name__
 
 
+def loaded_module(arch: str, hparams: dict, state_dict: dict, path: Path, empty: nn.Module | None = None) -> nn.Module:
+    """`arch` built without initialising it, the file's weights assigned, in eval mode."""
+    module = empty if empty is not None else registry.build_empty(arch, **hparams)
+    _load_state(module, state_dict, path)
+    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+        module = registry.build(arch, **hparams)  # it holds tensors that no file stores: build it whole
+        _load_state(module, state_dict, path)
+    return module.eval()
+
+
 def _load_state(module: nn.Module, state_dict: dict, path: Path) -> None:
     own = module.state_dict()
     # Old PyTorch saved running statistics for InstanceNorm; current InstanceNorm has none.
     state_dict = {k: v for k, v in state_dict.items()
                   if k in own or not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    empty = any(t.is_meta for t in own.values())
+    if empty:  # assigned tensors keep their own dtype; the module's is what the code computes in
+        state_dict = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v
+                      for k, v in state_dict.items()}
     try:
-        module.load_state_dict(state_dict, strict=True)
+        module.load_state_dict(state_dict, strict=True, assign=empty)
     except RuntimeError as err:
         detail = str(err).splitlines()[0] if str(err) else "shape mismatch"
         raise CheckpointError(f"{path}: the weights do not fit the architecture they describe ({detail})") from None

@@ -65,6 +65,14 @@ def build(name: str, **hparams) -> nn.Module:
     return get(name).build(**hparams)
 
 
+def build_empty(name: str, **hparams) -> nn.Module:
+    """The module with its tensors on the meta device: shapes without storage or a random
+    initialisation, for a state_dict to be assigned into (the random init of a ResNet
+    generator that a file overwrites anyway cost a quarter second of `translate`'s start-up)."""
+    with torch.device("meta"):
+        return build(name, **hparams)
+
+
 def infer_from_state_dict(state_dict: StateDict) -> tuple[str, dict]:
     """Return (arch name, hparams) of the generator whose layout matches `state_dict`."""
     _load_all()
