@@ -107,3 +107,16 @@ def test_gradients_reach_the_first_layer_at_initialisation(arch, hparams):
     convs = [p for p in net.parameters() if p.ndim == 4]
     first, last = float(convs[0].grad.norm()), float(convs[-1].grad.norm())
     assert last > 0 and 1e-3 < first / last < 1e3, (first, last)
+
+
+def test_unet_upsampling_starts_without_a_checkerboard():
+    """Every transposed convolution of a fresh U-Net answers a flat image with a flat one (away
+    from the border): each of its four output phases sums the same weights (issue 15)."""
+    torch.manual_seed(0)
+    net = registry.build("unet", num_downs=5, ngf=8)
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(layers) == 5
+    for layer in layers:
+        flat = layer(torch.ones(1, layer.in_channels, 6, 6))[..., 1:-1, 1:-1]
+        assert torch.allclose(flat, flat[..., :1, :1].expand_as(flat), atol=1e-6)
+        assert 0.01 < float(layer.weight[..., 1:-1, 1:-1].std()) < 0.03  # the reference's N(0, 0.02) scale

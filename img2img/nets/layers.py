@@ -56,6 +56,22 @@ def init_normal(module: nn.Module, gain: float = 0.02) -> nn.Module:
     return module
 
 
+@torch.no_grad()
+def init_resize_like(layer: nn.ConvTranspose2d, gain: float = 0.02) -> nn.ConvTranspose2d:
+    """Weights that make a stride-2 transposed convolution start as a nearest-neighbour
+    upsampling followed by a convolution: the kernel is a random (k-1)x(k-1) one convolved with a
+    2x2 box, so each of the four output phases sums the same weights and the random start paints
+    no period-2 checkerboard that training must first unlearn (Odena et al. 2016, "Deconvolution
+    and checkerboard artifacts"; the ICNR idea of Aitken et al. 2017). Layout unchanged. Taps
+    inside the kernel get the standard deviation `gain`, as with init_normal."""
+    weight = layer.weight
+    channels, height, width = weight.shape[0] * weight.shape[1], weight.shape[2], weight.shape[3]
+    small = torch.randn(channels, 1, height - 1, width - 1, device=weight.device, dtype=weight.dtype) * (gain / 2)
+    box = torch.ones(1, 1, 2, 2, device=weight.device, dtype=weight.dtype)
+    weight.copy_(F.conv2d(F.pad(small, (1, 1, 1, 1)), box).view_as(weight))
+    return layer
+
+
 def has_norm_weights(state_dict, prefix: str) -> bool:
     return f"{prefix}.weight" in state_dict and state_dict[f"{prefix}.weight"].ndim == 1
 
