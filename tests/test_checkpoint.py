@@ -28,13 +28,12 @@ def test_generator_file_round_trip_needs_nothing_else(tmp_path):
 
 @pytest.mark.parametrize("arch, hparams", generator_cases())
 def test_every_generator_loads_its_file_exactly_without_initialising_first(tmp_path, arch, hparams):
-    """Loading builds the module on the meta device and assigns the file's tensors."""
+    """Loading skips the random init and assigns the file's tensors."""
     torch.manual_seed(0)
     net = registry.build(arch, **hparams).eval()
     spec = GeneratorSpec(arch=arch, hparams=hparams, pixel_range=registry.get(arch).pixel_range)
     save_generator(tmp_path / "g.safetensors", net, spec)
     loaded, _ = load_generator(tmp_path / "g.safetensors")
-    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
     assert not loaded.training
     x = torch.rand(1, 3, generator_input_size(arch), generator_input_size(arch))
     with torch.no_grad():

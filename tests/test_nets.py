@@ -10,6 +10,8 @@ from img2img.nets import registry
 from img2img.nets.patchgan import NLayerDiscriminator, PixelDiscriminator
 from img2img.tasks.common import generator_arch
 
+from helpers import TRAINABLE, generator_cases, generator_input_size
+
 count = registry.count_parameters
 
 
@@ -78,30 +80,17 @@ def test_discriminators_give_patch_logits():
 
 # ---- every generator trains from scratch -------------------------------------------------
 
-# Small widths, but the full depths and every activation / norm the flags allow.
-TRAINABLE = {
-    "resnet": [{"ngf": 8, "n_blocks": 9, "norm": norm} for norm in ("batch", "instance", "none")],
-    "unet": [{"ngf": 8, "num_downs": 8, "norm": norm} for norm in ("batch", "instance", "none")],
-    "msrresnet": [{"num_feat": 16, "num_block": 16, "upscale": scale} for scale in (2, 3, 4)],
-    "rrdbnet": [{"num_feat": 16, "num_block": 23, "num_grow_ch": 8, "scale": scale} for scale in (2, 4)],
-    "srvgg": [{"num_feat": 16, "num_conv": 32, "upscale": 4, "act_type": act} for act in ("prelu", "relu", "leakyrelu")],
-    "cut_resnet": [{"ngf": 8, "n_blocks": 9, "norm": "instance", "antialias": True, "antialias_up": True},
-                   {"ngf": 8, "n_blocks": 6, "norm": "instance", "antialias": False, "antialias_up": False}],
-}
-
-
 def test_the_gradient_flow_table_covers_every_registered_generator():
     assert set(TRAINABLE) == set(registry.names("generator"))
 
 
-@pytest.mark.parametrize("arch, hparams", [(arch, h) for arch, cases in TRAINABLE.items() for h in cases],
-                         ids=lambda value: value if isinstance(value, str) else "-".join(map(str, value.values())))
+@pytest.mark.parametrize("arch, hparams", generator_cases())
 def test_gradients_reach_the_first_layer_at_initialisation(arch, hparams):
     """With PyTorch's default init the gradient vanished through SRVGGNetCompact's plain stack
     (1e-16 at the first layer against 1e-3 at the last): the first layer never trained."""
     torch.manual_seed(0)
     net = registry.build(arch, **hparams)
-    size = 256 if arch in ("resnet", "unet") else 12
+    size = generator_input_size(arch)
     output = net(torch.rand(2, 3, size, size))
     (output - torch.rand_like(output)).square().mean().backward()
     convs = [p for p in net.parameters() if p.ndim == 4]
@@ -120,3 +109,21 @@ def test_unet_upsampling_starts_without_a_checkerboard():
         flat = layer(torch.ones(1, layer.in_channels, 6, 6))[..., 1:-1, 1:-1]
         assert torch.allclose(flat, flat[..., :1, :1].expand_as(flat), atol=1e-6)
         assert 0.01 < float(layer.weight[..., 1:-1, 1:-1].std()) < 0.03  # the reference's N(0, 0.02) scale
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_our_instance_norm_computes_what_pytorchs_does(affine):
+    from img2img.nets.layers import InstanceNorm2d
+
+    torch.manual_seed(0)
+    ours, theirs = InstanceNorm2d(6, affine=affine), torch.nn.InstanceNorm2d(6, affine=affine)
+    if affine:
+        with torch.no_grad():
+            ours.weight.normal_(), ours.bias.normal_()
+        theirs.load_state_dict(ours.state_dict())
+    x = (torch.randn(3, 6, 17, 9) * 4 + 2).requires_grad_()
+    y_ours, y_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(y_ours, y_theirs, rtol=0, atol=1e-5)
+    grad_ours, = torch.autograd.grad((y_ours * y_theirs.detach()).sum(), x)
+    grad_theirs, = torch.autograd.grad((y_theirs * y_theirs.detach()).sum(), x)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=0, atol=1e-4)

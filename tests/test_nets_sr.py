@@ -202,3 +202,17 @@ def test_reference_outputs(checkpoint, case):
     assert got.shape == expected.shape
     diff = np.abs(got - expected)
     assert diff.max() <= 2 and diff.mean() < 1, f"max {diff.max()}, mean {diff.mean():.3f}"
+
+
+@pytest.mark.parametrize("num_feat", [8, 64])
+def test_rrdbnet_starts_as_a_bilinear_upscale(num_feat):
+    """With no interpolation skip, RRDBNet would first have to learn to redraw the photograph;
+    its init makes it start as two bilinear x2 stages instead (borders aside: zero padding)."""
+    net = registry.build("rrdbnet", num_feat=num_feat, num_block=3, num_grow_ch=8, scale=4).eval()
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        y = net(x)
+    twice = x
+    for _ in range(2):
+        twice = torch.nn.functional.interpolate(twice, scale_factor=2, mode="bilinear")
+    assert float((y - twice)[..., 4:-4, 4:-4].abs().max()) < 0.02

@@ -16,3 +16,22 @@ def test_the_translate_command_imports_no_training_libraries():
             f"print(json.dumps([m for m in {TRAINING_ONLY!r} if m in sys.modules]))")
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert loaded == []
+
+
+def test_loading_any_registered_generator_imports_no_compiler(tmp_path):
+    """Skipping the random init must not cost more than it saves: random fills on the meta
+    device, for one, import torch._dynamo (seconds)."""
+    from img2img.gan.checkpoint import GeneratorSpec, save_generator
+    from img2img.nets import registry
+
+    from helpers import TRAINABLE
+
+    for arch, cases in TRAINABLE.items():
+        hparams = cases[0]
+        save_generator(tmp_path / f"{arch}.safetensors", registry.build(arch, **hparams),
+                       GeneratorSpec(arch=arch, hparams=hparams, pixel_range=registry.get(arch).pixel_range))
+    code = ("import sys, pathlib; from img2img.gan.checkpoint import load_generator; "
+            f"[load_generator(p) for p in sorted(pathlib.Path({str(tmp_path)!r}).glob('*.safetensors'))]; "
+            "print('torch._dynamo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

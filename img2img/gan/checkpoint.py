@@ -208,13 +208,10 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else err.__class__.__name__
 
 
-def loaded_module(arch: str, hparams: dict, state_dict: dict, path: Path, empty: nn.Module | None = None) -> nn.Module:
-    """`arch` built without initialising it, the file's weights assigned, in eval mode."""
-    module = empty if empty is not None else registry.build_empty(arch, **hparams)
+def loaded_module(arch: str, hparams: dict, state_dict: dict, path: Path, built: nn.Module | None = None) -> nn.Module:
+    """`arch` built without a random init, the file's tensors assigned to it, in eval mode."""
+    module = built if built is not None else registry.build_uninitialised(arch, **hparams)
     _load_state(module, state_dict, path)
-    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
-        module = registry.build(arch, **hparams)  # it holds tensors that no file stores: build it whole
-        _load_state(module, state_dict, path)
     return module.eval()
 
 
@@ -223,12 +220,10 @@ def _load_state(module: nn.Module, state_dict: dict, path: Path) -> None:
     # Old PyTorch saved running statistics for InstanceNorm; current InstanceNorm has none.
     state_dict = {k: v for k, v in state_dict.items()
                   if k in own or not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-    empty = any(t.is_meta for t in own.values())
-    if empty:  # assigned tensors keep their own dtype; the module's is what the code computes in
-        state_dict = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v
-                      for k, v in state_dict.items()}
+    # Assigned tensors keep their dtype: make it the module's, which is what the code computes in.
+    state_dict = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state_dict.items()}
     try:
-        module.load_state_dict(state_dict, strict=True, assign=empty)
+        module.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as err:
         detail = str(err).splitlines()[0] if str(err) else "shape mismatch"
         raise CheckpointError(f"{path}: the weights do not fit the architecture they describe ({detail})") from None

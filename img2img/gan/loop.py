@@ -171,7 +171,7 @@ class Trainer:
     def _add_optimizer(self, phase: Phase) -> None:
         params = [p for name in phase.nets for p in self.raw[name].parameters()]
         cuda = self.device.type == "cuda"
-        opt = torch.optim.Adam(params, lr=phase.lr or self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
+        opt = torch.optim.Adam(params, lr=self.phase_lr(phase), betas=(self.cfg.beta1, self.cfg.beta2),
                                fused=True if cuda else None)
         self.optimizers[phase.name] = opt
         self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
@@ -311,12 +311,15 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------
 
+    def phase_lr(self, phase: Phase) -> float:
+        return self.cfg.lr if phase.lr is None else phase.lr
+
     def set_lr_scale(self, scale: float) -> None:
         for phase in self.task.phases:
             if phase.optimizer is not None:
                 continue
             scheduler = self.schedulers[phase.name]
-            base = (phase.lr or self.cfg.lr) * scale
+            base = self.phase_lr(phase) * scale
             scheduler.base_lrs = [base] * len(scheduler.base_lrs)
             factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
             for group in scheduler.optimizer.param_groups:

@@ -166,7 +166,7 @@ def _misfit(candidate: Recognised) -> str | None:
 
 def _build(arch_name: str, hparams: dict) -> nn.Module | None:
     try:
-        return registry.build_empty(arch_name, **hparams)
+        return registry.build_uninitialised(arch_name, **hparams)
     except (TypeError, ValueError, RuntimeError):
         return None
 

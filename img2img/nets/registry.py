@@ -65,12 +65,23 @@ def build(name: str, **hparams) -> nn.Module:
     return get(name).build(**hparams)
 
 
-def build_empty(name: str, **hparams) -> nn.Module:
-    """The module with its tensors on the meta device: shapes without storage or a random
-    initialisation, for a state_dict to be assigned into (the random init of a ResNet
-    generator that a file overwrites anyway cost a quarter second of `translate`'s start-up)."""
-    with torch.device("meta"):
+# nn.init's random fills, skipped when a file's weights are about to replace them.
+RANDOM_FILLS = ("normal_", "uniform_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_", "xavier_uniform_",
+                "trunc_normal_", "orthogonal_", "sparse_")
+
+
+def build_uninitialised(name: str, **hparams) -> nn.Module:
+    """The module with its weights left as allocated, for a state_dict to be assigned into: the
+    random init of a ResNet generator that a file overwrites anyway cost a quarter second of
+    `translate`'s start-up. (Not the meta device: random fills there import torch._dynamo.)"""
+    saved = {fill: getattr(nn.init, fill) for fill in RANDOM_FILLS}
+    try:
+        for fill in RANDOM_FILLS:
+            setattr(nn.init, fill, lambda tensor, *args, **kwargs: tensor)
         return build(name, **hparams)
+    finally:
+        for fill, function in saved.items():
+            setattr(nn.init, fill, function)
 
 
 def infer_from_state_dict(state_dict: StateDict) -> tuple[str, dict]:

@@ -58,6 +58,10 @@ class SRGANConfig(BaseConfig):
     init: str | None = opt(None, "Start G from this generator (ours, a run folder, or BasicSR .pth).",
                            panel="Networks", path=True)
     pretrain_steps: int = opt(0, "Pixel-loss-only steps before the GAN stage.", min=0)
+    # BasicSR's PSNR-oriented recipes (MSRResNet, RRDBNet_PSNR, Real-ESRNet) train at 2e-4,
+    # their GAN stages at 1e-4.
+    pretrain_lr: float = opt(2e-4, "Learning rate of the pixel-loss stage (--learning-rate is the GAN stage's).",
+                             min=0)
     gan_loss: str = opt("vanilla", "vanilla, ragan (relativistic average), rpgan (relativistic pairing), lsgan or "
                         "hinge.", panel="Losses", choices=("vanilla", "ragan", "rpgan", "lsgan", "hinge"))
     perceptual: str = opt("vgg19", "vgg19 or none.", panel="Losses", choices=("vgg19", "none"))
@@ -184,7 +188,7 @@ class SRGAN(Task):
                                            first_step=start),
                            Phase("G", ("G",), self.g_loss, first_step=start)]
         if start > 0:
-            self.phases.insert(0, Phase("G_pixel", ("G",), self.pixel_loss, last_step=start))
+            self.phases.insert(0, Phase("G_pixel", ("G",), self.pixel_loss, last_step=start, lr=cfg.pretrain_lr))
         self.validates = True
         if data:
             self.load_data()
