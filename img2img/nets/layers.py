@@ -31,9 +31,9 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     which goes through a batch-norm reshape (it was a tenth of a ResNet generator's CPU time)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or self.track_running_stats or x.dim() != 4:
-            return super().forward(x)
-        return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+        if x.device.type != "cpu" or self.track_running_stats or x.dim() != 4 or torch.onnx.is_in_onnx_export():
+            return super().forward(x)  # exported: ONNX's own InstanceNormalization
+        return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
 
 def conv_bias(norm: str, bias: bool | None = None) -> bool:
