@@ -7,6 +7,7 @@ its numbers come from and what data layout it expects.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,12 @@ def load(name_or_file: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"{path}: {err}") from None
 
 
+@functools.cache
 def task_of(name: str) -> str:
-    """The task a bundled recipe trains."""
-    return str((yaml.safe_load((RECIPES / f"{name}.yaml").read_text()) or {}).get("task", ""))
+    """The task a bundled recipe trains. Cached, and read with libyaml's parser where installed:
+    every train command lists its recipes in its help, which `img2img` builds at each start."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return str((yaml.load((RECIPES / f"{name}.yaml").read_text(), Loader=loader) or {}).get("task", ""))
 
 
 def summary(name: str) -> str:
