@@ -1,6 +1,6 @@
 """Training images/s of img2img's loop against the reference's naive training step, in one call.
 
-    python benchmarks/train.py [--task pix2pix|cyclegan|all] [--size 256] [--steps 5] [--batch-size N]
+    python benchmarks/train.py [--task pix2pix|cyclegan|all] [--size 256] [--steps 5] [--batch-sizes 1,16,32] [--compile]
 
 Both sides use the same networks at their reference sizes (pix2pix: unet_256 + 70x70 PatchGAN,
 batch norm; CycleGAN: 2 x resnet_9blocks + 2 x PatchGAN, instance norm; SRGAN: MSRResNet x4 +
@@ -8,7 +8,8 @@ VGG-style D on 128 px HR patches, without the perceptual term, whose VGG19 weigh
 downloaded here) on batches already in memory, so the figures are of the training step itself:
   naive  the reference's optimize_parameters(): fp32, batch 1, plain Adam, NCHW
   ours   img2img's Trainer.train_step: autocast bf16/fp16 on CUDA, channels_last, fused Adam,
-         cudnn.benchmark, at batch 1 and at --batch-size (default 1 on CPU, 8 on CUDA)
+         cudnn.benchmark, at each of --batch-sizes (default 1 on CPU; 1, 8, 16, 32 on CUDA)
+On CUDA each line also gives the peak memory torch allocated for the step.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def timed(step, batch: dict, steps: int, device: torch.device) -> float:
     step(batch)  # warm-up: cuDNN autotuning, allocator, compilation
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(steps):
         step(batch)
@@ -152,24 +154,35 @@ def main() -> None:
     parser.add_argument("--task", default="all", choices=["pix2pix", "cyclegan", "srgan", "all"])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     torch.backends.cudnn.benchmark = True
-    batch = args.batch_size or (8 if device.type == "cuda" else 1)
+    batches = [int(b) for b in (args.batch_sizes or ("1,8,16,32" if device.type == "cuda" else "1")).split(",")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; {args.size} px; torch {torch.__version__}; {args.steps} timed steps after a warm-up")
     for task in (["pix2pix", "cyclegan", "srgan"] if args.task == "all" else [args.task]):
         base = naive(task, args.size, args.steps, device)
-        ours_1 = ours(task, args.size, 1, args.steps, device, args.compile)
-        line = f"{task:>9}: naive fp32 b1 {base:7.2f} img/s | ours b1 {ours_1:7.2f} img/s ({ours_1 / base:4.2f}x)"
-        if batch > 1:
-            ours_n = ours(task, args.size, batch, args.steps, device, args.compile)
-            line += f" | ours b{batch} {ours_n:7.2f} img/s ({ours_n / base:4.2f}x)"
-        print(line, flush=True)
+        print(f"{task:>9}: naive fp32 b1 {base:7.2f} img/s{peak_memory(device)}", flush=True)
+        for batch in batches:
+            try:
+                rate = ours(task, args.size, batch, args.steps, device, args.compile)
+            except torch.OutOfMemoryError:
+                print(f"{task:>9}: ours b{batch:<3} out of memory", flush=True)
+                torch.cuda.empty_cache()
+                continue
+            print(f"{task:>9}: ours b{batch:<3} {rate:7.2f} img/s ({rate / base:5.2f}x){peak_memory(device)}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type != "cuda":
+        return ""
+    return f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
 
 
 if __name__ == "__main__":

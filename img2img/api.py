@@ -69,7 +69,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml", world_size=world_size, effective_batch_size=effective_batch)
-    if world.distributed:
+    if world.world_size > 1:
         reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "
                          f"accumulated = effective batch {effective_batch}")
 

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from img2img.cli_train import MAX_PIXELS_HELP, add_train_command
-from img2img.config import ConfigError
+from img2img.config import AMP_HELP, ConfigError
 from img2img.console import RichReporter, console, fail, list_and_exit, run_guarded, say
 from img2img.data.header import set_max_pixels
 from img2img.tasks import TASKS
@@ -64,7 +64,7 @@ def translate(
     tile_overlap: int = typer.Option(32, "--tile-overlap", help="Pixels shared by neighbouring tiles, cross-faded."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Resize inputs so the shorter side has this many pixels."),
     ext: Optional[str] = typer.Option(None, "--ext", help="Output format: png, jpg, webp, bmp, tif (default: the input's)."),
-    amp: str = typer.Option("auto", "--amp", help="auto: bf16/fp16 on CUDA; off: fp32."),
+    amp: str = typer.Option("auto", "--amp", help=AMP_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the generator (pays off on long GPU runs)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist (default: skip them)."),

@@ -20,6 +20,9 @@ from typing import Any, Mapping
 
 import yaml
 
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # training and translate alike (device.autocast_dtype)
+AMP_HELP = "auto: bf16 autocast on CUDA (fp16 where bf16 is missing); bf16 or fp16: that one; off: fp32."
+
 
 class ConfigError(Exception):
     """A setting that cannot work; the message says what to pass instead."""
@@ -82,8 +85,7 @@ class BaseConfig:
     val_every: int | None = opt(None, "Validate every N steps.", panel="Validation", min=1, default_text="--save-every")
     best_metric: str | None = opt(None, "Validation metric that picks checkpoints/best_*.safetensors.", panel="Validation")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.", panel="Hardware")
-    amp: str = opt("auto", "auto: bf16 (or fp16 with loss scaling) autocast on CUDA; off: fp32.", panel="Hardware",
-                   choices=("auto", "off"))
+    amp: str = opt("auto", AMP_HELP + " fp16 trains with loss scaling.", panel="Hardware", choices=AMP_CHOICES)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", panel="Hardware", min=1)
     compile: bool = opt(False, "torch.compile the generators and discriminators.", panel="Hardware")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes (CUDA, BatchNorm networks).", panel="Hardware")

@@ -3,9 +3,11 @@ many loader processes."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
+from torch import nn
 
 from img2img.config import ConfigError
 
@@ -26,11 +28,14 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def autocast_dtype(device: torch.device, amp: str, allowed: tuple = REDUCED_PRECISION) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16 (which needs loss scaling in training), and only
-    a precision the model declares it supports; None: fp32 (CPU, amp off, or nothing allowed)."""
+    """The autocast precision for `amp` (AMP_CHOICES), if the model declares it supports it;
+    None: fp32 (CPU, amp off, or nothing allowed). fp16 needs loss scaling in training."""
     if device.type != "cuda" or amp == "off":
         return None
-    preferred = REDUCED_PRECISION if torch.cuda.is_bf16_supported() else (torch.float16,)
+    if amp == "auto":
+        preferred = REDUCED_PRECISION if torch.cuda.is_bf16_supported() else (torch.float16,)
+    else:
+        preferred = {"bf16": (torch.bfloat16,), "fp16": (torch.float16,)}[amp]
     return next((dtype for dtype in preferred if dtype in allowed), None)
 
 
@@ -42,3 +47,18 @@ def default_workers(device: torch.device, training: bool = False) -> int:
     if device.type == "cuda":
         return min(8, max(1, cpus - 1))
     return max(0, min(2, cpus - 1)) if training else 0
+
+
+def default_writers(device: torch.device) -> int:
+    """Encoding threads for translate: on a GPU enough to keep up with it (JPEG encoding
+    is ~1.4 ms per 256x256 image per thread, the GPU's network ~1 ms); on a CPU four, which
+    mostly wait for the network."""
+    cpus = os.cpu_count() or 1
+    return min(8, max(4, cpus // 2)) if device.type == "cuda" else 4
+
+
+def compiled(module: nn.Module, **options) -> nn.Module:
+    """torch.compile, with the compiler's own log lines (warnings about its symbolic shapes
+    by the hundred with dynamic=True) kept off the user's terminal: errors still show."""
+    torch._logging.set_logs(all=logging.ERROR)
+    return torch.compile(module, **options)

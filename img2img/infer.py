@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 from img2img import memory
 from img2img.data.header import ImageError, check_image, failure
 from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, decode_image, is_image_file,
-                                 list_images, output_layout, to_pixels, write_image)
+                                 list_images, output_layout, quantise_on_device, to_pixels, write_image)
 from img2img.data.strips import StripWriter, streams
-from img2img.device import default_workers
+from img2img.config import AMP_CHOICES
+from img2img.device import default_workers, default_writers
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Reporter, Silent
 from img2img.tiling import AlphaRows, blend_strips
@@ -77,10 +78,10 @@ class Options:
     tile: int | None = None  # tile side in input pixels; None: whole images
     tile_overlap: int = 32
     resize: int | None = None  # resize so the shorter side has this many pixels
-    amp: str = "auto"  # auto: bf16/fp16 on CUDA; off: fp32
+    amp: str = "auto"  # config.AMP_CHOICES
     compile: bool = False
     workers: int | None = None
-    writers: int = 4
+    writers: int | None = None  # encoding threads; None: per device (device.default_writers)
     max_memory: int | None = None  # bytes of image data; None: what the system has free
 
     def __post_init__(self) -> None:
@@ -99,7 +100,7 @@ class Options:
         if self.workers is not None and self.workers < 0:
             raise InputError(f"--workers {self.workers}: must be at least 0")
         for flag, value, choices in (("--direction", self.direction, ("AtoB", "BtoA")),
-                                     ("--bn-mode", self.bn_mode, ("eval", "train")), ("--amp", self.amp, ("auto", "off"))):
+                                     ("--bn-mode", self.bn_mode, ("eval", "train")), ("--amp", self.amp, AMP_CHOICES)):
             if value not in choices:
                 raise InputError(f"{flag} {value!r}: choose {' or '.join(choices)}")
 
@@ -207,11 +208,17 @@ AUTO_TILE_PIXELS = 4096 * 4096  # output pixels beyond which an image is tiled u
 AUTO_TILE = 1024
 
 
-def default_batch_size(device: torch.device, tile: int | None) -> int:
-    # CPUs gain little from batching; GPUs need several images in flight to stay busy.
+BATCH_PIXELS = 32 * 256 * 256  # input pixels per GPU batch by default (measured: benchmarks/pipeline.py)
+
+
+def default_batch_size(device: torch.device, tile: int | None, pixels: int = 256 * 256) -> int:
+    """CPUs gain little from batching; GPUs need many pixels in flight to stay busy: 32 images
+    of 256x256, 6 of 640x480 (out-of-memory halves it)."""
     if device.type != "cuda":
         return 1
-    return 16 if tile else 8
+    if tile:
+        return 16
+    return max(1, min(32, BATCH_PIXELS // max(1, pixels)))
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -292,9 +299,10 @@ def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Op
 def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,
                   reporter: Reporter, record: Callable[[Result], None]) -> None:
     device = options.device
-    batch_size = options.batch_size or default_batch_size(device, options.tile)
     workers = default_workers(device) if options.workers is None else options.workers
+    writers = options.writers or default_writers(device)
     sizes = [header_size(job.source) for job in jobs]
+    batch_size = options.batch_size or default_batch_size(device, options.tile, max(h * w for h, w in sizes))
     plan = _plan_memory(translator, jobs, sizes, options, batch_size)
     for message in plan.messages:
         reporter.message(message)
@@ -302,13 +310,13 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
              "plan": plan}
     dataset = DecodeDataset(jobs, options.resize, TilePolicy(options.tile, plan.whole_limit, translator.scale))
     prefetch = PREFETCH if plan.whole_limit >= AUTO_TILE_PIXELS else 1
-    # Results waiting to be written hold their whole output (float + integer): within a budget,
-    # no more of them than fit in it.
-    in_flight = options.writers * 2
+    # Results waiting to be written hold their whole output (float + integer): two batches, so
+    # the device computes the next one meanwhile; within a budget, no more than fit in it.
+    in_flight = max(writers, batch_size) * 2
     if options.max_memory:
         largest = max((h * w for h, w in sizes), default=0) * translator.scale**2 * 16
         in_flight = max(1, min(in_flight, options.max_memory // max(1, largest)))
-    writer = Writer(options.writers, in_flight)
+    writer = Writer(writers, in_flight)
     batches = size_batches(jobs, 1 if options.tile else batch_size, sizes)
     for items in _decoded_batches(dataset, batches, workers, prefetch, device, record):
         for item in items:
@@ -458,19 +466,44 @@ def _translate_group(translator, group, jobs, out_dir, state, options, reporter,
 
 
 def _translate_whole(translator, group, jobs, out_dir, state, writer) -> None:
+    """Same-size images in batches. On a GPU the results leave it as 8-bit where the output
+    format takes 8 bits, copied asynchronously: the writers wait for the copy, the device goes
+    on with the next batch."""
     start = time.perf_counter()
     images = [_as_image(item["image"]) for item in group]
-    outputs = []
+    layouts = [output_layout(jobs[item["index"]].relative.suffix, im.gray, im.alpha is not None, im.bits)
+               for item, im in zip(group, images)]
+    quantise = translator.device.type == "cuda" and all(map(quantise_on_device, layouts))
+    outputs, copied = [], []
     for i in range(0, len(images), state["batch"]):
         batch = torch.stack([im.rgb for im in images[i : i + state["batch"]]])
-        outputs.extend(translator.run(batch).cpu())
+        result = translator.run(batch)
+        if quantise:
+            result = result.mul(255).round_().to(torch.uint8)
+        host, ready = _to_host(result)
+        outputs.extend(host)
+        copied.extend([ready] * len(host))
     elapsed = (time.perf_counter() - start) * 1000 / len(group)
-    for item, image, rgb in zip(group, images, outputs):
+    for item, image, rgb, ready in zip(group, images, outputs, copied):
         job = jobs[item["index"]]
         result_image = Image(rgb=rgb, alpha=scale_alpha(image.alpha, translator.scale), gray=image.gray, bits=image.bits)
         ms = elapsed + item.get("decode_ms", 0.0)
         item["done"] = True
-        writer.submit(lambda job=job, result_image=result_image, ms=ms: _write(job, result_image, out_dir, ms))
+        writer.submit(lambda job=job, result_image=result_image, ms=ms, ready=ready:
+                      _write(job, result_image, out_dir, ms, ready))
+
+
+def _to_host(result: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """The result in host memory: from a GPU, into pinned memory without waiting (the event
+    says when it has arrived)."""
+    if result.device.type != "cuda":
+        return result.cpu(), None
+    result = result.contiguous(memory_format=torch.channels_last)  # HWC per image, as the encoders take it
+    host = torch.empty_strided(result.shape, result.stride(), dtype=result.dtype, pin_memory=True)
+    host.copy_(result, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
 
 
 def _as_image(image: Image | Decoded) -> Image:
@@ -552,8 +585,10 @@ def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, er
         raise err
 
 
-def _write(job: Job, image: Image, out_dir: Path, ms: float) -> Result:
+def _write(job: Job, image: Image, out_dir: Path, ms: float, ready: torch.cuda.Event | None = None) -> Result:
     target = out_dir / job.relative
+    if ready is not None:
+        ready.synchronize()  # the copy from the GPU has arrived
     try:
         write_image(target, image)
     except OSError as err:  # e.g. a full disk: the temporary file is already gone

@@ -60,3 +60,33 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     image = Image(rgb=torch.rand(3, 8, 8), alpha=None, gray=False, bits=8)
     write_image(tmp_path / "sub" / "out.jpg", image)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.jpg"]
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_results_quantised_on_the_gpu_write_the_same_pixels(alpha):
+    """translate hands the writers 8-bit RGB from a GPU (channels-last, as it leaves the
+    device): the same pixels as the float path."""
+    from img2img.data.images import output_layout, quantise_on_device, to_pixels
+
+    rgb = torch.rand(1, 3, 24, 20)
+    planes = torch.rand(1, 24, 20) if alpha else None
+    layout = output_layout(".png", False, alpha, 8)
+    assert quantise_on_device(layout) and not quantise_on_device(output_layout(".png", True, alpha, 8))
+    quantised = rgb.mul(255).round().to(torch.uint8).contiguous(memory_format=torch.channels_last)[0]
+    assert np.array_equal(to_pixels(quantised, planes, layout), to_pixels(rgb[0], planes, layout))
+    sixteen = output_layout(".png", False, alpha, 16)  # never quantised on the GPU, but still correct
+    assert np.array_equal(to_pixels(quantised, planes, sixteen), to_pixels(quantised.float() / 255, planes, sixteen))
+
+
+def test_training_libraries_stay_offline_and_quiet():
+    """albumentations' import-time update check (a PyPI request) is off in every process that
+    decodes images, so offline machines see no warning from it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error'); import img2img.data.images, os, albumentations; "
+            "print(os.environ['NO_ALBUMENTATIONS_UPDATE'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"})
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-500:]

@@ -37,7 +37,7 @@ _EXIF_FIXES = {
 
 @dataclass
 class Image:
-    rgb: torch.Tensor  # float32, 3xHxW, [0, 1]
+    rgb: torch.Tensor  # float32, 3xHxW, [0, 1] (translate's results: uint8 where quantised on the GPU)
     alpha: torch.Tensor | None  # float32, 1xHxW, [0, 1], or None
     gray: bool  # the file held one colour channel
     bits: int  # 8 or 16
@@ -174,8 +174,20 @@ def output_layout(suffix: str, gray: bool, alpha: bool, bits: int) -> Layout:
 CHUNK_ROWS = 64  # rows converted at a time: the float temporaries stay small
 
 
+def quantise_on_device(layout: Layout) -> bool:
+    """Whether an output in `layout` can leave the GPU as 8-bit RGB: a quarter of the float
+    transfer, and the writer threads skip the conversion (to_pixels takes either)."""
+    return layout.bits == 8 and layout.channels in ("RGB", "RGBA")
+
+
 def to_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, layout: Layout) -> np.ndarray:
-    """Float planes in [0, 1] (3 x H x W, 1 x H x W) -> H x W x C integers in `layout`'s order."""
+    """Float planes in [0, 1] (3 x H x W, 1 x H x W) -> H x W x C integers in `layout`'s order.
+    `rgb` may already be 8-bit (quantised on the GPU, see quantise_on_device)."""
+    if rgb.dtype == torch.uint8:
+        if layout.bits == 8 and layout.channels in ("RGB", "RGBA"):
+            planes = [rgb] if alpha is None else [rgb, (alpha.clamp(0, 1) * 255).round().to(torch.uint8)]
+            return np.ascontiguousarray(torch.cat(planes).permute(1, 2, 0).numpy())
+        rgb = rgb.float() / 255
     height, width = rgb.shape[1:]
     out = np.empty((height, width, len(layout.channels)), layout.dtype)
     scale = 65535.0 if layout.bits == 16 else 255.0

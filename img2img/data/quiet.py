@@ -23,6 +23,9 @@ from typing import Iterator
 import cv2
 
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # read at import by the processes we start
+# albumentations asks PyPI for a newer version at import: a network call and, offline (GPU
+# nodes, air-gapped clusters), a UserWarning in every loader process.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 # libpng's default handlers prefix "libpng"; libjpeg's warnings (jerror.h, JWRN_*) have fixed

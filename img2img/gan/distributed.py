@@ -29,10 +29,13 @@ class World:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun, however many processes
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """A process group and DDP wrappers: several processes, or torchrun's one (so that a
+        one-GPU `--nproc-per-node 1` run takes the same code path as an eight-GPU one)."""
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -42,7 +45,7 @@ class World:
 def from_environment() -> World:
     """The torchrun variables, or a single process when they are absent."""
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                 int(os.environ.get("LOCAL_RANK", 0)))
+                 int(os.environ.get("LOCAL_RANK", 0)), launched="TORCHELASTIC_RUN_ID" in os.environ)
 
 
 def elastic_restart() -> bool:

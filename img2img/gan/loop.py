@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from img2img.config import BaseConfig
-from img2img.device import autocast_dtype
+from img2img.device import autocast_dtype, compiled
 from img2img.gan import checkpoint, distributed
 from img2img.gan.health import Health
 from img2img.progress import Reporter
@@ -150,8 +150,8 @@ class Trainer:
         self.synced = {n: distributed.wrap(m, device, self.world, cfg.sync_bn) for n, m in self.raw.items()}
         self.plain = dict(self.raw)
         if cfg.compile:
-            self.synced = {n: torch.compile(m) for n, m in self.synced.items()}
-            self.plain = {n: torch.compile(m) for n, m in self.plain.items()}
+            self.synced = {n: compiled(m) for n, m in self.synced.items()}
+            self.plain = {n: compiled(m) for n, m in self.plain.items()}
         self.optimizers, self.schedulers, self.scalers = {}, {}, {}
         for phase in task.phases:
             if phase.optimizer is None:
