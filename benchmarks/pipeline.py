@@ -30,6 +30,7 @@ from translate import make_inputs  # noqa: E402  (the same JPEGs as the start-up
 
 from img2img import infer  # noqa: E402
 from img2img.data.images import decode_image, output_layout, to_pixels, write_bytes_atomic, to_opencv  # noqa: E402
+from img2img.device import compiled  # noqa: E402
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator  # noqa: E402
 from img2img.nets import registry  # noqa: E402
 from img2img.translator import Translator  # noqa: E402
@@ -115,6 +116,16 @@ def translate_in_process(model: Path, inputs: Path, out: Path, device: torch.dev
     return len(results) / elapsed
 
 
+def in_layout(translator: Translator, layout: str, compile: bool, dynamic: bool = True) -> Translator:
+    """`translator` with its network in `layout` (NCHW or channels_last), compiled or not
+    (dynamic shapes, as translate compiles, unless told otherwise)."""
+    translator.channels_last = layout == "channels_last"
+    memory_format = torch.channels_last if translator.channels_last else torch.contiguous_format
+    translator.module = translator.module.to(memory_format=memory_format)
+    translator.forward = compiled(translator.module, dynamic=dynamic) if compile else translator.module
+    return translator
+
+
 def sr_model_times(device: torch.device) -> None:
     cases = {"SRVGG x4 (64, 32 convs)": ("srvgg", {"num_feat": 64, "num_conv": 32, "upscale": 4, "act_type": "prelu"}, 20, (1, 4)),
              "RRDBNet x4 (64, 23 blocks)": ("rrdbnet", {"num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4}, 3, (1,))}
@@ -126,11 +137,7 @@ def sr_model_times(device: torch.device) -> None:
                                      ("bf16", "NCHW", False), ("bf16", "channels_last", False),
                                      ("fp16", "channels_last", False), ("bf16", "channels_last", True)):
             for batch in batches:
-                translator = Translator(net, spec, device, amp=amp, compile=compile)
-                if layout == "NCHW":
-                    translator.channels_last = False
-                    translator.module = translator.module.to(memory_format=torch.contiguous_format)
-                    translator.forward = translator.module
+                translator = in_layout(Translator(net, spec, device, amp=amp), layout, compile)
                 x = torch.rand(batch, 3, 480, 640, device=device)
                 try:
                     fps = 1000 / synced_ms(lambda: translator.run(x), repeats, batch)
@@ -154,11 +161,8 @@ def resnet_variants(device: torch.device, batch: int = 32) -> None:
     for norm, forward in (("instance_norm", original), ("group_norm", group)):
         layers.InstanceNorm2d.forward = forward
         for layout, compile in (("NCHW", False), ("channels_last", False), ("NCHW", True), ("channels_last", True)):
-            translator = Translator(registry.build("resnet", **hparams), spec, device, compile=False)
-            if layout == "NCHW":
-                translator.channels_last = False
-                translator.module = translator.module.to(memory_format=torch.contiguous_format)
-            translator.forward = torch.compile(translator.module) if compile else translator.module
+            translator = in_layout(Translator(registry.build("resnet", **hparams), spec, device), layout, compile,
+                                   dynamic=False)
             try:
                 rate = 1000 / synced_ms(lambda: translator.run(x), 5, batch)
             except Exception as err:

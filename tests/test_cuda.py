@@ -4,7 +4,6 @@ They run on a machine with a CUDA GPU and skip elsewhere."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from img2img.nets import registry
 from img2img.progress import Silent
 from img2img.tasks import TASKS
 from img2img.translator import Translator
+from test_distributed import img2img  # the CLI in a subprocess
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (these are the GPU-only paths)")
 
@@ -68,12 +68,6 @@ def test_training_steps_on_cuda(task, amp):
         trained = any(name in phase.nets for phase in trainer.task.phases if any(map(phase.active, range(6))))
         changed = any(not torch.equal(a, p) for a, p in zip(before[name], net.parameters()))
         assert changed == trained, f"{task} {name}: trained {trained}, changed {changed}"
-
-
-def img2img(*args, timeout=600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "img2img", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 PIX2PIX = ["--size", "64", "--netG", "unet_64", "--ngf", "16", "--ndf", "16", "--steps", "6", "--save-every", "3",

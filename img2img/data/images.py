@@ -184,7 +184,7 @@ def to_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, layout: Layout) -> 
     """Float planes in [0, 1] (3 x H x W, 1 x H x W) -> H x W x C integers in `layout`'s order.
     `rgb` may already be 8-bit (quantised on the GPU, see quantise_on_device)."""
     if rgb.dtype == torch.uint8:
-        if layout.bits == 8 and layout.channels in ("RGB", "RGBA"):
+        if quantise_on_device(layout):
             planes = [rgb] if alpha is None else [rgb, (alpha.clamp(0, 1) * 255).round().to(torch.uint8)]
             return np.ascontiguousarray(torch.cat(planes).permute(1, 2, 0).numpy())
         rgb = rgb.float() / 255
