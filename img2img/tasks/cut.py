@@ -16,7 +16,7 @@ the steps translate the mirrored batch and mirror its features back before compa
 The step's order is the reference's: G's outputs once, a D update on them (detached), then a
 G + F update through the updated D. Defaults are the reference's: anti-aliased ResNet with 9
 blocks, instance norm, LSGAN, 70x70 PatchGAN (ours, without the blur pooling of the reference
-D), Adam 2e-4 with beta1 0.5, no image pool.
+D), Xavier init with gain 0.02 for G, F and D, Adam 2e-4 with beta1 0.5, no image pool.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from img2img.gan import losses
 from img2img.gan.checkpoint import GeneratorSpec
 from img2img.gan.loop import Nets, Phase, Task
 from img2img.nets.cut import CutResnetGenerator, PatchHeads, patch_nce
+from img2img.nets.layers import init_weights
 from img2img.progress import Reporter
 from img2img.tasks import register
 from img2img.tasks.common import TranslationConfig, build_discriminator, penalty_phases, to_unit
@@ -103,7 +104,7 @@ class CUT(Task):
         # reference builds them lazily): every process builds the same modules from the same
         # seed before DDP wraps them.
         heads = PatchHeads(generator.feature_channels(self.layers), cfg.netf_nc)
-        nets = {"G": generator, "F": heads, "D": build_discriminator(cfg, in_ch=3)}
+        nets = {"G": generator, "F": heads, "D": init_weights(build_discriminator(cfg, in_ch=3), "xavier")}
         self.nets = {name: net.to(device) for name, net in nets.items()}
         settings = cfg.mode_settings()
         self.lambda_nce, self.with_idt, self.flip = settings["lambda_nce"], settings["nce_idt"], settings["flip_equivariance"]
@@ -150,8 +151,8 @@ class CUT(Task):
         queries = nets["G"](output, layers=self.layers)  # through forward: a DDP wrapper sees the call
         if flipped:  # the output came from the mirrored input: mirror its features back
             queries = [q.flip(3) for q in queries]
-        keys = nets["G"](source, layers=self.layers)
-        key_patches, ids = nets["F"](keys, cfg.num_patches)
+        with torch.no_grad():  # the keys are targets (the loss detaches them): no graph to keep
+            key_patches, ids = nets["F"](nets["G"](source, layers=self.layers), cfg.num_patches)
         query_patches, _ = nets["F"](queries, cfg.num_patches, ids)
         per_layer = [patch_nce(q, k, len(source), cfg.nce_t).mean() for q, k in zip(query_patches, key_patches)]
         return self.lambda_nce * torch.stack(per_layer).mean()
