@@ -143,6 +143,26 @@ def test_sr_dataset_is_deterministic_per_seed(hr_folder, kind):
     assert 0 <= float(first["lr"].min()) and float(first["lr"].max()) <= 1
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_training_patches_are_windows_of_the_whole_images_downscale(hr_folder, scale):
+    """What translate and validation feed the network is the downscale of a whole image; a
+    training patch made on the fly must be a window of it, edges included (a patch downscaled on
+    its own gets resampling borders instead)."""
+    size = 24 * scale
+    items = scan_hr(hr_folder, size)
+    dataset = SRDataset(items, size=size, scale=scale, degradation="bicubic", symmetry=False)
+    hr_image = read_image(items[1].hr).rgb.permute(1, 2, 0).numpy()
+    whole = torch.from_numpy(dg.degrade(hr_image, scale, "bicubic", np.random.default_rng(0))).permute(2, 0, 1)
+    rows, cols = whole.shape[1] - 23, whole.shape[2] - 23
+    for seed in range(8):
+        sample = dataset[(1, seed)]
+        patch = sample["hr"].permute(1, 2, 0).numpy()
+        [(top, left)] = [(t, c) for t in range(rows) for c in range(cols)
+                         if np.array_equal(hr_image[t * scale:t * scale + size, c * scale:c * scale + size], patch)]
+        window = whole[:, top:top + 24, left:left + 24]
+        assert torch.allclose(sample["lr"], window, atol=1e-6), f"seed {seed}: {float((sample['lr'] - window).abs().max())}"
+
+
 def test_paired_folders_crop_the_same_scene(hr_folder, tmp_path):
     lr_folder = tmp_path / "lr"
     lr_folder.mkdir()

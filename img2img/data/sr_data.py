@@ -29,6 +29,7 @@ from img2img.metrics import SSIM_WINDOW
 VAL_COUNT = 4  # training images measured when no --val-hr folder is given
 SAMPLE_COUNT = 4
 PATCH = "the {} px HR patch (--size)"
+CONTEXT = 3  # LR pixels of image around a training patch that its degradation sees
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,23 @@ def random_crop(hr, lr, scale: int, size: int, rng: np.random.Generator):
     return crop(hr, lr, scale, patch, patch, top, left)
 
 
+def degraded_patch(hr: np.ndarray, scale: int, size: int, degradation: str, rng: np.random.Generator):
+    """A random HR patch and the LR made from it. The degradation sees CONTEXT LR pixels of the
+    image around the patch (where the image goes on), so that the patch's edges come out as a
+    downscale of the whole image gives them, not from a resampling kernel clamped at the crop.
+    (Bicubic x4 reaches 2 LR pixels out: 30% of a 24 px LR patch would otherwise differ from
+    what translate and validation give the network.)"""
+    height, width = lr_shape(hr, None, scale)
+    patch = size // scale
+    top, left = int(rng.integers(height - patch + 1)), int(rng.integers(width - patch + 1))
+    region_top, region_left = max(0, top - CONTEXT), max(0, left - CONTEXT)
+    region_h = min(height, top + patch + CONTEXT) - region_top
+    region_w = min(width, left + patch + CONTEXT) - region_left
+    region, _ = crop(hr, None, scale, region_h, region_w, region_top, region_left)
+    region_lr = degrade(np.ascontiguousarray(region), scale, degradation, rng)
+    return crop(region, region_lr, scale, patch, patch, top - region_top, left - region_left)
+
+
 def center_crop(hr, lr, scale: int, lr_h: int, lr_w: int):
     height, width = lr_shape(hr, lr, scale)
     return crop(hr, lr, scale, lr_h, lr_w, (height - lr_h) // 2, (width - lr_w) // 2)
@@ -188,7 +206,10 @@ class SRDataset(Dataset):
         rng = np.random.default_rng(seed)
         hr, lr = load_item(self.items[index], self.scale)
         if self.train:
-            hr, lr = random_crop(hr, lr, self.scale, self.size, rng)
+            if lr is None:
+                hr, lr = degraded_patch(hr, self.scale, self.size, self.degradation, rng)
+            else:
+                hr, lr = random_crop(hr, lr, self.scale, self.size, rng)
             if self.symmetry:
                 hr, lr = random_symmetry([hr, lr], rng)
         else:
