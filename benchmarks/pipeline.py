@@ -87,7 +87,7 @@ def stage_table(model: Path, files: list[Path], out: Path, device: torch.device,
     rows = [("decode (per thread)", decode), ("host -> device", h2d), (f"compute (batch {batch}, {translator.dtype})", compute),
             ("device -> host", d2h), ("float -> 8 bit (per thread)", quantise), ("JPEG encode (per thread)", encode),
             ("atomic write, 2 fsyncs (per thread)", write), ("plain write, no fsync", plain)]
-    print(f"\n| stage | ms per image | images/s on one thread or stream |\n| --- | --- | --- |")
+    print("\n| stage | ms per image | images/s on one thread or stream |\n| --- | --- | --- |")
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} | {1000 / ms:,.0f} |")
 

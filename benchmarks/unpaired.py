@@ -1,9 +1,11 @@
 """CUT, FastCUT and CycleGAN at equal CPU time on an unpaired colour-mapping task.
 
     python benchmarks/unpaired.py [--out DIR] [--cut-steps 600] [--size 64] [--methods cut,fastcut,cyclegan]
+                                  [--mapping negative|rotate]
 
 The task: domain A = crops 0 and 1 of the bundled training photographs, domain B = a fixed,
-invertible colour mapping f (channels R,G,B <- B,R,G, then the negative) of crops 2 and 3: the
+invertible colour mapping f (channels R,G,B <- B,R,G, then the negative; `--mapping rotate`:
+the channel rotation alone, which keeps each pixel's brightness order) of crops 2 and 3: the
 same kind of scenes, no image with a partner. The answer is known, so the held-out
 photographs (never trained on) measure it: mean |G(a) - f(a)| as a fraction of |a - f(a)|
 (the error of leaving the image as it is; 1.0 = learnt nothing).
@@ -40,17 +42,19 @@ METHODS = {"cut": ("cut", {"mode": "cut"}), "fastcut": ("cut", {"mode": "fastcut
 SHARED = {"netG": "resnet_6blocks", "ngf": 32, "ndf": 32, "batch_size": 4, "workers": 0, "device": "cpu", "seed": 0}
 
 
-def colour_map(rgb: np.ndarray) -> np.ndarray:
-    return (1 - rgb[..., [2, 0, 1]]).astype(np.float32)
+# f: channels R,G,B <- B,R,G, then the negative (issue 11's task), or the rotation alone.
+MAPPINGS = {"negative": lambda rgb: (1 - rgb[..., [2, 0, 1]]).astype(np.float32),
+            "rotate": lambda rgb: np.ascontiguousarray(rgb[..., [2, 0, 1]])}
 
 
 def resized(path: Path, size: int) -> np.ndarray:
     return cv2.resize(read_image(path).rgb.permute(1, 2, 0).numpy(), (size, size), interpolation=cv2.INTER_AREA)
 
 
-def write_task(root: Path, size: int) -> None:
+def write_task(root: Path, size: int, mapping: str = "negative") -> None:
     """Training domains at size * 9/8 (random crops of `size`), held-out photographs at `size`."""
     train, held_out = photo_paths()
+    colour_map = MAPPINGS[mapping]
     folders = {"A": ([p for p in train if p.stem.endswith(("_0", "_1"))], None),
                "B": ([p for p in train if p.stem.endswith(("_2", "_3"))], colour_map),
                "val_A": (held_out, None), "val_B": (held_out, colour_map)}
@@ -105,15 +109,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--calibrate", type=int, default=6, help="steps of the calibration runs")
     parser.add_argument("--methods", default="cut,fastcut,cyclegan")
+    parser.add_argument("--mapping", choices=tuple(MAPPINGS), default="negative")
     parser.add_argument("--child"), parser.add_argument("--steps", type=int), parser.add_argument("--root", type=Path)
     parser.add_argument("--run", type=Path)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(args.child, args.steps, args.root, args.run, args.size)))
         return
-    root = args.out / "data"
+    root = args.out / f"data_{args.mapping}"
     if not root.is_dir():
-        write_task(root, args.size)
+        write_task(root, args.size, args.mapping)
     methods = args.methods.split(",")
     per_step = {m: child(m, args.calibrate, root, args.out / f"calibrate_{m}", args.size)["cpu_s"] / args.calibrate
                 for m in methods}

@@ -108,7 +108,7 @@ def test_unet_upsampling_starts_without_a_checkerboard():
     for layer in layers:
         flat = layer(torch.ones(1, layer.in_channels, 6, 6))[..., 1:-1, 1:-1]
         assert torch.allclose(flat, flat[..., :1, :1].expand_as(flat), atol=1e-6)
-        assert 0.01 < float(layer.weight[..., 1:-1, 1:-1].std()) < 0.03  # the reference's N(0, 0.02) scale
+        assert 0.01 < float(layer.weight.detach()[..., 1:-1, 1:-1].std()) < 0.03  # the reference's N(0, 0.02) scale
 
 
 @pytest.mark.parametrize("affine", [False, True])
