@@ -62,10 +62,6 @@ def init_weights(module: nn.Module, init_type: str = "normal", gain: float = 0.0
     return module
 
 
-def init_normal(module: nn.Module, gain: float = 0.02) -> nn.Module:
-    return init_weights(module, "normal", gain)
-
-
 @torch.no_grad()
 def init_resize_like(layer: nn.ConvTranspose2d, gain: float = 0.02) -> nn.ConvTranspose2d:
     """Weights that make a stride-2 transposed convolution start as a nearest-neighbour
@@ -73,7 +69,7 @@ def init_resize_like(layer: nn.ConvTranspose2d, gain: float = 0.02) -> nn.ConvTr
     2x2 box, so each of the four output phases sums the same weights and the random start paints
     no period-2 checkerboard that training must first unlearn (Odena et al. 2016, "Deconvolution
     and checkerboard artifacts"; the ICNR idea of Aitken et al. 2017). Layout unchanged. Taps
-    inside the kernel get the standard deviation `gain`, as with init_normal."""
+    inside the kernel get the standard deviation `gain`, as with init_weights."""
     weight = layer.weight
     channels, height, width = weight.shape[0] * weight.shape[1], weight.shape[2], weight.shape[3]
     small = torch.randn(channels, 1, height - 1, width - 1, device=weight.device, dtype=weight.dtype) * (gain / 2)

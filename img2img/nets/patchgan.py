@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from img2img.nets.layers import conv_bias, init_normal, norm_layer
+from img2img.nets.layers import conv_bias, init_weights, norm_layer
 from img2img.nets.registry import register
 
 
@@ -26,7 +26,7 @@ class NLayerDiscriminator(nn.Module):
             ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
-        init_normal(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -43,7 +43,7 @@ class PixelDiscriminator(nn.Module):
             nn.Conv2d(ndf, ndf * 2, 1, bias=bias), make_norm(ndf * 2), nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * 2, 1, 1, bias=bias),
         )
-        init_normal(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -7,7 +7,7 @@ import re
 import torch
 from torch import nn
 
-from img2img.nets.layers import conv_bias, infer_norm, init_normal, norm_layer
+from img2img.nets.layers import conv_bias, infer_norm, init_weights, norm_layer
 from img2img.nets.registry import register
 
 UPSAMPLES = ("transpose", "nearest")
@@ -61,7 +61,7 @@ class ResnetGenerator(nn.Module):
             layers += [*up, make_norm(ch // 2), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
-        init_normal(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from img2img.nets.layers import conv_bias, infer_norm, init_normal, init_resize_like, norm_layer
+from img2img.nets.layers import conv_bias, infer_norm, init_weights, init_resize_like, norm_layer
 from img2img.nets.registry import register
 
 
@@ -58,7 +58,7 @@ class UnetGenerator(nn.Module):
         block = UnetSkipBlock(ngf * 2, ngf * 4, submodule=block, **kw)
         block = UnetSkipBlock(ngf, ngf * 2, submodule=block, **kw)
         self.model = UnetSkipBlock(out_ch, ngf, in_ch=in_ch, submodule=block, outermost=True, **kw)
-        init_normal(self)
+        init_weights(self)
         for layer in self.modules():
             if isinstance(layer, nn.ConvTranspose2d):
                 # With N(0, 0.02) kernels its outputs carried a checkerboard that 600 steps of the
