@@ -144,10 +144,15 @@ def lr_shape(hr: np.ndarray, lr: np.ndarray | None, scale: int) -> tuple[int, in
     return lr.shape[:2] if lr is not None else (hr.shape[0] // scale, hr.shape[1] // scale)
 
 
-def random_crop(hr, lr, scale: int, size: int, rng: np.random.Generator):
+def random_window(hr, lr, scale: int, size: int, rng: np.random.Generator) -> tuple[int, int, int, int, int]:
+    """(LR height, LR width, LR patch side, top, left) of a random patch of `size` HR pixels."""
     height, width = lr_shape(hr, lr, scale)
     patch = size // scale
-    top, left = int(rng.integers(height - patch + 1)), int(rng.integers(width - patch + 1))
+    return height, width, patch, int(rng.integers(height - patch + 1)), int(rng.integers(width - patch + 1))
+
+
+def random_crop(hr, lr, scale: int, size: int, rng: np.random.Generator):
+    _, _, patch, top, left = random_window(hr, lr, scale, size, rng)
     return crop(hr, lr, scale, patch, patch, top, left)
 
 
@@ -157,9 +162,7 @@ def degraded_patch(hr: np.ndarray, scale: int, size: int, degradation: str, rng:
     downscale of the whole image gives them, not from a resampling kernel clamped at the crop.
     (Bicubic x4 reaches 2 LR pixels out: 30% of a 24 px LR patch would otherwise differ from
     what translate and validation give the network.)"""
-    height, width = lr_shape(hr, None, scale)
-    patch = size // scale
-    top, left = int(rng.integers(height - patch + 1)), int(rng.integers(width - patch + 1))
+    height, width, patch, top, left = random_window(hr, None, scale, size, rng)
     region_top, region_left = max(0, top - CONTEXT), max(0, left - CONTEXT)
     region_h = min(height, top + patch + CONTEXT) - region_top
     region_w = min(width, left + patch + CONTEXT) - region_left
