@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from img2img import memory
 from img2img.data.header import ImageError, check_image, failure
 from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, decode_image, is_image_file,
-                                 list_images, output_layout, quantise_on_device, to_pixels, write_image)
+                                 list_images, output_layout, quantise_on_device, stack_rgb, to_pixels,
+                                 write_image)
 from img2img.data.strips import StripWriter, streams
 from img2img.config import AMP_CHOICES
 from img2img.device import default_workers, default_writers
@@ -151,8 +152,8 @@ def header_size(path: Path) -> tuple[int, int]:
 
 class DecodeDataset(Dataset):
     """Decodes jobs in DataLoader workers; failures travel back as messages, not exceptions:
-    an exception would stop the loader, and the whole run with it. Images that will be tiled
-    stay in their stored form (a Decoded, 4x smaller than floats)."""
+    an exception would stop the loader, and the whole run with it. 8-bit images and images
+    that will be tiled stay in their stored form (a Decoded, 4x smaller than floats)."""
 
     def __init__(self, jobs: list[Job], resize: int | None, tiled: Callable[[tuple[int, int]], int | None]):
         self.jobs, self.resize, self.tiled = jobs, resize, tiled
@@ -169,8 +170,8 @@ class DecodeDataset(Dataset):
             image = decode_image(job.source)
             if self.resize:
                 image = resize_shorter_side(image.to_image(), self.resize)
-            elif self.tiled(image.size) is None:
-                image = image.to_image()
+            elif self.tiled(image.size) is None and image.bits != 8:
+                image = image.to_image()  # 8-bit images become floats a batch at a time (stack_rgb)
         except Exception as err:  # the per-file boundary: whatever this file does, it fails alone
             return {"index": index, "error": failure(job.source, err, "reading")}
         return {"index": index, "image": image, "decode_ms": (time.perf_counter() - start) * 1000}
@@ -470,23 +471,23 @@ def _translate_whole(translator, group, jobs, out_dir, state, writer) -> None:
     format takes 8 bits, copied asynchronously: the writers wait for the copy, the device goes
     on with the next batch."""
     start = time.perf_counter()
-    images = [_as_image(item["image"]) for item in group]
-    layouts = [output_layout(jobs[item["index"]].relative.suffix, im.gray, im.alpha is not None, im.bits)
-               for item, im in zip(group, images)]
+    images = [item["image"] for item in group]
+    alphas = [image.alpha() if isinstance(image, Decoded) else image.alpha for image in images]
+    layouts = [output_layout(jobs[item["index"]].relative.suffix, image.gray, alpha is not None, image.bits)
+               for item, image, alpha in zip(group, images, alphas)]
     quantise = translator.device.type == "cuda" and all(map(quantise_on_device, layouts))
     outputs, copied = [], []
     for i in range(0, len(images), state["batch"]):
-        batch = torch.stack([im.rgb for im in images[i : i + state["batch"]]])
-        result = translator.run(batch)
+        result = translator.run(_batch_rgb(images[i : i + state["batch"]], translator.device))
         if quantise:
             result = result.mul(255).round_().to(torch.uint8)
         host, ready = _to_host(result)
         outputs.extend(host)
         copied.extend([ready] * len(host))
     elapsed = (time.perf_counter() - start) * 1000 / len(group)
-    for item, image, rgb, ready in zip(group, images, outputs, copied):
+    for item, image, alpha, rgb, ready in zip(group, images, alphas, outputs, copied):
         job = jobs[item["index"]]
-        result_image = Image(rgb=rgb, alpha=scale_alpha(image.alpha, translator.scale), gray=image.gray, bits=image.bits)
+        result_image = Image(rgb=rgb, alpha=scale_alpha(alpha, translator.scale), gray=image.gray, bits=image.bits)
         ms = elapsed + item.get("decode_ms", 0.0)
         item["done"] = True
         writer.submit(lambda job=job, result_image=result_image, ms=ms, ready=ready:
@@ -506,8 +507,12 @@ def _to_host(result: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | Non
     return host, ready
 
 
-def _as_image(image: Image | Decoded) -> Image:
-    return image.to_image() if isinstance(image, Decoded) else image
+def _batch_rgb(images: list[Image | Decoded], device: torch.device) -> torch.Tensor:
+    """N x 3 x H x W in [0, 1]; 8-bit images that stack cross to the device as bytes."""
+    first = images[0]
+    if all(isinstance(image, Decoded) and first.stacks_with(image) for image in images):
+        return stack_rgb(images, device)
+    return torch.stack([image.rgb() if isinstance(image, Decoded) else image.rgb for image in images])
 
 
 def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path, tile: int, state: dict,

@@ -90,3 +90,40 @@ def test_training_libraries_stay_offline_and_quiet():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"})
     assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-500:]
+
+
+EIGHT_BIT_FILES = {  # name: (PIL mode, file) for every 8-bit layout translate batches as bytes
+    "rgb": ("RGB", "x.png"), "rgba": ("RGBA", "x.png"), "gray": ("L", "x.png"), "gray_alpha": ("LA", "x.png"),
+    "jpeg": ("RGB", "x.jpg"), "gray_jpeg": ("L", "x.jpg"), "webp_alpha": ("RGBA", "x.webp"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EIGHT_BIT_FILES))
+def test_8_bit_batches_cross_as_bytes_and_give_the_same_floats(name, tmp_path):
+    """translate keeps 8-bit files as stored up to the batch and converts them on the device
+    (stack_rgb): the floats must be those of each file's own conversion, bit for bit."""
+    from img2img.data.images import decode_image, stack_rgb
+
+    mode, file_name = EIGHT_BIT_FILES[name]
+    rng = np.random.default_rng(0)
+    decoded = []
+    for index in range(3):
+        pixels = rng.integers(0, 256, (13, 11, len(mode)), dtype=np.uint8)
+        PILImage.fromarray(pixels[..., 0] if mode == "L" else pixels, mode=mode).save(tmp_path / f"{index}{file_name}")
+        decoded.append(decode_image(tmp_path / f"{index}{file_name}"))
+    assert all(decoded[0].stacks_with(image) for image in decoded)
+    batch = stack_rgb(decoded, torch.device("cpu"))
+    assert batch.dtype == torch.float32 and batch.is_contiguous()
+    assert torch.equal(batch, torch.stack([image.rgb() for image in decoded]))
+
+
+def test_images_of_other_layouts_do_not_stack(tmp_path):
+    from img2img.data.images import decode_image
+
+    PILImage.new("RGB", (8, 8)).save(tmp_path / "rgb.png")
+    PILImage.new("L", (8, 8)).save(tmp_path / "gray.png")
+    PILImage.new("RGB", (8, 9)).save(tmp_path / "taller.png")
+    cv2.imwrite(str(tmp_path / "deep.png"), np.zeros((8, 8, 3), np.uint16))
+    rgb, gray, taller, deep = (decode_image(tmp_path / n) for n in ("rgb.png", "gray.png", "taller.png", "deep.png"))
+    assert rgb.stacks_with(rgb)
+    assert not any(rgb.stacks_with(other) for other in (gray, taller, deep))

@@ -72,7 +72,8 @@ def read_image(path: Path) -> Image:
 @dataclass
 class Decoded:
     """A decoded file still in its stored form (uint8/uint16: a quarter or half of the float
-    Image): huge images stay like this and are converted to float a tile at a time."""
+    Image): translate keeps 8-bit images like this up to the batch (stack_rgb) and huge ones
+    until each tile is converted."""
 
     pixels: np.ndarray  # H x W (x C) as OpenCV returns it: BGR, BGRA or gray, EXIF-oriented
     gray: bool
@@ -93,7 +94,7 @@ class Decoded:
 
     def rgb(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
         """3 x h x w float32 in [0, 1] of a region (gray files: the gray plane three times)."""
-        region = self._planes(rows, cols)
+        region = self.planes(rows, cols)
         if self.gray:
             return self._to_float(region[:, :, 0])[None].expand(3, -1, -1).contiguous()
         out = torch.empty(3, region.shape[0], region.shape[1])
@@ -104,17 +105,33 @@ class Decoded:
     def alpha(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor | None:
         if not self.has_alpha:
             return None
-        return self._to_float(self._planes(rows, cols)[:, :, -1])[None]
+        return self._to_float(self.planes(rows, cols)[:, :, -1])[None]
 
     def to_image(self) -> Image:
         return Image(rgb=self.rgb(), alpha=self.alpha(), gray=self.gray, bits=self.bits)
 
-    def _planes(self, rows: slice, cols: slice) -> np.ndarray:
+    def stacks_with(self, other: Decoded) -> bool:
+        """Whether stack_rgb can batch the two: 8-bit, same size, same planes."""
+        return (self.pixels.dtype == other.pixels.dtype == np.uint8 and self.pixels.shape == other.pixels.shape
+                and self.gray == other.gray)
+
+    def planes(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         region = self.pixels[rows, cols]
         return region[:, :, None] if region.ndim == 2 else region
 
     def _to_float(self, plane: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(plane).astype(np.float32) / self.scale)
+
+
+def stack_rgb(images: list[Decoded], device: torch.device) -> torch.Tensor:
+    """N x 3 x H x W float32 in [0, 1] on `device`, the same values as each image's rgb(), from
+    8-bit images that stack (Decoded.stacks_with): the bytes cross to the device as stored, a
+    quarter of the floats', and become floats there."""
+    planes = torch.from_numpy(np.stack([image.planes() for image in images]))
+    if device.type == "cuda":
+        planes = planes.pin_memory().to(device, non_blocking=True)
+    rgb = planes[..., :1].expand(-1, -1, -1, 3) if images[0].gray else planes[..., [2, 1, 0]]  # OpenCV is BGR
+    return rgb.permute(0, 3, 1, 2).contiguous().float().div_(255)
 
 
 def decode_image(path: Path) -> Decoded:
