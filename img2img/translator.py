@@ -105,7 +105,9 @@ class Translator:
             return self.forward(x).float()
         with torch.autocast(self.device.type, dtype=self.dtype):
             y = self.forward(x).float()
-        if torch.isfinite(y).all():
+        # Only fp16 overflows where fp32 does not (bf16 has fp32's exponent range), and the
+        # check waits for the device: the GPU would idle while the host prepares the next batch.
+        if self.dtype != torch.float16 or torch.isfinite(y).all():
             return y
         self.fp32_retries += 1  # fp16 overflow: this batch again in full precision
         return self.module(x).float()
