@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import pytest
@@ -42,14 +43,23 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_run(corpus, model, tmp_path_factory) -> Path:
-    """The good files alone, translated: what the hostile runs must write for them."""
-    root = tmp_path_factory.mktemp("clean")
-    for path in corpus.good:
-        shutil.copy(path, root / path.name)
-    result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0", str(root), str(root / "out")])
-    assert result.exit_code == 0, result.output
-    return root / "out"
+def clean_run(corpus, model, tmp_path_factory) -> Callable[[str], Path]:
+    """The good files alone, translated on a device (a GPU computes other bits than a CPU):
+    what the hostile runs on that device must write for them."""
+    runs: dict[str, Path] = {}
+
+    def on(device: str) -> Path:
+        if device not in runs:
+            root = tmp_path_factory.mktemp(f"clean-{device}")
+            for path in corpus.good:
+                shutil.copy(path, root / path.name)
+            result = runner.invoke(app, ["translate", "--model", str(model), "--device", device, "--workers", "0",
+                                         str(root), str(root / "out")])
+            assert result.exit_code == 0, result.output
+            runs[device] = root / "out"
+        return runs[device]
+
+    return on
 
 
 def check_translation(corpus: Corpus, clean: Path, out: Path, stdout: str, stderr: str, code: int) -> None:
@@ -73,7 +83,7 @@ def test_translate_in_one_process(corpus, model, clean_run, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0", "--json",
                                  str(corpus.folder), str(out)])
-    check_translation(corpus, clean_run, out, result.stdout, result.stderr, result.exit_code)
+    check_translation(corpus, clean_run("auto"), out, result.stdout, result.stderr, result.exit_code)
 
 
 def test_translate_sharded_with_workers_prints_one_line_per_bad_file(corpus, model, clean_run, tmp_path):
@@ -84,7 +94,7 @@ def test_translate_sharded_with_workers_prints_one_line_per_bad_file(corpus, mod
     process = subprocess.run([sys.executable, "-m", "img2img", "translate", "--model", str(model), "--devices",
                               "cpu,cpu", "--workers", "1", "--json", str(corpus.folder), str(out)],
                              capture_output=True, text=True, timeout=300, env=env)
-    check_translation(corpus, clean_run, out, process.stdout, process.stderr, process.returncode)
+    check_translation(corpus, clean_run("cpu"), out, process.stdout, process.stderr, process.returncode)
     failed = [json.loads(line)["error"] for line in process.stdout.splitlines() if '"error"' in line]
     lines = process.stderr.splitlines()
     assert not [line for line in lines if quiet.NOISE.match(line.encode())]
