@@ -85,9 +85,67 @@ def stage_table(model: Path, files: list[Path], out: Path, device: torch.device,
     rows = [("decode to 8 bit (per thread)", decode), ("stack, host -> device as 8 bit, to float", h2d), (f"compute (batch {batch}, {translator.dtype})", compute),
             ("device -> host", d2h), ("float -> 8 bit (per thread)", quantise), ("JPEG encode (per thread)", encode),
             ("atomic write, 2 fsyncs (per thread)", write), ("plain write, no fsync", plain)]
+    if device.type == "cuda":
+        rows += gpu_codec_rows(files[:batch], device)
     print("\n| stage | ms per image | images/s on one thread or stream |\n| --- | --- | --- |")
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} | {1000 / ms:,.0f} |")
+
+
+def gpu_codec_rows(files: list[Path], device: torch.device) -> list[tuple[str, float]]:
+    """nvJPEG through torchvision.io, a batch at a time on the device: decode from the file
+    bytes, encode from uint8 planes (the candidates for moving the codecs off the CPU)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in files]
+    decode = synced_ms(lambda: decode_jpeg(data, device=device), 10, len(files))
+    planes = decode_jpeg(data, device=device)
+    encode = synced_ms(lambda: encode_jpeg(planes, quality=95), 10, len(files))
+    return [(f"GPU JPEG decode, batch {len(files)} (nvJPEG)", decode), (f"GPU JPEG encode, batch {len(files)}", encode)]
+
+
+def main_thread_breakdown(model: Path, inputs: Path, out: Path, device: torch.device) -> None:
+    """Where translate's main thread spends its wall time: waiting for decoded batches, in the
+    batch's own work (of which: waiting for a free writer slot), the rest; and its CPU time."""
+    spent = {"waiting for decoded batches": 0.0, "translating batches": 0.0, "of which waiting for writers": 0.0}
+    decoded_batches, translate_group, submit = infer._decoded_batches, infer._translate_group, infer.Writer.submit
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return wrapper
+
+    def timed_batches(*args, **kwargs):
+        batches = decoded_batches(*args, **kwargs)
+        while (items := timed("waiting for decoded batches", next)(batches, None)) is not None:
+            yield items
+
+    infer._decoded_batches, infer._translate_group = timed_batches, timed("translating batches", translate_group)
+    infer.Writer.submit = timed("of which waiting for writers", submit)
+    try:
+        cpu, start = time.thread_time(), time.perf_counter()
+        rate = translate_in_process(model, inputs, out, device, None)
+        wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+    finally:
+        infer._decoded_batches, infer._translate_group, infer.Writer.submit = decoded_batches, translate_group, submit
+    print(f"\ntranslate's main thread (default batch, {rate:.1f} img/s): wall {wall:.2f} s, its own CPU time {cpu:.2f} s")
+    for key, seconds in spent.items():
+        print(f"  {key}: {seconds:.2f} s")
+    print(f"  the rest (start-up, collecting jobs, results): {wall - spent['waiting for decoded batches'] - spent['translating batches']:.2f} s")
+
+
+def torch_profile(model: Path, inputs: Path, out: Path, device: torch.device) -> None:
+    """torch.profiler over a whole translate: the host-side CUDA calls that wait (synchronize,
+    host allocations, copies) show as self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        translate_in_process(model, inputs, out, device, None)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
 
 
 def naive_in_process(model: Path, files: list[Path], out: Path, device: torch.device) -> float:
@@ -180,9 +238,12 @@ def main() -> None:
     parser.add_argument("--skip-stages", action="store_true")
     parser.add_argument("--variants", action="store_true", help="resnet_9blocks' network time in layouts, norms, compiled")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--torch-profile", action="store_true", help="torch.profiler over one translate")
+    parser.add_argument("--breakdown", action="store_true", help="where translate's main thread spends its time")
+    parser.add_argument("--cudnn-benchmark", type=int, default=1, help="0: translate as the CLI runs it, without")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; "
           f"{args.images} JPEGs of {args.size}x{args.size}, CycleGAN resnet_9blocks ngf 64", flush=True)
@@ -204,6 +265,10 @@ def main() -> None:
             rate = translate_in_process(model, root / "in", root / f"ours{batch}", device, batch)
             ratio = f" = {rate / naive:.1f}x the naive loop" if naive else ""
             print(f"translate --batch-size {batch or 'default'}: {rate:.1f} img/s{ratio}", flush=True)
+        if args.torch_profile:
+            torch_profile(model, root / "in", root / "profiled", device)
+        if args.breakdown:
+            main_thread_breakdown(model, root / "in", root / "timed", device)
     if args.variants:
         resnet_variants(device)
     if args.sr:
