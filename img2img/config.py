@@ -21,7 +21,8 @@ from typing import Any, Mapping
 import yaml
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # training and translate alike (device.autocast_dtype)
-AMP_HELP = "auto: bf16 autocast on CUDA (fp16 where bf16 is missing); bf16 or fp16: that one; off: fp32."
+AMP_HELP = ("auto: bf16 autocast on CUDA (fp16 where bf16 is missing), fp32 on a CPU; bf16 or fp16: that one "
+            "(a CPU takes bf16 alone); off: fp32.")
 
 
 class ConfigError(Exception):

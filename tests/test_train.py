@@ -55,6 +55,15 @@ def test_resume_after_a_crash_gives_the_same_weights_as_a_straight_run(paired_ph
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_bf16_trains_on_a_cpu_when_asked(paired_photos, tmp_path):
+    run = api.train(tiny_config(paired_photos, tmp_path / "run", amp="bf16", steps=4))
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor([r["loss_G_L1"], r["loss_D"]])).all() for r in records)
+    untrained = api.train(tiny_config(paired_photos, tmp_path / "untrained", amp="bf16", steps=4, lr=0.0))
+    assert any(not torch.equal(a, b) for a, b in zip(generator_weights(run).values(),
+                                                      generator_weights(untrained).values()))
+
+
 def test_ema_decay_warms_up_so_a_short_run_exports_its_recent_weights():
     from torch import nn
     from torch.optim.swa_utils import AveragedModel
