@@ -1,6 +1,6 @@
 """bf16 and fp16 outputs against fp32, per architecture, on real photographs (scikit-image's).
 
-    python benchmarks/precision.py [--size 256]
+    python benchmarks/precision.py [--size 256] [--device cuda|cpu]
 
 Every registered generator at its production width (random weights: no trained ones can be
 downloaded here) and the reference-layout checkpoints of ../shared/fixtures/compat, each on the
@@ -49,7 +49,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare(name: str, module, spec: GeneratorSpec, x: torch.Tensor, device: torch.device) -> list[str]:
     reference = Translator(module, spec, device, amp="off").run(x).float()
     rows = []
-    for amp in ("bf16", "fp16"):
+    for amp in ("bf16", "fp16") if device.type == "cuda" else ("bf16",):  # a CPU takes bf16 alone
         translator = Translator(module, spec, device, amp=amp)
         y = translator.run(x).float()
         gap = (y - reference).abs()
@@ -61,10 +61,12 @@ def compare(name: str, module, spec: GeneratorSpec, x: torch.Tensor, device: tor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="input side for 1x models (SR: a quarter)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}; 4 scikit-image photos")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}; torch {torch.__version__}; 4 scikit-image photos")
     print("\n| model | precision | PSNR vs fp32 (dB) | max diff (8-bit levels) | mean diff | fp32 retries |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for arch, (hparams, pixel_range, scale) in PRODUCTION.items():

@@ -80,11 +80,11 @@ def naive_loop(model_path: Path, inputs: Path, out: Path, device: torch.device) 
 
 
 def pipeline(model_path: Path, inputs: Path, out: Path, device: torch.device, batch_size: int | None,
-             source: str | None = None) -> tuple[float, float]:
+             amp: str, source: str | None = None) -> tuple[float, float]:
     """`img2img translate` as a user runs it: a fresh process, start-up included; `source`:
     another img2img checkout to run instead of this one."""
     command = [sys.executable, "-m", "img2img", "translate", "--model", str(model_path), str(inputs), str(out),
-               "--device", str(device)]
+               "--device", str(device), "--amp", amp]
     return _timed(command + (["--batch-size", str(batch_size)] if batch_size else []), source)
 
 
@@ -98,9 +98,9 @@ def _timed(command: list[str], source: str | None = None) -> tuple[float, float]
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def model_only(model_path: Path, device: torch.device, size: int, batch: int, repeats: int) -> float:
+def model_only(model_path: Path, device: torch.device, size: int, batch: int, repeats: int, amp: str) -> float:
     module, spec = load_generator(model_path)
-    translator = Translator(module, spec, device)
+    translator = Translator(module, spec, device, amp=amp)
     x = torch.rand(batch, 3, size, size, device=device)
     translator.run(x)  # warm-up (cudnn autotuning, allocator)
     if device.type == "cuda":
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compare", default=None, help="another img2img checkout (e.g. before a change) to run too")
+    parser.add_argument("--amp", default="auto", help="translate's --amp (e.g. bf16 on a CPU with bf16 instructions)")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -132,25 +133,26 @@ def main() -> None:
                        GeneratorSpec(arch="resnet", hparams=hparams, pixel_range="-1,1", task="cyclegan"))
         make_inputs(root / "in", args.images, args.size)
         model = root / "g.safetensors"
-        pipeline(model, root / "in", root / "warmup", device, args.batch_size)  # disk cache, compiled kernels
+        pipeline(model, root / "in", root / "warmup", device, args.batch_size, args.amp)  # disk cache, compiled kernels
         # Interleaved, the order swapped every round: load from other processes on the machine
         # falls on both sides alike. The ratio of each round's pair is what is reported.
         rounds = []
         for i in range(args.repeats):
             pair = [("naive", lambda: naive_loop(model, root / "in", root / f"naive{i}", device)),
-                    ("ours", lambda: pipeline(model, root / "in", root / f"ours{i}", device, args.batch_size))]
+                    ("ours", lambda: pipeline(model, root / "in", root / f"ours{i}", device, args.batch_size, args.amp))]
             if args.compare:
                 pair.append(("compared", lambda: pipeline(model, root / "in", root / f"compared{i}", device,
-                                                          args.batch_size, args.compare)))
+                                                          args.batch_size, args.amp, args.compare)))
             timings = dict((name, run()) for name, run in (pair if i % 2 == 0 else pair[::-1]))
             rounds.append(timings)
             print(f"round {i + 1}: " + ", ".join(f"{name} {wall:6.1f} s ({timings['naive'][0] / wall:.2f}x)"
                                                  for name, (wall, _) in timings.items()), flush=True)
         batch = args.batch_size or infer.default_batch_size(device, None)
-        ceiling = model_only(model, device, args.size, max(batch, 1), repeats=max(2, args.images // max(batch, 1)))
+        ceiling = model_only(model, device, args.size, max(batch, 1), repeats=max(2, args.images // max(batch, 1)),
+                              amp=args.amp)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; CycleGAN resnet_9blocks, {args.images} images of {args.size}x{args.size} px, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}; translate --amp {args.amp}")
     naive_wall = statistics.median(r["naive"][0] for r in rounds)
     ours_wall = statistics.median(r["ours"][0] for r in rounds)
     ratio = statistics.median(r["naive"][0] / r["ours"][0] for r in rounds)
