@@ -31,7 +31,7 @@ def autocast_dtype(device: torch.device, amp: str, allowed: tuple = REDUCED_PREC
     """The autocast precision for `amp` (AMP_CHOICES), if the model declares it supports it;
     None: fp32 (amp off, or nothing allowed). fp16 needs loss scaling in training. A CPU runs
     bf16 only when asked: `auto` keeps it in fp32, the precision the reference outputs and the
-    learning figures were made in (bf16 is 1.6x faster there only on CPUs with bf16
+    learning figures were made in (bf16 is 1.7x faster there only on CPUs with bf16
     instructions, RESULTS.md)."""
     if amp == "off" or device.type not in ("cuda", "cpu"):
         return None

@@ -135,7 +135,7 @@ def test_fp16_overflow_is_retried_in_fp32_and_bf16_is_not_checked(models, dtype)
 @pytest.mark.parametrize("amp", ["auto", "off", "fp16", "bf16"])
 def test_a_cpu_translates_in_bf16_only_when_asked(models, tmp_path, amp):
     """auto keeps a CPU in fp32, the precision of the reference outputs; --amp bf16 is honoured
-    there (1.6x faster on CPUs with bf16 instructions) within the stated bf16 tolerance."""
+    there (1.7x faster on CPUs with bf16 instructions) within the stated bf16 tolerance."""
     module, spec = load_generator(models / "resnet.safetensors")
     translator = Translator(module, spec, torch.device("cpu"), amp=amp)
     assert translator.dtype == (torch.bfloat16 if amp == "bf16" else None)
