@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from img2img.device import autocast_dtype
 from img2img.gan.checkpoint import GeneratorSpec, load_generator
 from img2img.nets import registry
 from img2img.translator import Translator
@@ -49,7 +50,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare(name: str, module, spec: GeneratorSpec, x: torch.Tensor, device: torch.device) -> list[str]:
     reference = Translator(module, spec, device, amp="off").run(x).float()
     rows = []
-    for amp in ("bf16", "fp16") if device.type == "cuda" else ("bf16",):  # a CPU takes bf16 alone
+    for amp in (amp for amp in ("bf16", "fp16") if autocast_dtype(device, amp) is not None):  # what the device takes
         translator = Translator(module, spec, device, amp=amp)
         y = translator.run(x).float()
         gap = (y - reference).abs()
