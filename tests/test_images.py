@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
 
-from img2img.data.images import Image, ImageError, read_image, write_image
+from img2img.data import images
+from img2img.data.images import IMAGE_EXTENSIONS, Image, ImageError, Layout, read_image, write_bytes_atomic, write_image
+from img2img.data.strips import STREAMED, StripWriter
 
 
 def test_sixteen_bit_colour_png_keeps_its_precision(tmp_path):
@@ -60,6 +64,50 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     image = Image(rgb=torch.rand(3, 8, 8), alpha=None, gray=False, bits=8)
     write_image(tmp_path / "sub" / "out.jpg", image)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.jpg"]
+
+
+POSIX_MODES = pytest.mark.skipif(os.name != "posix", reason="file permissions are POSIX modes")
+
+
+def mode_of(path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@POSIX_MODES
+def test_the_umask_is_read_without_changing_it():
+    current = os.umask(0o022)
+    os.umask(current)
+    assert images.UMASK == current and images._umask() == current
+
+
+@POSIX_MODES
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+@pytest.mark.parametrize("suffix", IMAGE_EXTENSIONS)
+def test_written_images_get_the_permissions_of_a_plain_new_file(tmp_path, monkeypatch, suffix, umask):
+    # mkstemp's temporary files are 0600; a result a colleague or a web server cannot read is a bug.
+    monkeypatch.setattr(images, "UMASK", umask)
+    write_image(tmp_path / f"out{suffix}", Image(rgb=torch.rand(3, 8, 8), alpha=None, gray=False, bits=8))
+    write_bytes_atomic(tmp_path / "state.pt", b"checkpoint")
+    assert mode_of(tmp_path / f"out{suffix}") == mode_of(tmp_path / "state.pt") == 0o666 & ~umask
+
+
+@POSIX_MODES
+@pytest.mark.parametrize("suffix", sorted({".jpg", *STREAMED}))
+def test_row_by_row_writers_give_the_same_permissions(tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(images, "UMASK", 0o002)
+    writer = StripWriter(tmp_path / f"big{suffix}", 4, 6, Layout("RGB", 8))
+    writer.write(np.zeros((4, 6, 3), np.uint8))
+    writer.close()
+    assert mode_of(tmp_path / f"big{suffix}") == 0o664
+
+
+@POSIX_MODES
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "out.png"
+    write_image(path, Image(rgb=torch.rand(3, 8, 8), alpha=None, gray=False, bits=8))
+    path.chmod(0o640)
+    write_image(path, Image(rgb=torch.rand(3, 8, 8), alpha=None, gray=False, bits=8))
+    assert mode_of(path) == 0o640
 
 
 @pytest.mark.parametrize("alpha", [False, True])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from img2img import infer, sharding
 from img2img.cli import app
+from img2img.data import images
 from img2img.data.images import read_image
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
 from img2img.nets import registry
@@ -154,6 +156,8 @@ def test_every_format_keeps_its_extension(models, tmp_path, ext):
     photo(tmp_path / "in" / f"x{ext}", 24, 20)
     results = translate(models, "resnet.safetensors", tmp_path / "in", tmp_path / "out", workers=0)
     assert not results[0].error and read_image(tmp_path / "out" / f"x{ext}").size == (24, 20)
+    if os.name == "posix":  # readable as any new file is, not private like a temporary one
+        assert (tmp_path / "out" / f"x{ext}").stat().st_mode & 0o777 == 0o666 & ~images.UMASK
 
 
 def test_sixteen_bit_alpha_and_grayscale_are_kept(models, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,11 +261,42 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish(temporary: Path, path: Path) -> None:
+    """Move a finished temporary file over path, atomically and durably.
+
+    mkstemp makes private files (0600), which a web server or a colleague in the group could not
+    read: the result gets the permissions of the file it replaces, else those a plain open()
+    gives a new file (0666 less the umask).
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~UMASK
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)
+    _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    try:  # Linux tells it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere it can only be read by setting it: once, at import, before any writer thread.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
 
 
 def _fsync_folder(folder: Path) -> None:

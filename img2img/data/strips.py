@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from img2img.data.header import ImageError
-from img2img.data.images import TEMP_SUFFIX, Layout, _fsync_folder, to_opencv
+from img2img.data.images import TEMP_SUFFIX, Layout, publish, to_opencv
 
 STREAMED = (".png", ".tif", ".tiff")
 TIFF_TILE = 256  # TIFF tiles (compressed one by one): rows are gathered this many at a time
@@ -62,8 +62,7 @@ class StripWriter:
             self._sink.finish(self.temporary)
             with open(self.temporary, "rb+") as handle:
                 os.fsync(handle.fileno())
-            os.replace(self.temporary, self.path)
-            _fsync_folder(self.path.parent)
+            publish(self.temporary, self.path)
         except BaseException:
             self.abort()
             raise
