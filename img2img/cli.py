@@ -53,7 +53,7 @@ for _task in TASKS.values():
 @app.command()
 def translate(
     input: str = typer.Argument(..., help="An image, a folder (recursive), or - for paths on stdin."),
-    output: Path = typer.Argument(..., help="Output folder; relative paths and file names are kept."),
+    output: Path = typer.Argument(..., help="Output folder; relative paths and file names are kept. For one input image, a file name (out.png) writes that file."),
     model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     direction: Direction = typer.Option(Direction.AtoB, "--direction", help="For CycleGAN runs: which generator."),
     bn_mode: BnMode = typer.Option(BnMode.eval, "--bn-mode", help="eval: running statistics; train: the reference test script's default."),
@@ -91,6 +91,8 @@ def translate(
             set_max_pixels(max_pixels)
         if targets is not None and not targets.is_dir():
             raise ConfigError(f"--targets {targets}: no such folder")
+        if (gallery or targets is not None) and infer.names_a_file(input, output):
+            raise ConfigError(f"--gallery writes OUTPUT/gallery.html: give a folder as OUTPUT, not the file {output}")
         options = infer.Options(
             device=api.resolve_device(device), batch_size=batch_size, direction=direction.value, bn_mode=bn_mode.value,
             overwrite=overwrite, ext=ext, tile=tile, tile_overlap=tile_overlap, resize=resize, amp=amp,

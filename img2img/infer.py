@@ -109,6 +109,23 @@ class Options:
 # ---- what to translate ------------------------------------------------------------------
 
 
+def names_a_file(source: str, output: Path) -> bool:
+    """One input file and an OUTPUT named like an image (out.png) that is not a folder: OUTPUT
+    is that file. Otherwise OUTPUT is a folder."""
+    return (source != "-" and Path(source).is_file() and output.suffix.lower() in IMAGE_EXTENSIONS
+            and not output.is_dir())
+
+
+def plan_outputs(source: str, output: Path, stdin: TextIO | None = None,
+                 ext: str | None = None) -> tuple[Path, list[Job]]:
+    """The folder results go to and the jobs, for OUTPUT a folder or (see names_a_file) a file."""
+    if not names_a_file(source, output):
+        return output, collect_jobs(source, output, stdin, ext)
+    if ext and ext != output.suffix.lower():
+        raise InputError(f"--ext {ext[1:]} and OUTPUT {output} name different formats: give one of them")
+    return output.parent, [Job(Path(source), Path(output.name))]
+
+
 def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: str | None = None) -> list[Job]:
     """INPUT as a file, a folder (recursive) or '-' (newline-separated paths on stdin)."""
     jobs = _collect(source, Path(out_dir), stdin)
@@ -256,20 +273,26 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     """Translate INPUT (file, folder or '-') into `out_dir`; returns one Result per input."""
     options = options or Options(**overrides)
     reporter = reporter or Silent()
-    out_dir = Path(out_dir)
-    jobs = collect_jobs(source, out_dir, stdin, options.ext)
+    out_dir, jobs = plan_outputs(source, Path(out_dir), stdin, options.ext)
     module, spec = load_generator(Path(model), options.direction)
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
-    remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir, jobs)
     return run_jobs(translator, jobs, out_dir, options, reporter, on_result)
 
 
-def remove_stale_temporaries(out_dir: Path) -> None:
-    """Half-written files of a run that was killed (SIGKILL skips all clean-up)."""
-    if out_dir.is_dir():
-        for pattern in (f"*{TEMP_SUFFIX}", f"*{TEMP_SUFFIX}.*"):  # the second: OpenCV's, named by format
-            for stale in out_dir.rglob(pattern):
-                stale.unlink(missing_ok=True)
+def remove_stale_temporaries(out_dir: Path, jobs: list[Job]) -> None:
+    """Half-written files of a run that was killed (SIGKILL skips all clean-up): anywhere below
+    an OUTPUT folder, or for one file only its own (an OUTPUT file's folder is the user's)."""
+    if not out_dir.is_dir():
+        return
+    # The second pattern: OpenCV's temporaries, named by format.
+    patterns = (f"*{TEMP_SUFFIX}", f"*{TEMP_SUFFIX}.*")
+    if len(jobs) == 1 and jobs[0].relative.parent == Path("."):
+        stale = [p for pattern in patterns for p in out_dir.glob(f".{jobs[0].relative.name}.{pattern}")]
+    else:
+        stale = [p for pattern in patterns for p in out_dir.rglob(pattern)]
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,

@@ -10,7 +10,7 @@ import torch
 
 from img2img.data.header import failure
 from img2img.gan.checkpoint import load_generator
-from img2img.infer import InputError, Job, Options, Result, collect_jobs, remove_stale_temporaries, run_jobs
+from img2img.infer import InputError, Job, Options, Result, plan_outputs, remove_stale_temporaries, run_jobs
 from img2img.progress import Reporter, Silent
 from img2img.translator import Translator
 
@@ -38,9 +38,8 @@ def translate_sharded(model: str | Path, source: str, out_dir: str | Path, devic
     import torch.multiprocessing as mp
 
     reporter = reporter or Silent()
-    out_dir = Path(out_dir)
-    jobs = collect_jobs(source, out_dir, stdin, options.ext)
-    remove_stale_temporaries(out_dir)
+    out_dir, jobs = plan_outputs(source, Path(out_dir), stdin, options.ext)
+    remove_stale_temporaries(out_dir, jobs)
     context = mp.get_context("spawn")
     queue = context.Queue()
     shards = [list(range(rank, len(jobs), len(devices))) for rank in range(len(devices))]

@@ -21,6 +21,8 @@ from img2img.nets import registry
 from img2img.tiling import run_tiled
 from img2img.translator import Translator
 
+from helpers import flat
+
 runner = CliRunner()
 
 
@@ -205,6 +207,33 @@ def test_usage_errors_exit_2(models, tmp_path):
     result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "-", str(tmp_path / "out")],
                            input="")
     assert result.exit_code == 2 and "no paths" in result.stderr
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".bmp", ".tif", ".TIFF"])
+def test_one_image_to_an_output_named_like_an_image_writes_that_file(models, tmp_path, ext):
+    source = photo(tmp_path / "in.png", 24, 20)
+    target = tmp_path / "new" / f"result{ext}"
+    result = runner.invoke(app, ["translate", "--model", str(models / "sr.safetensors"), str(source), str(target)])
+    assert result.exit_code == 0, result.output
+    assert target.is_file() and read_image(target).size == (48, 40)
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temporaries left
+
+
+def test_an_output_file_that_cannot_be_right_is_refused(models, tmp_path):
+    source = photo(tmp_path / "in.png", 24, 20)
+    command = ["translate", "--model", str(models / "resnet.safetensors"), str(source)]
+    result = runner.invoke(app, [*command, str(tmp_path / "out.png"), "--ext", "jpg"])
+    assert result.exit_code == 2 and "different formats" in flat(result.stderr)
+    result = runner.invoke(app, [*command, str(tmp_path / "out.png"), "--gallery"])
+    assert result.exit_code == 2 and "give a folder" in flat(result.stderr)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_folder_named_like_an_image_stays_a_folder(models, tmp_path):
+    source = photo(tmp_path / "in.png", 24, 20)
+    (tmp_path / "out.png").mkdir()
+    assert not translate(models, "resnet.safetensors", source, tmp_path / "out.png", workers=0)[0].error
+    assert (tmp_path / "out.png" / "in.png").is_file()
 
 
 def test_a_rerun_finishes_an_interrupted_job(models, tmp_path):
