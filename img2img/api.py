@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from img2img.config import BaseConfig, ConfigError, save_config
+from img2img.data.images import writing
 from img2img.device import default_workers, resolve_device
 from img2img.gan import checkpoint
 from img2img.gan.checkpoint import load_generator  # noqa: F401  (part of the API)
@@ -67,7 +68,8 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     trainer = Trainer(task, cfg, device, total_steps, reporter, world)
     recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
     if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml", world_size=world_size, effective_batch_size=effective_batch)
     if world.world_size > 1:
         reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from img2img.config import ConfigError
 from img2img.data.datasets import DataError
 from img2img.data.header import ImageError
+from img2img.data.images import WriteError
 from img2img.data.quiet import codec_noise_filtered
 from img2img.gan.checkpoint import CheckpointError
 from img2img.gan.loop import TrainingStopped
@@ -22,7 +23,7 @@ from img2img.infer import InputError
 # soft_wrap: a message is never cut inside a word, URL or path, on a terminal or in a log file.
 console = Console(stderr=True, soft_wrap=True)
 USAGE_ERRORS = (ConfigError, InputError)
-FAILURES = (DataError, CheckpointError, ImageError)
+FAILURES = (DataError, CheckpointError, ImageError, WriteError)
 
 
 class RichReporter:

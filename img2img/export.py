@@ -8,14 +8,14 @@ so an ONNX runtime needs no img2img code around it.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from img2img.data.images import write_bytes_atomic
+from img2img.data.images import write_bytes_atomic, writing
 from img2img.gan.checkpoint import GeneratorSpec, load_generator
 from img2img.hints import install_hint
 from img2img.translator import to_network_range, to_unit_range
@@ -57,7 +57,8 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
     example = torch.rand(1, channels, 64, 64)
     temp = Path(out).with_name(f".{Path(out).name}.export")
     try:
-        with quiet_exporter():
+        with writing(Path(out)), quiet_exporter():
+            temp.parent.mkdir(parents=True, exist_ok=True)
             # The TorchScript exporter (dynamo=False): the dynamo one needs onnxscript and cannot
             # yet export the size-dependent padding with dynamic height and width.
             torch.onnx.export(
@@ -68,7 +69,8 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
             )
         write_bytes_atomic(Path(out), temp.read_bytes())
     finally:
-        temp.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only folder holds no temporary to remove, and says so
+            temp.unlink(missing_ok=True)
     return spec
 
 

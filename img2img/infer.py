@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,9 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from img2img import memory
 from img2img.data.header import ImageError, check_image, failure
-from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, decode_image, is_image_file,
-                                 list_images, output_layout, quantise_on_device, stack_rgb, to_pixels,
-                                 write_image)
+from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, WriteError, decode_image,
+                                 is_image_file, list_images, output_layout, quantise_on_device, stack_rgb,
+                                 to_pixels, write_image, writing)
 from img2img.data.strips import StripWriter, streams
 from img2img.config import AMP_CHOICES
 from img2img.device import default_workers, default_writers
@@ -276,15 +277,18 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     out_dir, jobs = plan_outputs(source, Path(out_dir), stdin, options.ext)
     module, spec = load_generator(Path(model), options.direction)
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
-    remove_stale_temporaries(out_dir, jobs)
+    prepare_output(out_dir, jobs)
     return run_jobs(translator, jobs, out_dir, options, reporter, on_result)
 
 
-def remove_stale_temporaries(out_dir: Path, jobs: list[Job]) -> None:
-    """Half-written files of a run that was killed (SIGKILL skips all clean-up): anywhere below
-    an OUTPUT folder, or for one file only its own (an OUTPUT file's folder is the user's)."""
-    if not out_dir.is_dir():
-        return
+def prepare_output(out_dir: Path, jobs: list[Job]) -> None:
+    """A folder that cannot be written is one error, not one per image; then the half-written
+    files of a run that was killed (SIGKILL skips all clean-up) go: anywhere below an OUTPUT
+    folder, or for one file only its own (an OUTPUT file's folder is the user's)."""
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
     # The second pattern: OpenCV's temporaries, named by format.
     patterns = (f"*{TEMP_SUFFIX}", f"*{TEMP_SUFFIX}.*")
     if len(jobs) == 1 and jobs[0].relative.parent == Path("."):
@@ -556,18 +560,17 @@ def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path
     alpha_rows = AlphaRows(alpha, height, scale) if has_alpha else None
     try:
         output = StripWriter(target, height * scale, width * scale, layout, on_disk=state["plan"].on_disk)
-    except OSError as err:
-        message = f"{target}: could not be written: {err.strerror or err}"
-        writer.submit(lambda: Result(job, None, error=message))
+    except WriteError as err:
+        writer.submit(lambda: Result(job, None, error=str(err)))
         return
     try:
         batch = min(state["batch"], state["tile_batch"])
         for top, rgb in blend_strips(translator, region, (height, width), tile, options.tile_overlap, batch):
             bottom = top + rgb.shape[1]
             output.write(to_pixels(rgb, alpha_rows.rows(top, bottom) if alpha_rows else None, layout))
-    except (ImageError, OSError) as err:  # the encoder failed (e.g. a full disk): this file alone
+    except (ImageError, WriteError) as err:  # the encoder failed (e.g. a full disk): this file alone
         output.abort()
-        message = f"{target}: could not be written: {getattr(err, 'strerror', None) or err}"
+        message = str(err) if isinstance(err, WriteError) else f"{target}: could not be written: {err}"
         writer.submit(lambda: Result(job, None, error=message))
         return
     except BaseException:
@@ -580,10 +583,8 @@ def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path
 def _finish(job: Job, output: StripWriter, target: Path, ms: float) -> Result:
     try:
         output.close()
-    except ImageError as err:
+    except (ImageError, WriteError) as err:
         return Result(job, None, error=str(err))
-    except OSError as err:
-        return Result(job, None, error=f"{target}: could not be written: {err.strerror or err}")
     except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
         return Result(job, None, error=failure(target, err, "writing"))
     return Result(job, target, milliseconds=ms, size=(output.height, output.width))
@@ -619,8 +620,8 @@ def _write(job: Job, image: Image, out_dir: Path, ms: float, ready: torch.cuda.E
         ready.synchronize()  # the copy from the GPU has arrived
     try:
         write_image(target, image)
-    except OSError as err:  # e.g. a full disk: the temporary file is already gone
-        return Result(job, None, error=f"{target}: could not be written: {err.strerror or err}")
+    except WriteError as err:  # e.g. a full disk: the temporary file is already gone
+        return Result(job, None, error=str(err))
     except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
         return Result(job, None, error=failure(target, err, "writing"))
     return Result(job, target, milliseconds=ms, size=image.size)

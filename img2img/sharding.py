@@ -10,7 +10,7 @@ import torch
 
 from img2img.data.header import failure
 from img2img.gan.checkpoint import load_generator
-from img2img.infer import InputError, Job, Options, Result, plan_outputs, remove_stale_temporaries, run_jobs
+from img2img.infer import InputError, Job, Options, Result, plan_outputs, prepare_output, run_jobs
 from img2img.progress import Reporter, Silent
 from img2img.translator import Translator
 
@@ -39,7 +39,7 @@ def translate_sharded(model: str | Path, source: str, out_dir: str | Path, devic
 
     reporter = reporter or Silent()
     out_dir, jobs = plan_outputs(source, Path(out_dir), stdin, options.ext)
-    remove_stale_temporaries(out_dir, jobs)
+    prepare_output(out_dir, jobs)
     context = mp.get_context("spawn")
     queue = context.Queue()
     shards = [list(range(rank, len(jobs), len(devices))) for rank in range(len(devices))]

@@ -18,7 +18,7 @@ import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from helpers import save_tiny_generator
+from helpers import flat, save_tiny_generator
 from img2img import api
 from img2img.cli import app
 from img2img.config import make_config
@@ -127,6 +127,44 @@ def test_a_full_disk_fails_the_file_and_leaves_nothing_partial(model, tmp_path, 
                                  str(tmp_path / "a.png"), str(tmp_path / "out")])
     assert result.exit_code == 1 and "No space left on device" in result.stderr
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("full", ["checkpoint", "log"])
+def test_a_full_disk_during_training_is_a_message_not_a_traceback(paired_photos, tmp_path, monkeypatch, full):
+    from img2img.gan import record
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_mkstemp, real_open = images.tempfile.mkstemp, open
+    if full == "checkpoint":  # the run folder's config is written; its first checkpoint is not
+        monkeypatch.setattr(images.tempfile, "mkstemp", lambda **kw: no_space() if kw["dir"].name == "checkpoints"
+                            else real_mkstemp(**kw))
+    else:
+        monkeypatch.setattr(record, "open", lambda path, *a: no_space() if Path(path).name == "log.jsonl"
+                            else real_open(path, *a), raising=False)
+    result = runner.invoke(app, train_cmd(paired_photos, tmp_path / "run", "--steps", 2, "--save-every", 1)[3:])
+    assert result.exit_code == 1, result.output
+    assert "could not be written: No space left on device: free space there" in flat(result.stderr)
+    assert "Traceback" not in result.output and "OSError" not in result.output
+
+
+@pytest.mark.parametrize("command", ["translate", "translate to a file", "train", "export"])
+def test_an_output_that_cannot_be_created_is_one_message(model, paired_photos, tmp_path, command):
+    # A path below a regular file cannot be created by anyone (root included), like a read-only disk.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    source = str(paired_photos["a"])
+    one_image = str(next(paired_photos["a"].iterdir()))
+    args = {"translate": ["translate", "--model", str(model), source, str(blocker / "out")],
+            "translate to a file": ["translate", "--model", str(model), one_image, str(blocker / "out.png")],
+            "train": train_cmd(paired_photos, blocker / "run", "--steps", 1)[3:],
+            "export": ["export", str(blocker / "g.onnx"), "--model", str(model)]}[command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    message = flat(result.stderr)
+    assert f"{blocker}" in message and "could not be written" in message and message.count("could not") == 1
+    assert "Traceback" not in result.output and blocker.read_text() == "not a folder"
 
 
 def test_an_output_folder_inside_the_input_folder_is_not_read_back(model, tmp_path):

@@ -6,10 +6,12 @@ cannot do for colour images); header.py checks a file before it is decoded.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,18 +255,34 @@ def _encode_gray_alpha(la: np.ndarray, suffix: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+class WriteError(Exception):
+    """A file could not be written (a full disk, no permission, a read-only folder)."""
+
+
+@contextmanager
+def writing(path: Path):
+    """Turns an OSError while writing path into a WriteError that names the file and the cause."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        publish(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as err:
+        full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        hint = ": free space there or write elsewhere" if full else ""
+        raise WriteError(f"{path}: could not be written: {err.strerror or err}{hint}") from None
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            publish(Path(tmp), path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def publish(temporary: Path, path: Path) -> None:

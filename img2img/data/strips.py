@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from img2img.data.header import ImageError
-from img2img.data.images import TEMP_SUFFIX, Layout, publish, to_opencv
+from img2img.data.images import TEMP_SUFFIX, Layout, publish, to_opencv, writing
 
 STREAMED = (".png", ".tif", ".tiff")
 TIFF_TILE = 256  # TIFF tiles (compressed one by one): rows are gathered this many at a time
@@ -37,32 +37,39 @@ class StripWriter:
 
     def __init__(self, path: Path, height: int, width: int, layout: Layout, on_disk: bool = False):
         self.path, self.height, self.width, self.layout = Path(path), height, width, layout
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
-        os.close(fd)
-        self.temporary = Path(name)
-        self.rows_written = 0
-        if streams(self.path.suffix):
-            self._sink = _EncoderThread(self._encode_png if self.path.suffix.lower() == ".png" else self._encode_tiff,
-                                        self.temporary)
-        else:
-            self._sink = _Buffer(self.path, height, width, layout, on_disk)
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
+            os.close(fd)
+            self.temporary = Path(name)
+            self.rows_written = 0
+            try:
+                if streams(self.path.suffix):
+                    encode = self._encode_png if self.path.suffix.lower() == ".png" else self._encode_tiff
+                    self._sink = _EncoderThread(encode, self.temporary)
+                else:
+                    self._sink = _Buffer(self.path, height, width, layout, on_disk)
+            except BaseException:
+                self.temporary.unlink(missing_ok=True)
+                raise
 
     def write(self, rows: np.ndarray) -> None:
         """H x W x C integers in the layout's channel order (see images.to_pixels)."""
         if self.rows_written + len(rows) > self.height:
             raise ValueError(f"{self.path}: more rows than the image's {self.height}")
-        self._sink.put(rows, self.rows_written)
+        with writing(self.path):
+            self._sink.put(rows, self.rows_written)
         self.rows_written += len(rows)
 
     def close(self) -> None:
         try:
             if self.rows_written != self.height:
                 raise ValueError(f"{self.path}: {self.rows_written} of {self.height} rows were written")
-            self._sink.finish(self.temporary)
-            with open(self.temporary, "rb+") as handle:
-                os.fsync(handle.fileno())
-            publish(self.temporary, self.path)
+            with writing(self.path):
+                self._sink.finish(self.temporary)
+                with open(self.temporary, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                publish(self.temporary, self.path)
         except BaseException:
             self.abort()
             raise

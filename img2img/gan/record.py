@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from img2img.config import ConfigError
-from img2img.data.images import Image, write_image
+from img2img.data.images import Image, write_image, writing
 from img2img.gan import checkpoint
 from img2img.progress import Reporter
 
@@ -63,7 +63,7 @@ class Recorder:
         """One line of log.jsonl, mirrored to TensorBoard when asked."""
         if not self.is_main:
             return
-        with open(self.run_dir / "log.jsonl", "a") as handle:
+        with writing(self.run_dir / "log.jsonl"), open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:
             self.tensorboard.write(record)
