@@ -121,10 +121,16 @@ def plan_outputs(source: str, output: Path, stdin: TextIO | None = None,
                  ext: str | None = None) -> tuple[Path, list[Job]]:
     """The folder results go to and the jobs, for OUTPUT a folder or (see names_a_file) a file."""
     if not names_a_file(source, output):
-        return output, collect_jobs(source, output, stdin, ext)
-    if ext and ext != output.suffix.lower():
+        out_dir, jobs = output, collect_jobs(source, output, stdin, ext)
+    elif ext and ext != output.suffix.lower():
         raise InputError(f"--ext {ext[1:]} and OUTPUT {output} name different formats: give one of them")
-    return output.parent, [Job(Path(source), Path(output.name))]
+    else:
+        out_dir, jobs = output.parent, [Job(Path(source), Path(output.name))]
+    for job in jobs:
+        if (out_dir / job.relative).resolve() == job.source.resolve():
+            raise InputError(f"OUTPUT {output} would replace the input {job.source} with its result: "
+                             "choose another OUTPUT")
+    return out_dir, jobs
 
 
 def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: str | None = None) -> list[Job]:
@@ -149,6 +155,9 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
         return [Job(path, Path(path.name))]
     if path.is_dir():
         out_resolved = out_dir.resolve()
+        if out_resolved == path.resolve():
+            raise InputError(f"OUTPUT {out_dir} is the INPUT folder: the results would replace or mix with the "
+                             "images they come from; choose another OUTPUT")
         files = [p for p in list_images(path) if out_resolved not in p.resolve().parents]
         if not files:
             raise InputError(f"{path}: no images found in this folder (png, jpg, webp, bmp, tif)")

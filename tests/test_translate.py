@@ -229,6 +229,19 @@ def test_an_output_file_that_cannot_be_right_is_refused(models, tmp_path):
     assert not (tmp_path / "out.png").exists()
 
 
+@pytest.mark.parametrize("form", ["folder", "file", "stdin"])
+def test_an_output_that_would_replace_the_inputs_is_refused_even_with_overwrite(models, tmp_path, form):
+    source = photo(tmp_path / "in" / "x.png", 24, 20)
+    original = source.read_bytes()
+    given, output, stdin = {"folder": (tmp_path / "in", tmp_path / "in", None),
+                            "file": (source, source, None),
+                            "stdin": ("-", tmp_path / "in", f"{source}\n")}[form]
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--overwrite",
+                                 str(given), str(output)], input=stdin)
+    assert result.exit_code == 2 and "choose another OUTPUT" in flat(result.stderr)
+    assert source.read_bytes() == original and [p.name for p in source.parent.iterdir()] == ["x.png"]
+
+
 def test_a_folder_named_like_an_image_stays_a_folder(models, tmp_path):
     source = photo(tmp_path / "in.png", 24, 20)
     (tmp_path / "out.png").mkdir()
