@@ -12,13 +12,14 @@ import random
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from img2img.config import BaseConfig, ConfigError, save_config
+from img2img.config import BaseConfig, ConfigError, flag_of, option_of, save_config
 from img2img.data.images import writing
 from img2img.device import default_workers, resolve_device
 from img2img.gan import checkpoint
@@ -48,6 +49,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     world = distributed.from_environment()
     reporter = (reporter or Silent()) if world.is_main else Silent()
     run_dir = Path(cfg.out)
+    check_outside_data(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if distributed.elastic_restart() and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
         resume = True  # torchrun restarted the workers after a failure: continue the run
@@ -123,6 +125,20 @@ def stop_on_signals(trainer: Trainer):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
+    """A run folder inside a data folder would have its own sample grids and plots read back as
+    training or validation images when the run resumes or the folder is used again."""
+    run = run_dir.resolve()
+    for item in fields(cfg):
+        option, value = option_of(type(cfg), item.name), getattr(cfg, item.name)
+        if option is None or option.panel not in ("Data", "Validation") or not option.path or not value:
+            continue
+        folder = Path(value).resolve()
+        if folder.is_dir() and (run == folder or folder in run.parents):
+            raise ConfigError(f"--out {run_dir} is inside {flag_of(item.name, option)} {value}: the run's sample "
+                              "grids and plots would be read as images of the data; choose an --out outside it")
 
 
 def _load_resume_state(ckpt_dir: Path, reporter: Reporter) -> dict:

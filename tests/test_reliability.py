@@ -21,11 +21,12 @@ from typer.testing import CliRunner
 from helpers import flat, save_tiny_generator
 from img2img import api
 from img2img.cli import app
-from img2img.config import make_config
+from img2img.config import ConfigError, make_config
 from img2img.data import header, images
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
 from img2img.gan.health import Health
 from img2img.nets import registry
+from img2img.tasks import TASKS
 
 runner = CliRunner()
 
@@ -165,6 +166,30 @@ def test_an_output_that_cannot_be_created_is_one_message(model, paired_photos, t
     message = flat(result.stderr)
     assert f"{blocker}" in message and "could not be written" in message and message.count("could not") == 1
     assert "Traceback" not in result.output and blocker.read_text() == "not a folder"
+
+
+def image_folders(task: str) -> dict[str, str]:
+    """Every folder of images a train command reads -> its options panel."""
+    from dataclasses import fields
+
+    from img2img.config import config_class, option_of
+
+    cls = config_class(task)
+    options = {item.name: option_of(cls, item.name) for item in fields(cls)}
+    return {name: o.panel for name, o in options.items() if o and o.path and o.panel in ("Data", "Validation")}
+
+
+@pytest.mark.parametrize("task, folder", [(t, f) for t in TASKS for f in image_folders(t)])
+def test_a_run_folder_inside_a_data_folder_is_refused(task, folder, tmp_path):
+    # The validation folders come in partners: all given, so that only the run folder is wrong.
+    values = {name: str(tmp_path / name) for name, panel in image_folders(task).items() if panel == "Validation"}
+    values[folder] = str(tmp_path / "images")
+    for path in values.values():
+        Path(path).mkdir(exist_ok=True)
+    cfg = make_config(task, {**values, "out": str(tmp_path / "images" / "run")})
+    with pytest.raises(ConfigError, match="choose an --out outside it"):
+        api.train(cfg)
+    assert list((tmp_path / "images").iterdir()) == []
 
 
 def test_an_output_folder_inside_the_input_folder_is_not_read_back(model, tmp_path):
