@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from img2img import memory
 from img2img.data.header import ImageError, check_image, failure
 from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, WriteError, decode_image,
-                                 is_image_file, list_images, output_layout, quantise_on_device, stack_rgb,
-                                 to_pixels, write_image, writing)
+                                 is_image_file, is_stale_temporary, list_images, output_layout,
+                                 quantise_on_device, stack_rgb, to_pixels, write_image, writing)
 from img2img.data.strips import StripWriter, streams
 from img2img.config import AMP_CHOICES
 from img2img.device import default_workers, default_writers
@@ -117,20 +117,26 @@ def names_a_file(source: str, output: Path) -> bool:
             and not output.is_dir())
 
 
-def plan_outputs(source: str, output: Path, stdin: TextIO | None = None,
-                 ext: str | None = None) -> tuple[Path, list[Job]]:
-    """The folder results go to and the jobs, for OUTPUT a folder or (see names_a_file) a file."""
+@dataclass
+class Plan:
+    folder: Path  # results go to folder / job.relative
+    jobs: list[Job]
+    to_file: bool  # OUTPUT is one file, in a folder that is the user's, not ours
+
+
+def plan_outputs(source: str, output: Path, stdin: TextIO | None = None, ext: str | None = None) -> Plan:
+    """Where each result goes, for OUTPUT a folder or (see names_a_file) a file."""
     if not names_a_file(source, output):
-        out_dir, jobs = output, collect_jobs(source, output, stdin, ext)
+        plan = Plan(output, collect_jobs(source, output, stdin, ext), to_file=False)
     elif ext and ext != output.suffix.lower():
         raise InputError(f"--ext {ext[1:]} and OUTPUT {output} name different formats: give one of them")
     else:
-        out_dir, jobs = output.parent, [Job(Path(source), Path(output.name))]
-    for job in jobs:
-        if (out_dir / job.relative).resolve() == job.source.resolve():
+        plan = Plan(output.parent, [Job(Path(source), Path(output.name))], to_file=True)
+    for job in plan.jobs:
+        if (plan.folder / job.relative).resolve() == job.source.resolve():
             raise InputError(f"OUTPUT {output} would replace the input {job.source} with its result: "
                              "choose another OUTPUT")
-    return out_dir, jobs
+    return plan
 
 
 def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: str | None = None) -> list[Job]:
@@ -283,29 +289,30 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     """Translate INPUT (file, folder or '-') into `out_dir`; returns one Result per input."""
     options = options or Options(**overrides)
     reporter = reporter or Silent()
-    out_dir, jobs = plan_outputs(source, Path(out_dir), stdin, options.ext)
+    plan = plan_outputs(source, Path(out_dir), stdin, options.ext)
     module, spec = load_generator(Path(model), options.direction)
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
-    prepare_output(out_dir, jobs)
-    return run_jobs(translator, jobs, out_dir, options, reporter, on_result)
+    prepare_output(plan)
+    return run_jobs(translator, plan.jobs, plan.folder, options, reporter, on_result)
 
 
-def prepare_output(out_dir: Path, jobs: list[Job]) -> None:
-    """A folder that cannot be written is one error, not one per image; then the half-written
-    files of a run that was killed (SIGKILL skips all clean-up) go: anywhere below an OUTPUT
-    folder, or for one file only its own (an OUTPUT file's folder is the user's)."""
-    with writing(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
+def prepare_output(plan: Plan) -> None:
+    """A folder that cannot be written is one error, not one per image; then the temporaries
+    that killed runs left (SIGKILL skips all clean-up) go: anywhere below an OUTPUT folder, or
+    an OUTPUT file's own."""
+    with writing(plan.folder):
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=plan.folder):
             pass
     # The second pattern: OpenCV's temporaries, named by format.
     patterns = (f"*{TEMP_SUFFIX}", f"*{TEMP_SUFFIX}.*")
-    if len(jobs) == 1 and jobs[0].relative.parent == Path("."):
-        stale = [p for pattern in patterns for p in out_dir.glob(f".{jobs[0].relative.name}.{pattern}")]
+    if plan.to_file:
+        ours = [p for pattern in patterns for p in plan.folder.glob(f".{plan.jobs[0].relative.name}.{pattern}")]
     else:
-        stale = [p for pattern in patterns for p in out_dir.rglob(pattern)]
-    for path in stale:
-        path.unlink(missing_ok=True)
+        ours = [p for pattern in patterns for p in plan.folder.rglob(pattern)]
+    for path in ours:
+        if is_stale_temporary(path):
+            path.unlink(missing_ok=True)
 
 
 def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,

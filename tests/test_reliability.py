@@ -211,6 +211,29 @@ def test_stale_temporary_files_of_a_killed_run_are_removed(model, tmp_path):
     assert result.exit_code == 0 and not stale.exists() and (tmp_path / "out" / "a.png").is_file()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="whether a PID lives is asked with signal 0")
+def test_temporaries_that_another_live_process_is_writing_are_left_alone(model, tmp_path):
+    # `ls *.png | xargs -P 4 -n 1 img2img translate ... out/`: each start must spare the others' files.
+    PILImage.fromarray(rgb()).save(tmp_path / "a.png")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    names = {"live": f".b.png.{os.getpid()}-k3j2h1g0{images.TEMP_SUFFIX}",
+             "live, OpenCV's": f".c.jpg.{os.getpid()}-a1b2c3d4{images.TEMP_SUFFIX}.jpg",
+             "dead": f".b.png.{int(dead.stdout)}-k3j2h1g0{images.TEMP_SUFFIX}",
+             "dead buffer": f".d.tif.{int(dead.stdout)}-zz99yy88.buffer{images.TEMP_SUFFIX}",
+             "not ours": ".b.png.notes"}
+    for name in names.values():
+        (out / name).write_bytes(b"in flight")
+    result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0", str(tmp_path / "a.png"),
+                                 str(out / "a.png")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0", str(tmp_path), str(out)])
+    assert result.exit_code == 0, result.output
+    left = {p.name for p in out.iterdir()}
+    assert left == {"a.png", names["live"], names["live, OpenCV's"], names["not ours"]}
+
+
 def test_metadata_never_decides_where_files_go(tmp_path):
     hparams = {"ngf": 4, "n_blocks": 1}
     spec = GeneratorSpec(arch="resnet", hparams=hparams, pixel_range="-1,1", task="../../escape",

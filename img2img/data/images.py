@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -25,6 +26,9 @@ from img2img.data.header import ImageError, check_image, read_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 TEMP_SUFFIX = ".img2img-tmp"  # files being written; a SIGKILL can leave one behind
+# .NAME.PID-RANDOM[.buffer].img2img-tmp[.EXT]: the writer's PID, so that a later run removes what
+# dead processes left, never what another process writing into the same folder has in flight.
+_TEMPORARY = re.compile(r"\..+\.((?P<pid>\d+)-)?\w+(\.buffer)?" + re.escape(TEMP_SUFFIX) + r"(\.\w+)?")
 
 # cv2 flips or rotates to undo each EXIF orientation value (2..8).
 _EXIF_FIXES = {
@@ -273,7 +277,7 @@ def writing(path: Path):
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -283,6 +287,26 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """A temporary file of ours whose writer is gone (killed: SIGKILL skips all clean-up)."""
+    match = _TEMPORARY.fullmatch(path.name)
+    if match is None:
+        return False
+    if match["pid"] is None or os.name != "posix":  # named before PIDs were; or no harmless way to ask
+        return True
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # alive, another user's (or no PID at all)
+    return False
 
 
 def publish(temporary: Path, path: Path) -> None:

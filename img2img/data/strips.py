@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from img2img.data.header import ImageError
-from img2img.data.images import TEMP_SUFFIX, Layout, publish, to_opencv, writing
+from img2img.data.images import TEMP_SUFFIX, Layout, publish, temporary_prefix, to_opencv, writing
 
 STREAMED = (".png", ".tif", ".tiff")
 TIFF_TILE = 256  # TIFF tiles (compressed one by one): rows are gathered this many at a time
@@ -39,7 +39,8 @@ class StripWriter:
         self.path, self.height, self.width, self.layout = Path(path), height, width, layout
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
+            fd, name = tempfile.mkstemp(prefix=temporary_prefix(self.path), suffix=TEMP_SUFFIX,
+                                        dir=self.path.parent)
             os.close(fd)
             self.temporary = Path(name)
             self.rows_written = 0
@@ -183,7 +184,7 @@ class _Buffer:
         self.path, self.layout, self.backing = path, layout, None
         shape = (height, width) if layout.channels == "G" else (height, width, len(layout.channels))
         if on_disk:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".buffer" + TEMP_SUFFIX, dir=path.parent)
+            fd, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".buffer" + TEMP_SUFFIX, dir=path.parent)
             os.close(fd)
             self.backing = Path(name)
             self.pixels = np.memmap(self.backing, dtype=layout.dtype, mode="w+", shape=shape)
