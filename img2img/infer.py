@@ -149,8 +149,10 @@ def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: s
 
 def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
     if source == "-":
-        lines = [line.strip() for line in (stdin or sys.stdin).read().splitlines()]
-        paths = [Path(line) for line in lines if line]
+        text = (stdin or sys.stdin).read()
+        # NUL-separated (find -print0) where a NUL appears: no path holds one; else one path a line.
+        names = text.split("\0") if "\0" in text else [line.strip() for line in text.split("\n")]
+        paths = [Path(name) for name in names if name]
         if not paths:
             raise InputError("INPUT is '-' but no paths arrived on standard input")
         # Keep the layout below the paths' common folder, as for a folder INPUT.

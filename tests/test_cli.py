@@ -71,6 +71,20 @@ def test_translate_reads_paths_from_stdin_and_skips_existing_outputs(run_dir, tm
     assert "skipped 2" in again.output
 
 
+@pytest.mark.parametrize("separator", ["\n", "\r\n", "\0"])
+def test_stdin_paths_end_with_newlines_or_nuls_and_keep_odd_names(run_dir, tmp_path, separator):
+    # find -print0 | img2img translate - out/: NUL-separated names may hold newlines and spaces.
+    names = ["plain.png", "two words.png", "line\u2028separator.png"]
+    if separator == "\0":
+        names += ["new\nline.png", " leading space.png"]
+    for name in names:
+        write_photo(tmp_path / "shots" / name, 32, 32)
+    stdin = "".join(f"{tmp_path / 'shots' / name}{separator}" for name in names)
+    result = runner.invoke(app, ["translate", "--model", str(run_dir), "-", str(tmp_path / "out")], input=stdin)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(names)
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["train", "pix2pix", "--data", "/no/such/folder"], 2, "/no/such/folder: no such folder"),
     (["train", "pix2pix"], 2, "give --data DIR"),
