@@ -49,7 +49,6 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     world = distributed.from_environment()
     reporter = (reporter or Silent()) if world.is_main else Silent()
     run_dir = Path(cfg.out)
-    check_outside_data(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if distributed.elastic_restart() and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
         resume = True  # torchrun restarted the workers after a failure: continue the run
@@ -62,6 +61,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest kernels
     seed_everything(cfg.seed)
     task = TASKS[cfg.task](cfg, device, reporter)  # networks first: bad flags fail before the data scan
+    check_outside_data(cfg, run_dir)  # after the scan: "no images found" is the first thing to fix
     dataset = task.dataset
     world_size = world.world_size
     effective_batch = cfg.batch_size * cfg.grad_accum * world_size
@@ -127,6 +127,9 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(sig, handler)
 
 
+DATA_SPLITS = ("train", "val", "test", "trainA", "trainB", "testA", "testB")  # the reference layouts
+
+
 def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
     """A run folder inside a data folder would have its own sample grids and plots read back as
     training or validation images when the run resumes or the folder is used again."""
@@ -135,8 +138,10 @@ def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
         option, value = option_of(type(cfg), item.name), getattr(cfg, item.name)
         if option is None or option.panel not in ("Data", "Validation") or not option.path or not value:
             continue
-        folder = Path(value).resolve()
-        if folder.is_dir() and (run == folder or folder in run.parents):
+        read = [Path(value).resolve()]
+        if item.name == "data":  # the reference layouts: the split subfolders, where there are any
+            read = [read[0] / split for split in DATA_SPLITS if (read[0] / split).is_dir()] or read
+        if any(run == folder or folder in run.parents for folder in read):
             raise ConfigError(f"--out {run_dir} is inside {flag_of(item.name, option)} {value}: the run's sample "
                               "grids and plots would be read as images of the data; choose an --out outside it")
 

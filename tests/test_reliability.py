@@ -23,6 +23,7 @@ from img2img import api
 from img2img.cli import app
 from img2img.config import ConfigError, make_config
 from img2img.data import header, images
+from img2img.data.images import Image, write_image
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
 from img2img.gan.health import Health
 from img2img.nets import registry
@@ -188,8 +189,24 @@ def test_a_run_folder_inside_a_data_folder_is_refused(task, folder, tmp_path):
         Path(path).mkdir(exist_ok=True)
     cfg = make_config(task, {**values, "out": str(tmp_path / "images" / "run")})
     with pytest.raises(ConfigError, match="choose an --out outside it"):
-        api.train(cfg)
-    assert list((tmp_path / "images").iterdir()) == []
+        api.check_outside_data(cfg, Path(cfg.out))
+    api.check_outside_data(cfg, tmp_path / "run")  # beside the data: fine
+
+
+def test_a_run_inside_its_data_is_refused_before_anything_is_written(tmp_path):
+    for folder in ("trainA", "trainB"):
+        for index in range(2):
+            write_image(tmp_path / "data" / folder / f"{index}.png",
+                        Image(rgb=torch.rand(3, 40, 40), alpha=None, gray=False, bits=8))
+    args = ["train", "cyclegan", "--size", "32", "--ngf", "4", "--ndf", "4", "--steps", "1", "--workers", "0",
+            "--device", "cpu"]
+    folders = ["--a", str(tmp_path / "data" / "trainA"), "--b", str(tmp_path / "data" / "trainB")]
+    result = runner.invoke(app, [*args, *folders, "--out", str(tmp_path / "data" / "trainA" / "run")])
+    assert result.exit_code == 2 and "choose an --out outside it" in flat(result.stderr)
+    assert not (tmp_path / "data" / "trainA" / "run").exists()
+    # --data reads the layout's trainA/ and trainB/: a run beside them is not inside what is read.
+    result = runner.invoke(app, [*args, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "data" / "run")])
+    assert result.exit_code == 0, result.output
 
 
 def test_an_output_folder_inside_the_input_folder_is_not_read_back(model, tmp_path):
