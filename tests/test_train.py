@@ -11,6 +11,7 @@ from img2img import api
 from img2img.config import ConfigError, make_config
 from img2img.data.datasets import DataError
 from img2img.gan.checkpoint import load_generator
+from img2img.progress import Silent
 from helpers import CrashAt
 
 
@@ -53,6 +54,37 @@ def test_resume_after_a_crash_gives_the_same_weights_as_a_straight_run(paired_ph
     expected, got = generator_weights(straight), generator_weights(tmp_path / "resumed")
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+@pytest.mark.parametrize("change", [None, "added", "removed"])
+def test_a_resume_says_when_the_training_data_changed(paired_photos, tmp_path, change):
+    import shutil
+
+    class Messages(Silent):
+        def __init__(self):
+            self.said = []
+
+        def message(self, text):
+            self.said.append(text)
+
+    for side in ("a", "b"):
+        shutil.copytree(paired_photos[side], tmp_path / side)
+    cfg = tiny_config(paired_photos, tmp_path / "run", a=str(tmp_path / "a"), b=str(tmp_path / "b"), steps=2,
+                      save_every=2)
+    api.train(cfg)
+    count = len(list((tmp_path / "a").iterdir()))
+    for side in ("a", "b"):
+        first = sorted((tmp_path / side).iterdir())[0]
+        if change == "added":
+            shutil.copy(first, tmp_path / side / f"extra{first.suffix}")
+        elif change == "removed":
+            first.unlink()
+    messages = Messages()
+    api.train(make_config("pix2pix", {**cfg.to_dict(), "steps": 3}), resume=True, reporter=messages)
+    changed = [m for m in messages.said if "training data changed" in m]
+    now = {None: count, "added": count + 1, "removed": count - 1}[change]
+    assert changed == ([] if change is None else [changed[0]])
+    assert change is None or f"({count} items then, {now} now)" in changed[0]
 
 
 def test_bf16_trains_on_a_cpu_when_asked(paired_photos, tmp_path):

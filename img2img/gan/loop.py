@@ -340,7 +340,12 @@ class Trainer:
             "task": self.task.state_dict(),
             "lr_scale": self.lr_scale,
             "best": self.best,
+            "data_size": self.data_size(),
         }
+
+    def data_size(self) -> int | None:
+        dataset = getattr(self.task, "dataset", None)
+        return None if dataset is None else len(dataset)
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -354,6 +359,11 @@ class Trainer:
         self.best = state.get("best")
         if state.get("lr_scale", 1.0) != 1.0:
             self.set_lr_scale(float(state["lr_scale"]))
+        saved, now = state.get("data_size"), self.data_size()
+        if None not in (saved, now) and saved != now:
+            # The sampler's permutations depend on the count: say why this is no exact resume.
+            self.reporter.message(f"the training data changed since step {self.step} was saved ({saved} items then, "
+                                  f"{now} now): the run goes on, with other batches than an uninterrupted run")
 
 
 class TrainingStopped(Exception):
