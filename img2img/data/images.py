@@ -304,8 +304,10 @@ def is_stale_temporary(path: Path) -> bool:
         os.kill(int(match["pid"]), 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, OverflowError):
-        return False  # alive, another user's (or no PID at all)
+    except PermissionError:
+        return False  # alive: another user's process
+    except OverflowError:
+        return False  # no PID is that large: not a name of ours to judge
     return False
 
 
