@@ -56,6 +56,7 @@ class Result:
     milliseconds: float = 0.0
     skipped: bool = False
     size: tuple[int, int] | None = None  # output height, width
+    disk_full: bool = False  # the error was a full disk: the run stops (see run_jobs)
 
     def to_json(self) -> dict:
         record = {"input": str(self.job.source), "output": str(self.output) if self.output else None}
@@ -284,6 +285,10 @@ class Writer:
         self.pool.shutdown(wait=True)
         yield from self.done()
 
+    def abandon(self) -> None:
+        """The writes under way finish (or remove their temporaries); those queued never start."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
 
 def translate(model: str | Path, source: str, out_dir: str | Path, *, options: Options | None = None,
               reporter: Reporter | None = None, stdin: TextIO | None = None,
@@ -326,6 +331,9 @@ def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Op
         if on_result:
             on_result(result)
         reporter.update(len(results))
+        if result.disk_full:  # every image after it would be computed only to fail the same way
+            raise WriteError(f"{result.error}. Translation stopped: run the same command again to finish (the "
+                             "images already written are skipped)", full=True)
 
     reporter.start(len(jobs), 0, "translating")
     todo = []
@@ -334,9 +342,11 @@ def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Op
             record(Result(job, out_dir / job.relative, skipped=True))
         else:
             todo.append(job)
-    if todo:
-        _run_pipeline(translator, todo, out_dir, options, reporter, record)
-    reporter.finish()
+    try:
+        if todo:
+            _run_pipeline(translator, todo, out_dir, options, reporter, record)
+    finally:
+        reporter.finish()
     if translator.fp32_retries:
         reporter.message(f"{translator.fp32_retries} batch(es) overflowed in reduced precision and ran again in fp32")
     return results
@@ -364,29 +374,32 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
         in_flight = max(1, min(in_flight, options.max_memory // max(1, largest)))
     writer = Writer(writers, in_flight)
     batches = size_batches(jobs, 1 if options.tile else batch_size, sizes)
-    for items in _decoded_batches(dataset, batches, workers, prefetch, device, record):
-        for item in items:
-            if "error" in item:
-                record(Result(jobs[item["index"]], None, error=item["error"]))
-        decoded = [item for item in items if "image" in item]
-        for group in _same_size_groups(decoded):
-            for attempt in range(2):
-                try:
-                    _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
-                    break
-                except Exception as err:  # e.g. the network refused this input: name the files, go on
-                    if attempt == 0 and _decoder_died(err):  # raised by torch's SIGCHLD handler meanwhile
-                        continue
-                    for item in group:
-                        if not item.get("done"):
-                            source = jobs[item["index"]].source
-                            record(Result(jobs[item["index"]], None, error=failure(source, err, "translating")))
-                    break
-        for result in writer.done():
+    try:
+        for items in _decoded_batches(dataset, batches, workers, prefetch, device, record):
+            for item in items:
+                if "error" in item:
+                    record(Result(jobs[item["index"]], None, error=item["error"]))
+            decoded = [item for item in items if "image" in item]
+            for group in _same_size_groups(decoded):
+                for attempt in range(2):
+                    try:
+                        _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
+                        break
+                    except Exception as err:  # e.g. the network refused this input: name the files, go on
+                        if attempt == 0 and _decoder_died(err):  # raised by torch's SIGCHLD handler meanwhile
+                            continue
+                        for item in group:
+                            if not item.get("done"):
+                                source = jobs[item["index"]].source
+                                record(Result(jobs[item["index"]], None, error=failure(source, err, "translating")))
+                        break
+            for result in writer.done():
+                record(result)
+        for result in writer.close():
             record(result)
-    for result in writer.close():
-        record(result)
-
+    except BaseException:  # e.g. a full disk (see run_jobs) or Ctrl-C: no write starts after it
+        writer.abandon()
+        raise
 
 PREFETCH = 4  # batches in flight per decoding worker
 
@@ -579,7 +592,7 @@ def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path
     try:
         output = StripWriter(target, height * scale, width * scale, layout, on_disk=state["plan"].on_disk)
     except WriteError as err:
-        writer.submit(lambda: Result(job, None, error=str(err)))
+        writer.submit(lambda: Result(job, None, error=str(err), disk_full=err.full))
         return
     try:
         batch = min(state["batch"], state["tile_batch"])
@@ -589,7 +602,8 @@ def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path
     except (ImageError, WriteError) as err:  # the encoder failed (e.g. a full disk): this file alone
         output.abort()
         message = str(err) if isinstance(err, WriteError) else f"{target}: could not be written: {err}"
-        writer.submit(lambda: Result(job, None, error=message))
+        full = isinstance(err, WriteError) and err.full
+        writer.submit(lambda: Result(job, None, error=message, disk_full=full))
         return
     except BaseException:
         output.abort()
@@ -601,8 +615,10 @@ def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path
 def _finish(job: Job, output: StripWriter, target: Path, ms: float) -> Result:
     try:
         output.close()
-    except (ImageError, WriteError) as err:
+    except ImageError as err:
         return Result(job, None, error=str(err))
+    except WriteError as err:
+        return Result(job, None, error=str(err), disk_full=err.full)
     except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
         return Result(job, None, error=failure(target, err, "writing"))
     return Result(job, target, milliseconds=ms, size=(output.height, output.width))
@@ -639,7 +655,7 @@ def _write(job: Job, image: Image, out_dir: Path, ms: float, ready: torch.cuda.E
     try:
         write_image(target, image)
     except WriteError as err:  # e.g. a full disk: the temporary file is already gone
-        return Result(job, None, error=str(err))
+        return Result(job, None, error=str(err), disk_full=err.full)
     except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
         return Result(job, None, error=failure(target, err, "writing"))
     return Result(job, target, milliseconds=ms, size=image.size)

@@ -106,9 +106,12 @@ def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
         images.read_image(path)
 
 
-def test_a_full_disk_fails_the_file_and_leaves_nothing_partial(model, tmp_path, monkeypatch):
-    PILImage.fromarray(rgb()).save(tmp_path / "a.png")
+def test_a_full_disk_leaves_nothing_partial_and_stops_the_run(model, tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    for index in range(12):
+        PILImage.fromarray(rgb()).save(tmp_path / "in" / f"{index:02d}.png")
     real_fdopen = os.fdopen
+    attempts = []
 
     class FullDisk:
         def __init__(self, handle):
@@ -124,11 +127,20 @@ def test_a_full_disk_fails_the_file_and_leaves_nothing_partial(model, tmp_path, 
             self.handle.write(data[: len(data) // 3])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(images.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
-    result = runner.invoke(app, ["translate", "--model", str(model), "--workers", "0",
-                                 str(tmp_path / "a.png"), str(tmp_path / "out")])
+    def full_disk(fd, mode):
+        attempts.append(fd)
+        return FullDisk(real_fdopen(fd, mode))
+
+    monkeypatch.setattr(images.os, "fdopen", full_disk)
+    command = ["translate", "--model", str(model), "--workers", "0", str(tmp_path / "in"), str(tmp_path / "out")]
+    result = runner.invoke(app, command)
     assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert "Translation stopped: run the same command again" in flat(result.stderr)
     assert list((tmp_path / "out").iterdir()) == []
+    assert len(attempts) < 12  # the images after the first failure were not computed to fail
+    monkeypatch.undo()  # space again: the same command finishes the job
+    assert runner.invoke(app, command).exit_code == 0
+    assert len(list((tmp_path / "out").iterdir())) == 12
 
 
 @pytest.mark.parametrize("full", ["checkpoint", "log"])

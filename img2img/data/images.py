@@ -262,6 +262,10 @@ def _encode_gray_alpha(la: np.ndarray, suffix: str) -> bytes:
 class WriteError(Exception):
     """A file could not be written (a full disk, no permission, a read-only folder)."""
 
+    def __init__(self, message: str, full: bool = False):
+        super().__init__(message)
+        self.full = full  # the disk is full: the files after this one would fail too
+
 
 @contextmanager
 def writing(path: Path):
@@ -271,7 +275,7 @@ def writing(path: Path):
     except OSError as err:
         full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
         hint = ": free space there or write elsewhere" if full else ""
-        raise WriteError(f"{path}: could not be written: {err.strerror or err}{hint}") from None
+        raise WriteError(f"{path}: could not be written: {err.strerror or err}{hint}", full) from None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
