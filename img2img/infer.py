@@ -119,29 +119,29 @@ def names_a_file(source: str, output: Path) -> bool:
 
 
 @dataclass
-class Plan:
+class OutputPlan:
     folder: Path  # results go to folder / job.relative
     jobs: list[Job]
     to_file: bool  # OUTPUT is one file, in a folder that is the user's, not ours
 
 
-def plan_outputs(source: str, output: Path, stdin: TextIO | None = None, ext: str | None = None) -> Plan:
+def plan_outputs(source: str, output: Path, stdin: TextIO | None = None, ext: str | None = None) -> OutputPlan:
     """Where each result goes, for OUTPUT a folder or (see names_a_file) a file."""
     if not names_a_file(source, output):
-        plan = Plan(output, collect_jobs(source, output, stdin, ext), to_file=False)
+        outputs = OutputPlan(output, collect_jobs(source, output, stdin, ext), to_file=False)
     elif ext and ext != output.suffix.lower():
         raise InputError(f"--ext {ext[1:]} and OUTPUT {output} name different formats: give one of them")
     else:
-        plan = Plan(output.parent, [Job(Path(source), Path(output.name))], to_file=True)
-    for job in plan.jobs:
-        if (plan.folder / job.relative).resolve() == job.source.resolve():
+        outputs = OutputPlan(output.parent, [Job(Path(source), Path(output.name))], to_file=True)
+    for job in outputs.jobs:
+        if (outputs.folder / job.relative).resolve() == job.source.resolve():
             raise InputError(f"OUTPUT {output} would replace the input {job.source} with its result: "
                              "choose another OUTPUT")
-    return plan
+    return outputs
 
 
 def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: str | None = None) -> list[Job]:
-    """INPUT as a file, a folder (recursive) or '-' (newline-separated paths on stdin)."""
+    """INPUT as a file, a folder (recursive) or '-' (newline- or NUL-separated paths on stdin)."""
     jobs = _collect(source, Path(out_dir), stdin)
     if ext:
         jobs = [Job(j.source, j.relative.with_suffix(ext)) for j in jobs]
@@ -296,27 +296,27 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     """Translate INPUT (file, folder or '-') into `out_dir`; returns one Result per input."""
     options = options or Options(**overrides)
     reporter = reporter or Silent()
-    plan = plan_outputs(source, Path(out_dir), stdin, options.ext)
+    outputs = plan_outputs(source, Path(out_dir), stdin, options.ext)
     module, spec = load_generator(Path(model), options.direction)
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
-    prepare_output(plan)
-    return run_jobs(translator, plan.jobs, plan.folder, options, reporter, on_result)
+    prepare_output(outputs)
+    return run_jobs(translator, outputs.jobs, outputs.folder, options, reporter, on_result)
 
 
-def prepare_output(plan: Plan) -> None:
+def prepare_output(outputs: OutputPlan) -> None:
     """A folder that cannot be written is one error, not one per image; then the temporaries
     that killed runs left (SIGKILL skips all clean-up) go: anywhere below an OUTPUT folder, or
     an OUTPUT file's own."""
-    with writing(plan.folder):
-        plan.folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=plan.folder):
+    with writing(outputs.folder):
+        outputs.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=outputs.folder):
             pass
     # The second pattern: OpenCV's temporaries, named by format.
     patterns = (f"*{TEMP_SUFFIX}", f"*{TEMP_SUFFIX}.*")
-    if plan.to_file:
-        ours = [p for pattern in patterns for p in plan.folder.glob(f".{plan.jobs[0].relative.name}.{pattern}")]
+    if outputs.to_file:
+        ours = [p for pattern in patterns for p in outputs.folder.glob(f".{outputs.jobs[0].relative.name}.{pattern}")]
     else:
-        ours = [p for pattern in patterns for p in plan.folder.rglob(pattern)]
+        ours = [p for pattern in patterns for p in outputs.folder.rglob(pattern)]
     for path in ours:
         if is_stale_temporary(path):
             path.unlink(missing_ok=True)

@@ -38,9 +38,9 @@ def translate_sharded(model: str | Path, source: str, out_dir: str | Path, devic
     import torch.multiprocessing as mp
 
     reporter = reporter or Silent()
-    plan = plan_outputs(source, Path(out_dir), stdin, options.ext)
-    prepare_output(plan)
-    out_dir, jobs = plan.folder, plan.jobs
+    outputs = plan_outputs(source, Path(out_dir), stdin, options.ext)
+    prepare_output(outputs)
+    out_dir, jobs = outputs.folder, outputs.jobs
     context = mp.get_context("spawn")
     queue = context.Queue()
     shards = [list(range(rank, len(jobs), len(devices))) for rank in range(len(devices))]
