@@ -127,12 +127,11 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(sig, handler)
 
 
-DATA_SPLITS = ("train", "val", "test", "trainA", "trainB", "testA", "testB")  # the reference layouts
-
-
 def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
     """A run folder inside a data folder would have its own sample grids and plots read back as
     training or validation images when the run resumes or the folder is used again."""
+    from img2img.data.datasets import LAYOUT_SPLITS  # here, as train's imports: translate starts without it
+
     run = run_dir.resolve()
     for item in fields(cfg):
         option, value = option_of(type(cfg), item.name), getattr(cfg, item.name)
@@ -140,7 +139,7 @@ def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
             continue
         read = [Path(value).resolve()]
         if item.name == "data":  # the reference layouts: the split subfolders, where there are any
-            read = [read[0] / split for split in DATA_SPLITS if (read[0] / split).is_dir()] or read
+            read = [read[0] / split for split in LAYOUT_SPLITS if (read[0] / split).is_dir()] or read
         if any(run == folder or folder in run.parents for folder in read):
             raise ConfigError(f"--out {run_dir} is inside {flag_of(item.name, option)} {value}: the run's sample "
                               "grids and plots would be read as images of the data; choose an --out outside it")

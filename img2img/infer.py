@@ -133,8 +133,9 @@ def plan_outputs(source: str, output: Path, stdin: TextIO | None = None, ext: st
         raise InputError(f"--ext {ext[1:]} and OUTPUT {output} name different formats: give one of them")
     else:
         outputs = OutputPlan(output.parent, [Job(Path(source), Path(output.name))], to_file=True)
+    folder = outputs.folder.resolve()  # once: resolving is a system call per path component
     for job in outputs.jobs:
-        if (outputs.folder / job.relative).resolve() == job.source.resolve():
+        if folder / job.relative == job.source.resolve():
             raise InputError(f"OUTPUT {output} would replace the input {job.source} with its result: "
                              "choose another OUTPUT")
     return outputs
@@ -311,14 +312,12 @@ def prepare_output(outputs: OutputPlan) -> None:
         outputs.folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=outputs.folder):
             pass
-    # The second pattern: OpenCV's temporaries, named by format.
-    patterns = (f"*{TEMP_SUFFIX}", f"*{TEMP_SUFFIX}.*")
     if outputs.to_file:
-        ours = [p for pattern in patterns for p in outputs.folder.glob(f".{outputs.jobs[0].relative.name}.{pattern}")]
+        ours = list(outputs.folder.glob(f".{outputs.jobs[0].relative.name}.*{TEMP_SUFFIX}*"))
     else:
-        ours = [p for pattern in patterns for p in outputs.folder.rglob(pattern)]
+        ours = list(outputs.folder.rglob(f"*{TEMP_SUFFIX}*"))
     for path in ours:
-        if is_stale_temporary(path):
+        if is_stale_temporary(path):  # its name tells which are ours, OpenCV's and buffers included
             path.unlink(missing_ok=True)
 
 

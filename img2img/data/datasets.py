@@ -58,6 +58,9 @@ def checked_size(path: Path, problems: list[str]) -> tuple[int, int] | None:
         return None
 
 
+LAYOUT_SPLITS = ("train", "val", "test", "trainA", "trainB", "testA", "testB")  # --data: both references
+
+
 def _split_folder(root: Path, split: str) -> Path:
     # The reference's layout has train/ val/ test/ below the data folder.
     return root / split if (root / split).is_dir() else root
