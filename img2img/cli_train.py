@@ -93,7 +93,9 @@ def add_train_command(train_app: typer.Typer, task_class) -> None:
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = f"{inspect.getdoc(task_class)}\n\nExample: {task_class.example}"
+    # One line per paragraph: rich keeps a docstring's line breaks, mid-sentence in a listing.
+    summary = " ".join(inspect.getdoc(task_class).split())
+    command.__doc__ = f"{summary}\n\nExample: {task_class.example}"
     train_app.command(task_class.name)(command)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 import random
+import re
 import signal
 import time
 import warnings
@@ -206,7 +207,7 @@ class Trainer:
                 self._run_phase(phase, batches)
         with warnings.catch_warnings():
             # Phases that have not started yet (GAN after pretraining) follow the global step too.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             for scheduler in self.schedulers.values():
                 scheduler.step()
         for name, ema in self.ema.items():
