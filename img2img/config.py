@@ -252,7 +252,7 @@ def resolve(task: str, recipe: str | Path | None = None, overrides: Mapping[str,
     if recipe:
         from img2img import recipes
 
-        recipe_task, recipe_values = recipes.load(str(recipe))
+        recipe_task, recipe_values = recipes.load(str(recipe), task)
         if recipe_task != task:
             raise ConfigError(f"--recipe {recipe} is a {recipe_task} recipe: use `img2img train {recipe_task}`")
     return make_config(task, values, recipe_values)

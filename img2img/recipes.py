@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from img2img.config import ConfigError, check_value, config_class
+from img2img.config import ConfigError, check_value, config_class, configs
 from img2img.resources import shipped
 
 RECIPES = shipped("recipes")
@@ -34,16 +34,17 @@ def path_of(name_or_file: str) -> Path:
     raise ConfigError(f"no recipe {name_or_file!r} (neither a bundled recipe nor a .yaml file){hint}")
 
 
-def load(name_or_file: str) -> tuple[str, dict[str, Any]]:
-    """(task, checked settings) of a recipe."""
+def load(name_or_file: str, command_task: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(task, checked settings) of a recipe. A user's file may leave out `task` when the train
+    command names it (`command_task`)."""
     path = path_of(name_or_file)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict) or "task" not in data:
-        raise ConfigError(f"{path}: a recipe is a mapping of settings with a 'task' (pix2pix, cyclegan, srgan)")
-    task = data.pop("task")
+    if not isinstance(data, dict) or ("task" not in data and command_task is None):
+        raise ConfigError(f"{path}: a recipe is a mapping of settings with a 'task' ({', '.join(configs())})")
+    task = data.pop("task", command_task)
     try:
         cls = config_class(str(task))
         return task, {key: check_value(key, value, cls) for key, value in data.items()}

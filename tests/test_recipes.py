@@ -72,3 +72,13 @@ def test_train_with_a_recipe_and_overrides_saves_the_resolved_config(aligned_pho
 def test_a_recipe_of_another_task_is_refused(tmp_path):
     result = runner.invoke(app, ["train", "pix2pix", "--recipe", "horse2zebra", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "train cyclegan" in result.stderr
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_users_recipe_may_leave_the_task_to_the_command(task, tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text("steps: 3\n")
+    assert recipes.load(str(own), task) == (task, {"steps": 3})
+    with pytest.raises(ConfigError, match="with a 'task'") as refused:  # no command to take it from
+        recipes.load(str(own))
+    assert all(name in str(refused.value) for name in TASKS)  # every family, the next one too
