@@ -23,7 +23,7 @@ from img2img.data.header import set_max_pixels
 from img2img.tasks import TASKS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train and run image-to-image translation GANs (pix2pix, CycleGAN, SR).")
+                  help="Train and run image-to-image translation GANs (pix2pix, CycleGAN, CUT, SR).")
 train_app = typer.Typer(no_args_is_help=True, help="Train a model into a run folder.")
 app.add_typer(train_app, name="train")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect training data.")
@@ -246,7 +246,7 @@ def show_recipes(name: Optional[str] = typer.Argument(None, help="A recipe to pr
 def data_check(
     folder: Path = typer.Argument(..., help="A folder of images (searched recursively)."),
     b: Optional[Path] = typer.Option(None, "--b", help="A second folder whose files pair with FOLDER's by relative path and stem."),
-    unpaired: bool = typer.Option(False, "--unpaired", help="FOLDER and --b are two unpaired domains (CycleGAN): no pairing check."),
+    unpaired: bool = typer.Option(False, "--unpaired", help="FOLDER and --b are two unpaired domains (CycleGAN, CUT): no pairing check."),
     aligned: bool = typer.Option(False, "--aligned", help="FOLDER holds A|B side by side (pix2pix --data)."),
     decode: bool = typer.Option(False, "--decode", help="Decode every image fully (slower, catches corrupt pixel data)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help=MAX_PIXELS_HELP),
