@@ -40,7 +40,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     """Train `cfg.task` into the run folder `cfg.out`; returns that folder. Under torchrun
     every process calls this; rank 0 alone writes files and reports."""
     # Imported here: translate, which shares this module, starts faster without them.
-    from img2img.data.datasets import SeededSampler
+    from img2img.data.datasets import SeededSampler, SkipUnreadable
     from img2img.gan import distributed
     from img2img.gan.loop import Trainer, epochs_to_steps
     from img2img.gan.record import Recorder
@@ -80,7 +80,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     start = 0 if state is None else int(state["step"])
     workers = default_workers(device, training=True) if cfg.workers is None else cfg.workers
     sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world_size, start=start * per_step)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+    loader = DataLoader(SkipUnreadable(dataset), batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         prefetch_factor=4 if workers else None)
     batches = iter(loader)

@@ -23,6 +23,7 @@ from img2img import api
 from img2img.cli import app
 from img2img.config import ConfigError, make_config
 from img2img.data import header, images
+from img2img.data.datasets import DataError
 from img2img.data.images import Image, write_image
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
 from img2img.gan.health import Health
@@ -386,3 +387,84 @@ def test_a_discriminator_that_wins_outright_is_flagged_once():
     assert sum(w is not None for w in warnings) == 1 and "won outright since step 10" in next(w for w in warnings if w)
     assert health.discriminator_wins(300, {"D_real": 0.7, "D_fake": 0.3}) is None
     assert health.nonfinite(1) is False
+
+
+# ---- files that stop being readable while a run trains -------------------------------------------
+
+
+def tiny_run(task: str, data: Path, out: Path, steps: int) -> dict:
+    """A few-second run of `task` on the folders `data`/A and `data`/B (SR: B as HR photographs)."""
+    common = {"out": str(out), "steps": steps, "batch_size": 2, "size": 32, "ngf": 4, "ndf": 4, "workers": 0,
+              "device": "cpu", "save_every": 1000}
+    folders = {"a": str(data / "A"), "b": str(data / "B")}
+    return {"pix2pix": {**folders, "netG": "unet_32"},
+            "cyclegan": {**folders, "netG": "resnet_1blocks", "load_size": 32},
+            "cut": {**folders, "netG": "resnet_1blocks", "load_size": 32, "num_patches": 8},
+            "srgan": {"hr": folders["b"], "scale": 2, "netG": "srvgg", "n_blocks": 1, "netD": "unet",
+                      "perceptual": "none"}}[task] | common
+
+
+class DamageAt:
+    """A reporter that runs `damage` once the run reaches `step`, and keeps the messages."""
+
+    def __init__(self, step: int, damage):
+        self.step, self.damage, self.messages = step, damage, []
+
+    def start(self, total, done, description): pass
+    def finish(self): pass
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def update(self, done, info=""):
+        if done >= self.step and self.damage is not None:
+            self.damage()
+            self.damage = None
+
+
+def copy_photos(paired_photos, root: Path) -> Path:
+    import shutil
+
+    for side in ("a", "b"):
+        shutil.copytree(paired_photos[side], root / side.upper())
+    return root
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_files_lost_during_training_are_skipped_and_named_once(task, paired_photos, tmp_path):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    read = data / ("B" if task == "srgan" else "A")
+    deleted, broken = sorted(read.iterdir())[:2]
+
+    def damage():
+        deleted.unlink()
+        broken.write_text("a half-synced file")
+
+    reporter = DamageAt(2, damage)
+    cfg = make_config(task, tiny_run(task, data, tmp_path / "run", steps=40))
+    api.train(cfg, reporter=reporter)  # 40 steps of 2 draw every one of the 24 images again
+    skipped = [m for m in reporter.messages if m.startswith("skipped")]
+    assert len(skipped) == 2, reporter.messages
+    assert f"skipped {deleted}: no such file" in skipped[0] + skipped[1]
+    assert f"skipped {broken}: not an image" in skipped[0] + skipped[1]
+    assert load_generator(tmp_path / "run")[1].step == 40
+    if task == "srgan":  # its validation images (the first training images) are decoded late
+        assert f"validation goes on without {deleted}: no such file" in reporter.messages
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_data_folder_gone_during_training_saves_the_run_and_resume_finishes_it(paired_photos, tmp_path, workers):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    gone = tmp_path / "unmounted"
+    values = tiny_run("cyclegan", data, tmp_path / "run", steps=30) | {"workers": workers}
+    with pytest.raises(DataError) as stopped:  # loader workers' prefetched batches are used first
+        api.train(make_config("cyclegan", values), reporter=DamageAt(3, lambda: data.rename(gone)))
+    message = str(stopped.value)
+    assert message.startswith("16 training images in a row could not be read now, the last: ")
+    assert "no such file" in message and "Traceback" not in message and "worker" not in message
+    saved = int(message.split("saved at step ")[1].split(":")[0])
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("state_*")] == [f"state_step{saved:08d}.pt"]
+
+    gone.rename(data)
+    api.train(make_config("cyclegan", values), resume=True)
+    assert load_generator(tmp_path / "run")[1].step == 30

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from img2img.config import ConfigError
-from img2img.data.header import check_image, failure
+from img2img.data.header import ImageError, check_image, failure
 from img2img.data.images import IMAGE_EXTENSIONS, files_by_key, is_image_file, list_images, read_image
 
 
@@ -214,6 +214,37 @@ class SeededSampler(Sampler):
 
     def __len__(self) -> int:  # endless; the loop counts steps
         return 2**62
+
+
+class SkipUnreadable(Dataset):
+    """A training set that outlives files which stop being readable during a run (deleted,
+    replaced by a broken copy, a network share gone for a moment): the sample is drawn again
+    from the next images (other seeds, so an unpaired partner is drawn again too) and carries
+    the lost files' messages in "unreadable" ("" when none) for the loop to report. Only when
+    UNREADABLE_IN_A_ROW draws fail together does it give up, with a DataError."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        lost: list[str] = []
+        for attempt in range(min(UNREADABLE_IN_A_ROW, len(self.dataset))):
+            try:
+                sample = self.dataset[((index + attempt) % len(self.dataset), (seed + attempt) % 2**32)]
+            except ImageError as err:
+                lost.append(str(err))
+                continue
+            return {**sample, "unreadable": "\n".join(lost)}
+        tried = (f"none of the {len(lost)} training images could" if len(lost) == len(self.dataset)
+                 else f"{len(lost)} training images in a row could not")
+        raise DataError(f"{tried} be read now, the last: {lost[-1]}; is the data folder still there?")
+
+
+UNREADABLE_IN_A_ROW = 16
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -23,6 +23,7 @@ from img2img.config import ConfigError
 from img2img.data.datasets import (DataError, checked_size, files_by_stem, image_size, partner_problems, raise_problems,
                                    require_folder, scan_images, to_tensor)
 from img2img.data.degrade import degrade
+from img2img.data.header import ImageError
 from img2img.data.images import read_image
 from img2img.metrics import SSIM_WINDOW
 
@@ -228,17 +229,23 @@ def index_seed(index: int) -> int:
 
 
 def validation_images(items: Sequence[SRItem], scale: int, degradation: str,
-                      multiple: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(lr, hr) 1x3xHxW tensors of whole images, trimmed to what the generator accepts."""
-    pairs = []
+                      multiple: int = 1) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[str]]:
+    """(lr, hr) 1x3xHxW tensors of whole images, trimmed to what the generator accepts, and the
+    messages of those that could not be read (decoded late, at the first validation: a file
+    may have gone since the scan)."""
+    pairs, unreadable = [], []
     for index, item in enumerate(items):
-        hr, lr = load_item(item, scale)
+        try:
+            hr, lr = load_item(item, scale)
+        except ImageError as err:
+            unreadable.append(str(err))
+            continue
         height, width = lr_shape(hr, lr, scale)
         hr, lr = center_crop(hr, lr, scale, height // multiple * multiple, width // multiple * multiple)
         if lr is None:
             lr = degrade(np.ascontiguousarray(hr), scale, degradation, np.random.default_rng(index_seed(index)))
         pairs.append((to_tensor(lr, "0,1")[None], to_tensor(hr, "0,1")[None]))
-    return pairs
+    return pairs, unreadable
 
 
 def sample_batch(items: Sequence[SRItem], fallback: Sequence[SRItem], size: int, scale: int,

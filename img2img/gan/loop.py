@@ -7,12 +7,12 @@ state for exact resume. The run folder is gan/record.py's.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 import random
 import re
 import signal
 import time
 import warnings
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from img2img.config import BaseConfig
+from img2img.data.datasets import DataError
 from img2img.device import autocast_dtype, compiled
 from img2img.gan import checkpoint, distributed
 from img2img.gan.health import Health
@@ -163,6 +164,7 @@ class Trainer:
         self.window_start = time.perf_counter()
         self.window_images = 0
         self.skipped_nonfinite = 0
+        self.unreadable: set[str] = set()  # files lost during the run, each reported once
         self.health = Health()
         self.rollback_requested = False
         self.lr_scale = 1.0  # halved by each roll-back after repeated non-finite losses
@@ -257,7 +259,7 @@ class Trainer:
         self.reporter.start(self.total_steps, self.step, f"training {self.task.name}")
         try:
             while self.step < self.total_steps:
-                micro = [self.to_device(next(batches)) for _ in range(self.cfg.grad_accum)]
+                micro = [self.to_device(self.next_batch(batches, recorder)) for _ in range(self.cfg.grad_accum)]
                 self.train_step(micro)
                 self.window_images += sum(batch_size(b) for b in micro) * self.world.world_size
                 if self.rollback_requested:
@@ -270,6 +272,21 @@ class Trainer:
             self.reporter.finish()
         finally:
             recorder.close()
+
+    def next_batch(self, batches: Iterator[dict], recorder) -> dict:
+        """The next batch; files that stopped being readable are reported (once each) and the run
+        goes on, unless the data is gone altogether: then the run is saved first."""
+        try:
+            batch = next(batches)
+        except DataError as err:
+            recorder.save(self)
+            raise DataError(f"{loader_message(err)}\nthe run was saved at step {self.step}: run the same "
+                            "command with --resume once the data is back") from None
+        for line in "\n".join(batch.pop("unreadable", ())).splitlines():
+            if line and line not in self.unreadable:
+                self.unreadable.add(line)
+                self.reporter.message(f"skipped {line} (another image took its place)")
+        return batch
 
     def to_device(self, batch: dict) -> dict:
         cuda = self.device.type == "cuda"
@@ -373,6 +390,15 @@ class TrainingStopped(Exception):
     def __init__(self, signum: int, step: int):
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
         self.signum, self.step = signum, step
+
+
+def loader_message(err: Exception) -> str:
+    """The message an exception was raised with, also when a DataLoader worker raised it (torch
+    re-raises it with the worker's whole traceback as its text, the original message last)."""
+    text = str(err)
+    if "DataLoader worker" not in text:
+        return text
+    return text.rstrip().splitlines()[-1].partition(": ")[2]
 
 
 def batch_size(batch: dict) -> int:

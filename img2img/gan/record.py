@@ -88,6 +88,8 @@ class Recorder:
             return
         with trainer.evaluating():
             metrics = trainer.task.validate(trainer.export_modules())
+        if not metrics:  # nothing left to validate on; the task has said why
+            return
         text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.reporter.message(f"step {trainer.step} validation: {text}")
         self.keep_best(trainer, metrics)

@@ -205,7 +205,7 @@ class SRGAN(Task):
             self.reporter.message(f"validation: PSNR/SSIM on Y of the first {len(self.val_items)} training images "
                                   "(give --val-hr DIR for held-out ones)")
         self.sample_batch = sr_data.sample_batch(self.val_items, items, cfg.size, cfg.scale, cfg.degradation)
-        self.val_images: list[tuple[torch.Tensor, torch.Tensor]] = []  # decoded on first use
+        self.val_images: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # decoded on first use
 
     # ---- the step ----------------------------------------------------------------------------
 
@@ -245,9 +245,13 @@ class SRGAN(Task):
     def validate(self, nets: Nets) -> dict[str, float]:
         """PSNR/SSIM on Y of the generator and of the bicubic upscale, BasicSR's convention."""
         scale = self.cfg.scale
-        if not self.val_images:  # decoded on first use: only the process that validates holds them
-            self.val_images = sr_data.validation_images(self.val_items, scale, self.cfg.degradation,
-                                                        self.nets["G"].multiple)
+        if self.val_images is None:  # decoded on first use: only the process that validates holds them
+            self.val_images, unreadable = sr_data.validation_images(self.val_items, scale, self.cfg.degradation,
+                                                                    self.nets["G"].multiple)
+            for message in unreadable:
+                self.reporter.message(f"validation goes on without {message}")
+        if not self.val_images:
+            return {}
         totals = dict.fromkeys(("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic"), 0.0)
         for lr, hr in self.val_images:
             lr, hr = lr.to(self.device), hr.to(self.device)
