@@ -434,22 +434,27 @@ def copy_photos(paired_photos, root: Path) -> Path:
 def test_files_lost_during_training_are_skipped_and_named_once(task, paired_photos, tmp_path):
     data = copy_photos(paired_photos, tmp_path / "data")
     read = data / ("B" if task == "srgan" else "A")
-    deleted, broken = sorted(read.iterdir())[:2]
+    deleted, broken, shrunk = sorted(read.iterdir())[:3]
 
     def damage():
         deleted.unlink()
         broken.write_text("a half-synced file")
+        write_image(shrunk, Image(rgb=torch.rand(3, 8, 8), alpha=None, gray=False, bits=8))  # fine, if small
 
     reporter = DamageAt(2, damage)
     cfg = make_config(task, tiny_run(task, data, tmp_path / "run", steps=40))
     api.train(cfg, reporter=reporter)  # 40 steps of 2 draw every one of the 24 images again
-    skipped = [m for m in reporter.messages if m.startswith("skipped")]
-    assert len(skipped) == 2, reporter.messages
-    assert f"skipped {deleted}: no such file" in skipped[0] + skipped[1]
-    assert f"skipped {broken}: not an image" in skipped[0] + skipped[1]
+    skipped = " | ".join(m for m in reporter.messages if m.startswith("skipped"))
+    assert f"skipped {deleted}: no such file" in skipped and f"skipped {broken}: not an image" in skipped
+    shrunk_says = {"srgan": f"skipped {shrunk}: now 8x8, smaller than the 32 px HR patch",  # others resize
+                   "pix2pix": f"skipped {shrunk} (8x8) and {data / 'B' / shrunk.name} (64x64) are no longer the same"}
+    if task in shrunk_says:
+        assert shrunk_says[task] in skipped
+    assert skipped.count("skipped") == 2 + (task in shrunk_says), reporter.messages
     assert load_generator(tmp_path / "run")[1].step == 40
     if task == "srgan":  # its validation images (the first training images) are decoded late
         assert f"validation goes on without {deleted}: no such file" in reporter.messages
+        assert f"validation goes on without {shrunk}: now 8x8, too small to measure SSIM at x2" in reporter.messages
 
 
 @pytest.mark.parametrize("workers", [0, 2])

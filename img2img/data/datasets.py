@@ -142,6 +142,9 @@ def load_pair(pair: Pair, direction: str = "AtoB") -> tuple[np.ndarray, np.ndarr
         a, b = a[:, :half], a[:, half:]
     else:
         b = read_image(pair.b).rgb.permute(1, 2, 0).numpy()
+        if a.shape[:2] != b.shape[:2]:  # the scan checked; the file has been replaced since
+            raise ImageError(f"{pair.a} ({a.shape[1]}x{a.shape[0]}) and {pair.b} ({b.shape[1]}x{b.shape[0]}) "
+                             "are no longer the same size")
     return (a, b) if direction == "AtoB" else (b, a)
 
 

@@ -209,6 +209,9 @@ class SRDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
         rng = np.random.default_rng(seed)
         hr, lr = load_item(self.items[index], self.scale)
+        if min(lr_shape(hr, lr, self.scale)) < self.size // self.scale:  # replaced since the scan
+            raise ImageError(f"{self.items[index].hr}: now {hr.shape[1]}x{hr.shape[0]}, smaller than the "
+                             f"{self.size} px HR patch (--size)")
         if self.train:
             if lr is None:
                 hr, lr = degraded_patch(hr, self.scale, self.size, self.degradation, rng)
@@ -239,6 +242,9 @@ def validation_images(items: Sequence[SRItem], scale: int, degradation: str,
             hr, lr = load_item(item, scale)
         except ImageError as err:
             unreadable.append(str(err))
+            continue
+        if min(hr.shape[:2]) < validation_min_size(scale):  # replaced since the scan
+            unreadable.append(f"{item.hr}: now {hr.shape[1]}x{hr.shape[0]}, too small to measure SSIM at x{scale}")
             continue
         height, width = lr_shape(hr, lr, scale)
         hr, lr = center_crop(hr, lr, scale, height // multiple * multiple, width // multiple * multiple)
