@@ -41,6 +41,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     every process calls this; rank 0 alone writes files and reports."""
     # Imported here: translate, which shares this module, starts faster without them.
     from img2img.data.datasets import SeededSampler, SkipUnreadable
+    from img2img.data.workers import opened_quietly, quiet_crash
     from img2img.gan import distributed
     from img2img.gan.loop import Trainer, epochs_to_steps
     from img2img.gan.record import Recorder
@@ -79,11 +80,16 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
 
     start = 0 if state is None else int(state["step"])
     workers = default_workers(device, training=True) if cfg.workers is None else cfg.workers
-    sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world_size, start=start * per_step)
-    loader = DataLoader(SkipUnreadable(dataset), batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                        prefetch_factor=4 if workers else None)
-    batches = iter(loader)
+    guarded = SkipUnreadable(dataset)
+
+    def open_loader(drawn: int):
+        sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world_size, start=drawn)
+        loader = DataLoader(guarded, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                            prefetch_factor=4 if workers else None, worker_init_fn=quiet_crash)
+        return opened_quietly(lambda: iter(loader))
+
+    batches = guarded.batches(open_loader, start * per_step, cfg.batch_size)
     if state is not None:
         trainer.load_state_dict(state)  # after iter(): the loader draws from the RNG
     try:

@@ -29,6 +29,7 @@ from img2img.data.header import ImageError, check_image, failure
 from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, WriteError, decode_image,
                                  is_image_file, is_stale_temporary, list_images, output_layout,
                                  quantise_on_device, stack_rgb, to_pixels, write_image, writing)
+from img2img.data import workers as worker_processes
 from img2img.data.strips import StripWriter, streams
 from img2img.config import AMP_CHOICES
 from img2img.device import default_workers, default_writers
@@ -385,7 +386,7 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
                         _translate_group(translator, group, jobs, out_dir, state, options, reporter, writer)
                         break
                     except Exception as err:  # e.g. the network refused this input: name the files, go on
-                        if attempt == 0 and _decoder_died(err):  # raised by torch's SIGCHLD handler meanwhile
+                        if attempt == 0 and worker_processes.died(err):  # raised by torch's SIGCHLD handler meanwhile
                             continue
                         for item in group:
                             if not item.get("done"):
@@ -414,6 +415,7 @@ def _decoded_batches(dataset: DecodeDataset, batches: list[list[int]], workers: 
         one_at_a_time = careful > 0
         loader = iter(DataLoader(dataset, batch_sampler=batches,
                                  num_workers=1 if one_at_a_time else workers, collate_fn=collate,
+                                 worker_init_fn=worker_processes.quiet_crash,
                                  pin_memory=device.type == "cuda",
                                  prefetch_factor=(1 if one_at_a_time else prefetch) if workers else None))
         received = 0
@@ -437,23 +439,8 @@ def _decoded_batches(dataset: DecodeDataset, batches: list[list[int]], workers: 
                 end = received + prefetch * workers
                 suspects = [[i] for batch in batches[received:end] for i in batch]
                 batches, careful = batches[:received] + suspects + batches[end:], len(suspects)
-        _stop(loader)
+        worker_processes.stop(loader)
         batches = batches[received:]
-
-
-def _stop(loader) -> None:
-    """Shut the loader's workers down now, where the error torch's SIGCHLD handler raises for a
-    dead one is caught, rather than in a destructor, where it would print a traceback."""
-    for _ in range(3):
-        try:
-            getattr(loader, "_shutdown_workers", lambda: None)()
-            return
-        except Exception:
-            continue
-
-
-def _decoder_died(err: Exception) -> bool:
-    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
 
 
 def _plan_memory(translator: Translator, jobs: list[Job], sizes: list[tuple[int, int]], options: Options,

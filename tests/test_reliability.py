@@ -473,3 +473,40 @@ def test_a_data_folder_gone_during_training_saves_the_run_and_resume_finishes_it
     gone.rename(data)
     api.train(make_config("cyclegan", values), resume=True)
     assert load_generator(tmp_path / "run")[1].step == 30
+
+
+def crash_on(crashing: Path, monkeypatch) -> None:
+    """Make decoding the file `crashing` kill its process, as a codec's segfault on a crafted file
+    does. Forked processes (loader workers, the check's decoders) inherit the patch."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("needs forked worker processes to inherit a patched decoder")
+    real = images.decode_image
+
+    def decode(path, *args, **kwargs):
+        if Path(path) == crashing:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "decode_image", decode)
+
+
+@pytest.mark.parametrize("task", ["cyclegan", "srgan"])
+def test_a_file_that_crashes_its_decoder_is_excluded_and_the_run_goes_on(task, paired_photos, tmp_path, monkeypatch):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    crashing = sorted((data / ("B" if task == "srgan" else "A")).iterdir())[5]  # not among SR's validation images
+    crash_on(crashing, monkeypatch)
+    reporter = DamageAt(0, lambda: None)
+    api.train(make_config(task, tiny_run(task, data, tmp_path / "run", steps=30) | {"workers": 2}), reporter=reporter)
+    assert load_generator(tmp_path / "run")[1].step == 30
+    skipped = [m for m in reporter.messages if m.startswith("skipped")]
+    assert skipped == [f"skipped {crashing}: decoding it killed the decoding process (a file the image decoder "
+                       "cannot handle); another image takes its place"]
+
+
+def test_data_check_names_a_file_that_crashes_its_decoder(paired_photos, tmp_path, monkeypatch):
+    crash_on(sorted(paired_photos["a"].iterdir())[3], monkeypatch)
+    result = runner.invoke(app, ["data", "check", "--decode", str(paired_photos["a"])])
+    assert result.exit_code == 1 and "1 problem(s)" in result.stderr
+    assert f"{sorted(paired_photos['a'].iterdir())[3]}: decoding it killed the decoding process" in flat(result.stderr)

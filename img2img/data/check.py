@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,23 +30,68 @@ def scan_folder(folder: Path, decode: bool = False) -> Report:
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such folder")
     report = Report(folder)
+    headers = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if not is_image_file(path):
             report.skipped.append(path)
             continue
         report.files += 1
         try:
-            header = check_image(path)
-            if decode:
-                read_image(path)
+            headers[path] = check_image(path)
         except Exception as err:  # the per-file boundary: named, and the scan goes on
-            report.problems.append(failure(path, err, "decoding" if decode else "reading the header"))
+            report.problems.append(failure(path, err, "reading the header"))
+    undecodable = decode_problems(list(headers)) if decode else {}
+    for path, header in headers.items():
+        if path in undecodable:
+            report.problems.append(undecodable[path])
             continue
         report.formats[header.format] += 1
         report.sizes[(header.width, header.height)] += 1
     if report.files == 0:
         report.problems.append(f"{folder}: no images found (png, jpg, webp, bmp, tif)")
     return report
+
+
+def decode_problems(paths: list[Path]) -> dict[Path, str]:
+    """Each file that does not decode -> why, decoded in child processes, so that a file that
+    crashes its decoder (as crafted files can) is named too instead of ending the scan."""
+    problems: dict[Path, str] = {}
+    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    while chunks:
+        chunk = chunks.pop(0)
+        try:
+            with ProcessPoolExecutor(1, initializer=_one_thread) as pool:
+                problems |= pool.submit(_decode_all, chunk).result()
+        except BrokenProcessPool:
+            if len(chunk) > 1:  # one at a time, so the next death names its file
+                chunks[:0] = [[path] for path in chunk]
+            else:
+                problems[chunk[0]] = f"{chunk[0]}: decoding it killed the decoding process (a file the image " \
+                                     "decoder cannot handle)"
+    return problems
+
+
+DECODE_CHUNK = 64  # files per child process: few processes, and few files to decode again after a crash
+
+
+def _one_thread() -> None:
+    """A forked child of a process whose thread pools have run (a training run) hangs in the
+    first parallel region: decode on one thread, as DataLoader workers do."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _decode_all(paths: list[Path]) -> dict[Path, str]:
+    problems = {}
+    for path in paths:
+        try:
+            read_image(path)
+        except Exception as err:  # the per-file boundary: named, and the scan goes on
+            problems[path] = failure(path, err, "decoding")
+    return problems
 
 
 def pairing_problems(a: Path, b: Path) -> list[str]:

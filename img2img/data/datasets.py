@@ -7,6 +7,7 @@ whether it ran straight through, was resumed, or used any number of loader worke
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -14,9 +15,10 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_info
 
 from img2img.config import ConfigError
+from img2img.data import workers
 from img2img.data.header import ImageError, check_image, failure
 from img2img.data.images import IMAGE_EXTENSIONS, files_by_key, is_image_file, list_images, read_image
 
@@ -178,6 +180,11 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def sources(self, item: tuple[int, int]) -> list[Path]:
+        """The files item (index, seed) reads."""
+        pair = self.pairs[item[0]]
+        return [pair.a] if pair.b is None else [pair.a, pair.b]
+
     def __getitem__(self, item: tuple[int, int] | int) -> dict[str, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, 0)
         a, b = load_pair(self.pairs[index], self.direction)
@@ -221,32 +228,93 @@ class SeededSampler(Sampler):
 
 class SkipUnreadable(Dataset):
     """A training set that outlives files which stop being readable during a run (deleted,
-    replaced by a broken copy, a network share gone for a moment): the sample is drawn again
-    from the next images (other seeds, so an unpaired partner is drawn again too) and carries
-    the lost files' messages in "unreadable" ("" when none) for the loop to report. Only when
-    UNREADABLE_IN_A_ROW draws fail together does it give up, with a DataError."""
+    replaced by a broken copy, a network share gone for a moment) or crash their decoder: the
+    sample is drawn again from the next images (other seeds, so an unpaired partner is drawn
+    again too) and carries the lost files' messages in "unreadable" ("" when none) for the loop
+    to report. Only when UNREADABLE_IN_A_ROW draws fail together does it give up (DataError).
+
+    Each loader process posts the item it is decoding in shared memory: when a decoder kills
+    its process, `batches` decodes that item's files again in a child process of their own,
+    excludes the one that kills it, and restarts the loader where it was."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
+        self.in_flight = torch.full((IN_FLIGHT_SLOTS, 3), -1, dtype=torch.int64).share_memory_()  # pid, item
+        self.excluded: dict[Path, str] = {}  # files that crashed their decoder -> why
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
+        worker = get_worker_info()
+        slot = self.in_flight[(worker.id if worker else 0) % IN_FLIGHT_SLOTS]
         lost: list[str] = []
-        for attempt in range(min(UNREADABLE_IN_A_ROW, len(self.dataset))):
-            try:
-                sample = self.dataset[((index + attempt) % len(self.dataset), (seed + attempt) % 2**32)]
-            except ImageError as err:
-                lost.append(str(err))
-                continue
-            return {**sample, "unreadable": "\n".join(lost)}
+        try:
+            for attempt in range(min(UNREADABLE_IN_A_ROW, len(self.dataset))):
+                drawn = ((index + attempt) % len(self.dataset), (seed + attempt) % 2**32)
+                slot.copy_(torch.tensor((os.getpid(), *drawn)))
+                try:
+                    sample = self.draw(drawn)
+                except ImageError as err:
+                    lost.append(str(err))
+                    continue
+                return {**sample, "unreadable": "\n".join(lost)}
+        finally:
+            slot.fill_(-1)
         tried = (f"none of the {len(lost)} training images could" if len(lost) == len(self.dataset)
                  else f"{len(lost)} training images in a row could not")
         raise DataError(f"{tried} be read now, the last: {lost[-1]}; is the data folder still there?")
 
+    def draw(self, item: tuple[int, int]) -> dict:
+        for path in self.dataset.sources(item):
+            if path in self.excluded:
+                raise ImageError(self.excluded[path])
+        return self.dataset[item]
 
+    def batches(self, open_loader: Callable[[int], Iterator[dict]], drawn: int, batch_size: int) -> Iterator[dict]:
+        """Batches of the loader `open_loader(drawn)` gives, `drawn` counting the samples this
+        process has drawn so far. The first loader is opened now (opening one draws from the
+        RNG), again after a loader process died."""
+        loader = open_loader(drawn)
+
+        def endless():
+            nonlocal loader, drawn
+            while True:
+                try:
+                    batch = next(loader)
+                except RuntimeError as err:
+                    if not workers.died(err):
+                        raise
+                    workers.stop(loader)  # now: torch's SIGCHLD handler would raise again later
+                    self.exclude_crashing(self.reading(err))
+                    loader = open_loader(drawn)
+                    continue
+                drawn += batch_size
+                yield batch
+
+        return endless()
+
+    def reading(self, err: RuntimeError) -> list[Path]:
+        """The files the dead processes were decoding (every process's, where torch names none)."""
+        pids = workers.dead_pids(err)
+        return [path for pid, index, seed in self.in_flight.tolist() if index >= 0 and (not pids or pid in pids)
+                for path in self.dataset.sources((index, seed))]
+
+    def exclude_crashing(self, suspects: list[Path]) -> None:
+        """Exclude those of `suspects` that kill a process decoding them alone; none doing so,
+        something else stopped the loader process: a DataError."""
+        from img2img.data.check import decode_problems  # it imports this module
+
+        crashing = {path: why for path, why in decode_problems(suspects).items() if "killed" in why}
+        if not crashing:
+            raise DataError("a process decoding training images died, reading "
+                            f"{' or '.join(map(str, suspects)) or 'an image'}, and these decode on their own: "
+                            "the system stopped it (short of memory?)")
+        self.excluded |= crashing
+
+
+IN_FLIGHT_SLOTS = 64  # loader processes whose current item is known, far more than anyone starts
 UNREADABLE_IN_A_ROW = 16
 
 

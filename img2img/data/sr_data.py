@@ -205,6 +205,11 @@ class SRDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def sources(self, item: tuple[int, int]) -> list[Path]:
+        """The files an item reads."""
+        found = self.items[item[0]]
+        return [found.hr] if found.lr is None else [found.hr, found.lr]
+
     def __getitem__(self, item: tuple[int, int] | int) -> dict:
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
         rng = np.random.default_rng(seed)

@@ -43,13 +43,23 @@ class UnpairedDataset(Dataset):
     def __len__(self) -> int:
         return max(len(self.files_a), len(self.files_b))
 
-    def __getitem__(self, item: tuple[int, int] | int) -> dict:
+    def draw(self, item: tuple[int, int] | int) -> tuple[int, int, int, int]:
+        """(index_a, index_b, seed_a, seed_b) of an item: all from its seed."""
         index, seed = item if isinstance(item, tuple) else (item, 0)
         rng = np.random.default_rng(seed)
         index_a = index % len(self.files_a)
         index_b = index % len(self.files_b) if self.serial else int(rng.integers(len(self.files_b)))
         # Independent crops and flips: the two sides have nothing to keep aligned.
         seed_a, seed_b = (int(s) for s in rng.integers(0, 2**31, size=2))
+        return index_a, index_b, seed_a, seed_b
+
+    def sources(self, item: tuple[int, int]) -> list[Path]:
+        """The files an item reads."""
+        index_a, index_b, _, _ = self.draw(item)
+        return [self.files_a[index_a], self.files_b[index_b]]
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict:
+        index_a, index_b, seed_a, seed_b = self.draw(item)
         a = self.load(self.files_a[index_a], seed_a)
         b = self.load(self.files_b[index_b], seed_b)
         return {"A": to_tensor(a, "-1,1"), "B": to_tensor(b, "-1,1"), "index_a": index_a, "index_b": index_b}

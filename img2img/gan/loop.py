@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from img2img.config import BaseConfig
+from img2img.data import workers
 from img2img.data.datasets import DataError
 from img2img.device import autocast_dtype, compiled
 from img2img.gan import checkpoint, distributed
@@ -280,12 +281,12 @@ class Trainer:
             batch = next(batches)
         except DataError as err:
             recorder.save(self)
-            raise DataError(f"{loader_message(err)}\nthe run was saved at step {self.step}: run the same "
+            raise DataError(f"{workers.message(err)}\nthe run was saved at step {self.step}: run the same "
                             "command with --resume once the data is back") from None
         for line in "\n".join(batch.pop("unreadable", ())).splitlines():
             if line and line not in self.unreadable:
                 self.unreadable.add(line)
-                self.reporter.message(f"skipped {line} (another image took its place)")
+                self.reporter.message(f"skipped {line}; another image takes its place")
         return batch
 
     def to_device(self, batch: dict) -> dict:
@@ -390,15 +391,6 @@ class TrainingStopped(Exception):
     def __init__(self, signum: int, step: int):
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
         self.signum, self.step = signum, step
-
-
-def loader_message(err: Exception) -> str:
-    """The message an exception was raised with, also when a DataLoader worker raised it (torch
-    re-raises it with the worker's whole traceback as its text, the original message last)."""
-    text = str(err)
-    if "DataLoader worker" not in text:
-        return text
-    return text.rstrip().splitlines()[-1].partition(": ")[2]
 
 
 def batch_size(batch: dict) -> int:
