@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -40,11 +40,9 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     """Train `cfg.task` into the run folder `cfg.out`; returns that folder. Under torchrun
     every process calls this; rank 0 alone writes files and reports."""
     # Imported here: translate, which shares this module, starts faster without them.
-    from img2img.data.datasets import SeededSampler, SkipUnreadable
-    from img2img.data.workers import opened_quietly, quiet_crash
     from img2img.gan import distributed
     from img2img.gan.loop import Trainer, epochs_to_steps
-    from img2img.gan.record import Recorder
+    from img2img.gan.record import Recorder, held
     from img2img.tasks import TASKS
 
     world = distributed.from_environment()
@@ -70,20 +68,34 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     total_steps = cfg.steps or epochs_to_steps(cfg.epochs or DEFAULT_EPOCHS, len(dataset), per_step, world_size)
     trainer = Trainer(task, cfg, device, total_steps, reporter, world)
     recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
-    if world.is_main:
-        with writing(run_dir):
-            run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml", world_size=world_size, effective_batch_size=effective_batch)
     if world.world_size > 1:
         reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "
                          f"accumulated = effective batch {effective_batch}")
+    with ExitStack() as hold:
+        if world.is_main:
+            with writing(run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+            hold.enter_context(held(run_dir))  # before anything is written there
+            save_config(cfg, run_dir / "config.yaml", world_size=world_size, effective_batch_size=effective_batch)
+        _train(cfg, task, trainer, recorder, state, world, device)
+    if world.is_main:
+        write_report(run_dir, reporter)
+    return run_dir
 
+
+def _train(cfg: BaseConfig, task, trainer, recorder, state: dict | None, world, device: torch.device) -> None:
+    """The loop over the data, from the step `state` holds (None: from the start)."""
+    from img2img.data.datasets import SeededSampler, SkipUnreadable
+    from img2img.data.workers import opened_quietly, quiet_crash
+    from img2img.gan import distributed
+
+    dataset, per_step = task.dataset, cfg.batch_size * cfg.grad_accum
     start = 0 if state is None else int(state["step"])
     workers = default_workers(device, training=True) if cfg.workers is None else cfg.workers
     guarded = SkipUnreadable(dataset)
 
     def open_loader(drawn: int):
-        sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world_size, start=drawn)
+        sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world.world_size, start=drawn)
         loader = DataLoader(guarded, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                             prefetch_factor=4 if workers else None, worker_init_fn=quiet_crash)
@@ -97,9 +109,6 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
             trainer.run(batches, recorder, task.sample_batch)
     finally:
         distributed.teardown()
-    if world.is_main:
-        write_report(run_dir, reporter)
-    return run_dir
 
 
 def write_report(run_dir: Path, reporter: Reporter) -> None:

@@ -510,3 +510,35 @@ def test_data_check_names_a_file_that_crashes_its_decoder(paired_photos, tmp_pat
     result = runner.invoke(app, ["data", "check", "--decode", str(paired_photos["a"])])
     assert result.exit_code == 1 and "1 problem(s)" in result.stderr
     assert f"{sorted(paired_photos['a'].iterdir())[3]}: decoding it killed the decoding process" in flat(result.stderr)
+
+
+def hold_like_a_running_training(run: Path):
+    import fcntl
+
+    run.mkdir(exist_ok=True)
+    other = open(run / ".img2img-training.lock", "a+")
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    other.truncate(0)
+    other.write("process 4242 on gpu-7\n")
+    other.flush()
+    return other
+
+
+@pytest.mark.parametrize("second", ["--resume", "a new run before the first checkpoint"])
+def test_a_run_folder_being_trained_is_refused_to_a_second_command(paired_photos, tmp_path, second):
+    run = tmp_path / "run"
+    args = train_cmd(paired_photos, run, "--steps", 2)[3:]
+    if second == "--resume":
+        assert runner.invoke(app, args).exit_code == 0
+        args = [*args, "--resume", "--steps", "4"]
+    with hold_like_a_running_training(run):  # as the first command, still running, does
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{run} is being trained by process 4242 on gpu-7 now: wait for it" in flat(result.stderr)
+    if second == "--resume":
+        assert load_generator(run)[1].step == 2  # untouched
+    else:
+        assert not list(run.glob("checkpoints/*"))
+    result = runner.invoke(app, args)  # the lock is free again
+    assert result.exit_code == 0, result.output
+    assert load_generator(run)[1].step == (4 if second == "--resume" else 2)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +24,37 @@ from img2img.gan import checkpoint
 from img2img.progress import Reporter
 
 HIGHER_IS_BETTER = ("psnr", "ssim", "val_psnr", "val_ssim")  # metric name prefixes; others: lower is better
+LOCK_NAME = ".img2img-training.lock"
+
+
+@contextmanager
+def held(run_dir: Path):
+    """Hold the run folder for this process while it trains, so that the same command started
+    twice (or a --resume while the run still trains) is refused instead of two processes
+    writing one run. An advisory lock on RUN/.img2img-training.lock, released by the system
+    when the process ends however it ends; where the file system has no locks, not held."""
+    import fcntl
+
+    path = run_dir / LOCK_NAME
+    with writing(path):
+        handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{run_dir} is being trained by {holder} now: wait for it to end, or choose "
+                              "another --out") from None
+        except OSError:  # no locks on this file system (some network mounts): go on without
+            pass
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 class Recorder:
