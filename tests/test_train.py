@@ -110,7 +110,7 @@ def test_ema_decay_warms_up_so_a_short_run_exports_its_recent_weights():
         net.num_batches_tracked.fill_(t)
         ema.update_parameters(net)
         expected += (1 - min(0.999, (1 + t) / (10 + t))) * (t - expected) if t else 0.0
-    assert float(ema.module.weight) == pytest.approx(expected, rel=1e-5)
+    assert float(ema.module.weight.detach()) == pytest.approx(expected, rel=1e-5)
     assert int(ema.module.num_batches_tracked) == 299
     # A fixed 0.999 would still sit near the first weights (about 41); the warm-up follows the
     # run, and the decay reaches 0.999 once t passes about 9000 steps.

@@ -76,12 +76,11 @@ DECODE_CHUNK = 64  # files per child process: few processes, and few files to de
 
 def _one_thread() -> None:
     """A forked child of a process whose thread pools have run (a training run) hangs in the
-    first parallel region: decode on one thread, as DataLoader workers do."""
-    import cv2
+    first parallel region: decode on one thread, as DataLoader workers do. (OpenCV's own pool
+    is not to be touched there: cv2.setNumThreads itself hangs in such a child.)"""
     import torch
 
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def _decode_all(paths: list[Path]) -> dict[Path, str]:
