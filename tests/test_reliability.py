@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -512,16 +513,23 @@ def test_data_check_names_a_file_that_crashes_its_decoder(paired_photos, tmp_pat
     assert f"{sorted(paired_photos['a'].iterdir())[3]}: decoding it killed the decoding process" in flat(result.stderr)
 
 
-def hold_like_a_running_training(run: Path):
-    import fcntl
-
+@contextmanager
+def held_by_another_process(run: Path):
+    """The run folder's lock, held by a second process as a training still running would."""
     run.mkdir(exist_ok=True)
-    other = open(run / ".img2img-training.lock", "a+")
-    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    other.truncate(0)
-    other.write("process 4242 on gpu-7\n")
-    other.flush()
-    return other
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, sys
+lock = open({str(run / ".img2img-training.lock")!r}, "a+")
+fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+lock.truncate(0); lock.write("process 4242 on gpu-7\\n"); lock.flush()
+print("held", flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("")
 
 
 @pytest.mark.parametrize("second", ["--resume", "a new run before the first checkpoint"])
@@ -531,7 +539,7 @@ def test_a_run_folder_being_trained_is_refused_to_a_second_command(paired_photos
     if second == "--resume":
         assert runner.invoke(app, args).exit_code == 0
         args = [*args, "--resume", "--steps", "4"]
-    with hold_like_a_running_training(run):  # as the first command, still running, does
+    with held_by_another_process(run):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert f"{run} is being trained by process 4242 on gpu-7 now: wait for it" in flat(result.stderr)

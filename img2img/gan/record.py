@@ -31,8 +31,9 @@ LOCK_NAME = ".img2img-training.lock"
 def held(run_dir: Path):
     """Hold the run folder for this process while it trains, so that the same command started
     twice (or a --resume while the run still trains) is refused instead of two processes
-    writing one run. An advisory lock on RUN/.img2img-training.lock, released by the system
-    when the process ends however it ends; where the file system has no locks, not held."""
+    writing one run. An advisory POSIX lock on RUN/.img2img-training.lock (held by this process
+    alone, not by the loader processes it forks, and on network file systems too), released by
+    the system when the process ends however it ends; where the file system has none, not held."""
     import fcntl
 
     path = run_dir / LOCK_NAME
@@ -40,8 +41,8 @@ def held(run_dir: Path):
         handle = open(path, "a+")
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another process holds it
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise ConfigError(f"{run_dir} is being trained by {holder} now: wait for it to end, or choose "
