@@ -175,3 +175,53 @@ def test_images_of_other_layouts_do_not_stack(tmp_path):
     rgb, gray, taller, deep = (decode_image(tmp_path / n) for n in ("rgb.png", "gray.png", "taller.png", "deep.png"))
     assert rgb.stacks_with(rgb)
     assert not any(rgb.stacks_with(other) for other in (gray, taller, deep))
+
+
+# ---- the training loaders' resize --------------------------------------------------------------
+
+
+def large_photo(height: int = 900, width: int = 1200) -> np.ndarray:
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_CUBIC)  # RGB
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 3])
+@pytest.mark.parametrize("gray", [False, True])
+def test_a_large_jpeg_is_decoded_reduced_with_its_orientation_and_planes(tmp_path, orientation, gray):
+    photo = large_photo()
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    source = PILImage.fromarray(photo).convert("L" if gray else "RGB")
+    source.save(tmp_path / "p.jpg", exif=exif, quality=95)
+    full = images.decode_image(tmp_path / "p.jpg")
+    reduced = images.decode_image(tmp_path / "p.jpg", at_least=200)  # 900 px >= 4 x 200: a quarter
+    assert reduced.full_size == full.size == full.full_size
+    assert reduced.size == (full.size[0] // 4, full.size[1] // 4) and reduced.gray == full.gray == gray
+    assert reduced.pixels.ndim == full.pixels.ndim
+    # The same picture, the same way up: the full decode shrunk by area is close to it.
+    shrunk = cv2.resize(full.pixels, reduced.size[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk.astype(float) - reduced.pixels).mean() < 2  # 8-bit levels
+
+
+def test_other_formats_and_small_jpegs_are_decoded_whole(tmp_path):
+    photo = large_photo()
+    cv2.imwrite(str(tmp_path / "p.png"), photo[:, :, ::-1])
+    assert images.decode_image(tmp_path / "p.png", at_least=200).size == (900, 1200)
+    PILImage.fromarray(photo).save(tmp_path / "p.jpg", quality=95)
+    assert images.decode_image(tmp_path / "p.jpg", at_least=500).size == (900, 1200)  # not 2 x 500 a side
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_the_loaders_resize_shrinks_large_photos_by_area_and_keeps_bicubic_for_small_ones(tmp_path, suffix):
+    photo = large_photo()
+    path = tmp_path / f"p{suffix}"
+    PILImage.fromarray(photo).save(path, **({"quality": 97} if suffix == ".jpg" else {}))
+    rgb, full_size = images.read_rgb_resized(path, 286)
+    assert rgb.shape == (286, 286, 3) and rgb.dtype == np.float32 and full_size == (900, 1200)
+    # Close to the area-averaged photo; bicubic from full size aliases (fine detail folds back).
+    area = cv2.resize(photo, (286, 286), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    assert np.abs(rgb - area).mean() < 0.01
+    small, _ = images.read_rgb_resized(path, 500)  # 900 < 2 x 500: the reference's bicubic
+    bicubic = cv2.resize(read_image(path).rgb.permute(1, 2, 0).numpy(), (500, 500), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(small, bicubic)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_in
 from img2img.config import ConfigError
 from img2img.data import workers
 from img2img.data.header import ImageError, check_image, failure
-from img2img.data.images import IMAGE_EXTENSIONS, files_by_key, is_image_file, list_images, read_image
+from img2img.data.images import IMAGE_EXTENSIONS, files_by_key, is_image_file, list_images, read_image, read_rgb_resized
 
 
 class DataError(Exception):
@@ -136,25 +136,25 @@ def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
     return pairs
 
 
-def load_pair(pair: Pair, direction: str = "AtoB") -> tuple[np.ndarray, np.ndarray]:
-    """(input, target) as float32 HxWx3 arrays in [0, 1]."""
-    a = read_image(pair.a).rgb.permute(1, 2, 0).numpy()
+def load_pair(pair: Pair, direction: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input, target) as float32 size x size x 3 arrays in [0, 1] (read_rgb_resized)."""
     if pair.b is None:
-        half = a.shape[1] // 2
-        a, b = a[:, :half], a[:, half:]
+        ab = read_image(pair.a).rgb.permute(1, 2, 0).numpy()
+        half = ab.shape[1] // 2
+        a, b = (cv2.resize(side, (size, size), interpolation=cv2.INTER_CUBIC) for side in (ab[:, :half], ab[:, half:]))
     else:
-        b = read_image(pair.b).rgb.permute(1, 2, 0).numpy()
-        if a.shape[:2] != b.shape[:2]:  # the scan checked; the file has been replaced since
-            raise ImageError(f"{pair.a} ({a.shape[1]}x{a.shape[0]}) and {pair.b} ({b.shape[1]}x{b.shape[0]}) "
+        (a, a_size), (b, b_size) = read_rgb_resized(pair.a, size), read_rgb_resized(pair.b, size)
+        if a_size != b_size:  # the scan checked; a file has been replaced since
+            raise ImageError(f"{pair.a} ({a_size[1]}x{a_size[0]}) and {pair.b} ({b_size[1]}x{b_size[0]}) "
                              "are no longer the same size")
     return (a, b) if direction == "AtoB" else (b, a)
 
 
 def paired_augmentation(size: int, load_size: int, flip: bool) -> A.Compose:
-    """The reference's resize_and_crop: bicubic resize to load_size, random crop, random flip."""
+    """The reference's resize_and_crop after the loader's resize to load_size: random crop, flip."""
     import albumentations as A  # here: translate and the CLI's start-up need none of it
 
-    steps: list = [A.Resize(load_size, load_size, interpolation=cv2.INTER_CUBIC)]
+    steps: list = []
     if load_size > size:
         steps.append(A.RandomCrop(size, size))
     if flip:
@@ -175,6 +175,7 @@ class PairedDataset(Dataset):
         self.pairs = list(pairs)
         self.direction = direction
         self.size = size
+        self.load_size = load_size if augment else size  # unaugmented: the whole image at `size`
         self.transform = paired_augmentation(size, load_size, flip) if augment else None
 
     def __len__(self) -> int:
@@ -187,14 +188,11 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int] | int) -> dict[str, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, 0)
-        a, b = load_pair(self.pairs[index], self.direction)
+        a, b = load_pair(self.pairs[index], self.direction, self.load_size)
         if self.transform is not None:
             self.transform.set_random_seed(seed)
             out = self.transform(image=a, target=b)
             a, b = out["image"], out["target"]
-        else:
-            a = cv2.resize(a, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
-            b = cv2.resize(b, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
         return {"A": to_tensor(a, "-1,1"), "B": to_tensor(b, "-1,1"), "index": index}
 
 

@@ -11,24 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from img2img.data.datasets import paired_augmentation, require_folder, scan_images, to_tensor
-from img2img.data.images import read_image
+from img2img.data.images import read_rgb_resized
 
 
 def scan_domain(root: Path, flag: str) -> list[Path]:
     """Every image below `root`, recursively; unreadable files are listed by name."""
     require_folder(root, flag)
     return scan_images(root, flag)
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """float32 HxWx3 in [0, 1]."""
-    return read_image(path).rgb.permute(1, 2, 0).numpy()
 
 
 class UnpairedDataset(Dataset):
@@ -38,6 +32,7 @@ class UnpairedDataset(Dataset):
                  flip: bool = True, serial: bool = False, augment: bool = True):
         self.files_a, self.files_b = list(files_a), list(files_b)
         self.size, self.serial = size, serial
+        self.load_size = load_size if augment else size  # unaugmented: the whole image at `size`
         self.transform = paired_augmentation(size, load_size, flip) if augment else None
 
     def __len__(self) -> int:
@@ -65,9 +60,9 @@ class UnpairedDataset(Dataset):
         return {"A": to_tensor(a, "-1,1"), "B": to_tensor(b, "-1,1"), "index_a": index_a, "index_b": index_b}
 
     def load(self, path: Path, seed: int) -> np.ndarray:
-        rgb = load_rgb(path)
+        rgb, _ = read_rgb_resized(path, self.load_size)
         if self.transform is None:
-            return cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
+            return rgb
         self.transform.set_random_seed(seed)
         return self.transform(image=rgb)["image"]
 
