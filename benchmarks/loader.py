@@ -1,14 +1,17 @@
-"""Milliseconds per training sample for large photographs: the loaders' resize against the
-previous one, side by side, in one call.
+"""Milliseconds per training sample for large photographs: the loaders against their previous
+versions, side by side, in one call.
 
-    python benchmarks/loader.py [--megapixels 12] [--load-size 286] [--repeats 7]
+    python benchmarks/loader.py [--megapixels 12] [--load-size 286] [--sr-size 128] [--repeats 7]
 
 Writes one photograph (scikit-image's astronaut, upscaled and given film grain) as a JPEG and
 as a PNG of the given size, then times, interleaved and on one thread:
-  before   decode the whole file, convert it to floats, bicubic resize to load_size (what the
-           CycleGAN / pix2pix / CUT loaders did, as the reference does)
-  after    img2img.data.images.read_rgb_resized: JPEGs decoded at a reduced scale, large
-           images shrunk by area while still bytes, then floats
+  resize before  decode the whole file, convert it to floats, bicubic resize to load_size
+                 (what the CycleGAN / pix2pix / CUT loaders did, as the reference does)
+  resize after   img2img.data.images.read_rgb_resized: JPEGs decoded at a reduced scale, large
+                 images shrunk by area while still bytes, then floats
+  SR before      decode, convert the whole photograph to floats, cut a random --sr-size HR
+                 patch and its bicubic x4 LR (what the srgan loader did)
+  SR after       the same with only the patch (and its context) converted (sr_data.Lazy)
 and prints the medians and their ratio per format.
 """
 
@@ -24,7 +27,8 @@ import cv2
 import numpy as np
 import torch
 
-from img2img.data.images import read_image, read_rgb_resized
+from img2img.data.images import decode_image, read_image, read_rgb_resized
+from img2img.data.sr_data import Lazy, degraded_patch
 
 
 def before(path: Path, size: int) -> np.ndarray:
@@ -34,6 +38,15 @@ def before(path: Path, size: int) -> np.ndarray:
 
 def after(path: Path, size: int) -> np.ndarray:
     return read_rgb_resized(path, size)[0]
+
+
+def sr_before(path: Path, size: int) -> tuple:
+    hr = read_image(path).rgb.permute(1, 2, 0).numpy()
+    return degraded_patch(hr, 4, size, "bicubic", np.random.default_rng(0))
+
+
+def sr_after(path: Path, size: int) -> tuple:
+    return degraded_patch(Lazy(decode_image(path)), 4, size, "bicubic", np.random.default_rng(0))
 
 
 def write_photos(folder: Path, megapixels: float) -> list[Path]:
@@ -54,21 +67,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megapixels", type=float, default=12)
     parser.add_argument("--load-size", type=int, default=286)
+    parser.add_argument("--sr-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for path in write_photos(Path(tmp), args.megapixels):
-            times = {"before": [], "after": []}
-            for _ in range(args.repeats):
-                for name, load in (("before", before), ("after", after)):
-                    start = time.perf_counter()
-                    load(path, args.load_size)
-                    times[name].append(time.perf_counter() - start)
-            ms = {name: statistics.median(values) * 1000 for name, values in times.items()}
-            print(f"{path.suffix[1:].upper():5} {args.megapixels:g} MP -> {args.load_size} px: before {ms['before']:.0f} ms, "
-                  f"after {ms['after']:.0f} ms per image, {ms['before'] / ms['after']:.1f}x")
+            for what, size, pair in ((f"resize to {args.load_size} px", args.load_size, (before, after)),
+                                     (f"SR x4 {args.sr_size} px patch", args.sr_size, (sr_before, sr_after))):
+                times = {"before": [], "after": []}
+                for _ in range(args.repeats):
+                    for name, load in zip(times, pair):
+                        start = time.perf_counter()
+                        load(path, size)
+                        times[name].append(time.perf_counter() - start)
+                ms = {name: statistics.median(values) * 1000 for name, values in times.items()}
+                print(f"{path.suffix[1:].upper():4} {args.megapixels:g} MP, {what}: before {ms['before']:.0f} ms, "
+                      f"after {ms['after']:.0f} ms per image, {ms['before'] / ms['after']:.1f}x")
 
 
 if __name__ == "__main__":

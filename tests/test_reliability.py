@@ -477,20 +477,20 @@ def test_a_data_folder_gone_during_training_saves_the_run_and_resume_finishes_it
 
 
 def crash_on(crashing: Path, monkeypatch) -> None:
-    """Make decoding the file `crashing` kill its process, as a codec's segfault on a crafted file
+    """Make the codec kill its process on the file `crashing`, as a segfault on a crafted file
     does. Forked processes (loader workers, the check's decoders) inherit the patch."""
     import multiprocessing
 
     if multiprocessing.get_start_method() != "fork":
         pytest.skip("needs forked worker processes to inherit a patched decoder")
-    real = images.decode_image
+    poison, real = crashing.read_bytes(), cv2.imdecode
 
-    def decode(path, *args, **kwargs):
-        if Path(path) == crashing:
+    def imdecode(buffer, flags):
+        if len(buffer) == len(poison) and buffer.tobytes() == poison:
             os.kill(os.getpid(), signal.SIGSEGV)
-        return real(path, *args, **kwargs)
+        return real(buffer, flags)
 
-    monkeypatch.setattr(images, "decode_image", decode)
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
 
 
 @pytest.mark.parametrize("task", ["cyclegan", "srgan"])

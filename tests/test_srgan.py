@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import vgg19
@@ -296,3 +297,19 @@ def test_cli_trains_on_explicit_lr_folders(photos, tmp_path):
     result = runner.invoke(app, ["train", "srgan", "--hr", str(photos["train"]), "--lr", str(lr_dir), "--scale", "2",
                                  "--size", "32", "--netD", "unet", "--out", str(tmp_path / "bad"), "--perceptual", "none"])
     assert result.exit_code == 1 and "must be 96x96" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("key", [(slice(None), slice(None)), (slice(3, 17), slice(5, 40)), (slice(-9, None), slice(None, -4)),
+                                 (slice(10, 500), slice(0, 7)), (slice(20, 10), slice(2, 3))])
+def test_lazy_windows_of_a_decoded_photo_convert_to_what_the_whole_photo_gives(photos, key):
+    from img2img.data.images import decode_image
+    from img2img.data.sr_data import Lazy
+
+    path = sorted(photos["train"].iterdir())[0]
+    whole = read_image(path).rgb.permute(1, 2, 0).numpy()
+    lazy = Lazy(decode_image(path))
+    assert lazy.shape == whole.shape
+    outer = (slice(2, -3), slice(4, None))  # a window of a window, as load_item's trim then a crop make
+    assert np.array_equal(np.asarray(lazy[key]), whole[key])
+    assert np.array_equal(np.asarray(lazy[outer][key]), whole[outer][key])
+    assert lazy[outer][key].shape == whole[outer][key].shape

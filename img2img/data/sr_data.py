@@ -24,7 +24,7 @@ from img2img.data.datasets import (DataError, checked_size, files_by_stem, image
                                    require_folder, scan_images, to_tensor)
 from img2img.data.degrade import degrade
 from img2img.data.header import ImageError
-from img2img.data.images import read_image
+from img2img.data.images import Decoded, decode_image
 from img2img.metrics import SSIM_WINDOW
 
 VAL_COUNT = 4  # training images measured when no --val-hr folder is given
@@ -120,25 +120,43 @@ def scan_validation(val_hr: Path | None, val_lr: Path | None, scale: int, traini
 # ---- loading and cropping ----------------------------------------------------------------
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """HxWx3 float32 in [0, 1]; alpha is dropped (SR trains on colour only)."""
-    return read_image(path).rgb.permute(1, 2, 0).numpy()
+class Lazy:
+    """A decoded image, or a window of it, that becomes float32 RGB (H x W x 3, alpha dropped)
+    only where it is cropped: a random patch of a 12 MP photograph converts its patch, not the
+    photograph (whose float copy alone is 144 MB and some 120 ms)."""
+
+    def __init__(self, decoded: Decoded, rows: slice = slice(None), cols: slice = slice(None)):
+        height, width = decoded.size
+        self.decoded, self.rows, self.cols = decoded, slice(*rows.indices(height)), slice(*cols.indices(width))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.rows.stop - self.rows.start, self.cols.stop - self.cols.start, 3
+
+    def __getitem__(self, key: tuple[slice, slice]) -> Lazy:
+        """A window (slices without steps, clamped as numpy clamps them)."""
+        rows, cols = (slice(*part.indices(length)) for part, length in zip(key, self.shape))
+        return Lazy(self.decoded, slice(self.rows.start + rows.start, self.rows.start + max(rows.start, rows.stop)),
+                    slice(self.cols.start + cols.start, self.cols.start + max(cols.start, cols.stop)))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rgb = self.decoded.rgb(self.rows, self.cols).permute(1, 2, 0).numpy()
+        return rgb if dtype is None else rgb.astype(dtype)
 
 
-def load_item(item: SRItem, scale: int) -> tuple[np.ndarray, np.ndarray | None]:
+def load_item(item: SRItem, scale: int) -> tuple[Lazy, Lazy | None]:
     """(hr, lr or None), the HR trimmed to exactly lr * scale where an LR file exists."""
-    hr = load_rgb(item.hr)
+    hr = Lazy(decode_image(item.hr))
     if item.lr is None:
         return hr, None
-    lr = load_rgb(item.lr)
+    lr = Lazy(decode_image(item.lr))
     return hr[: lr.shape[0] * scale, : lr.shape[1] * scale], lr
 
 
-def crop(hr: np.ndarray, lr: np.ndarray | None, scale: int, lr_h: int, lr_w: int, top: int,
-         left: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """An LR window at (top, left) of lr_h x lr_w and the HR window over the same scene."""
-    hr = hr[top * scale:(top + lr_h) * scale, left * scale:(left + lr_w) * scale]
-    return hr, None if lr is None else lr[top:top + lr_h, left:left + lr_w]
+def crop(hr, lr, scale: int, lr_h: int, lr_w: int, top: int, left: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """An LR window at (top, left) of lr_h x lr_w and the HR window over the same scene, as arrays."""
+    hr = np.asarray(hr[top * scale:(top + lr_h) * scale, left * scale:(left + lr_w) * scale])
+    return hr, None if lr is None else np.asarray(lr[top:top + lr_h, left:left + lr_w])
 
 
 def lr_shape(hr: np.ndarray, lr: np.ndarray | None, scale: int) -> tuple[int, int]:
