@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from img2img import memory
+from img2img.data import workers as worker_processes
 from img2img.data.header import ImageError, check_image, failure
 from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, WriteError, decode_image,
                                  is_image_file, is_stale_temporary, list_images, output_layout,
                                  quantise_on_device, stack_rgb, to_pixels, write_image, writing)
-from img2img.data import workers as worker_processes
 from img2img.data.strips import StripWriter, streams
 from img2img.config import AMP_CHOICES
 from img2img.device import default_workers, default_writers
