@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -53,8 +54,23 @@ def scan_folder(folder: Path, decode: bool = False) -> Report:
 
 
 def decode_problems(paths: list[Path]) -> dict[Path, str]:
-    """Each file that does not decode -> why, decoded in child processes, so that a file that
-    crashes its decoder (as crafted files can) is named too instead of ending the scan."""
+    """Each file that does not decode -> why, decoded in child processes on every core, so that
+    a file that crashes its decoder (as crafted files can) is named too instead of ending the
+    scan: the files of a pool that broke are decoded again, a process at a time."""
+    problems: dict[Path, str] = {}
+    again: list[Path] = []
+    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    if chunks:
+        with ProcessPoolExecutor(min(len(chunks), os.cpu_count() or 1), initializer=_one_thread) as pool:
+            for chunk, future in [(chunk, pool.submit(_decode_all, chunk)) for chunk in chunks]:
+                try:
+                    problems |= future.result()
+                except BrokenProcessPool:  # this chunk, or one beside it, killed a process
+                    again += chunk
+    return problems | _decode_one_process_at_a_time(again)
+
+
+def _decode_one_process_at_a_time(paths: list[Path]) -> dict[Path, str]:
     problems: dict[Path, str] = {}
     chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
     while chunks:
