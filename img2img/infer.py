@@ -59,6 +59,10 @@ class Result:
     size: tuple[int, int] | None = None  # output height, width
     disk_full: bool = False  # the error was a full disk: the run stops (see run_jobs)
 
+    @classmethod
+    def unwritten(cls, job: Job, err: WriteError) -> Result:
+        return cls(job, None, error=str(err), disk_full=err.full)
+
     def to_json(self) -> dict:
         record = {"input": str(self.job.source), "output": str(self.output) if self.output else None}
         if self.size:
@@ -578,7 +582,7 @@ def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path
     try:
         output = StripWriter(target, height * scale, width * scale, layout, on_disk=state["plan"].on_disk)
     except WriteError as err:
-        writer.submit(lambda: Result(job, None, error=str(err), disk_full=err.full))
+        writer.submit(lambda: Result.unwritten(job, err))
         return
     try:
         batch = min(state["batch"], state["tile_batch"])
@@ -587,9 +591,9 @@ def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path
             output.write(to_pixels(rgb, alpha_rows.rows(top, bottom) if alpha_rows else None, layout))
     except (ImageError, WriteError) as err:  # the encoder failed (e.g. a full disk): this file alone
         output.abort()
-        message = str(err) if isinstance(err, WriteError) else f"{target}: could not be written: {err}"
-        full = isinstance(err, WriteError) and err.full
-        writer.submit(lambda: Result(job, None, error=message, disk_full=full))
+        result = (Result.unwritten(job, err) if isinstance(err, WriteError)
+                  else Result(job, None, error=f"{target}: could not be written: {err}"))
+        writer.submit(lambda: result)
         return
     except BaseException:
         output.abort()
@@ -604,7 +608,7 @@ def _finish(job: Job, output: StripWriter, target: Path, ms: float) -> Result:
     except ImageError as err:
         return Result(job, None, error=str(err))
     except WriteError as err:
-        return Result(job, None, error=str(err), disk_full=err.full)
+        return Result.unwritten(job, err)
     except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
         return Result(job, None, error=failure(target, err, "writing"))
     return Result(job, target, milliseconds=ms, size=(output.height, output.width))
@@ -641,7 +645,7 @@ def _write(job: Job, image: Image, out_dir: Path, ms: float, ready: torch.cuda.E
     try:
         write_image(target, image)
     except WriteError as err:  # e.g. a full disk: the temporary file is already gone
-        return Result(job, None, error=str(err), disk_full=err.full)
+        return Result.unwritten(job, err)
     except Exception as err:  # runs on a writer thread: an escaped exception would lose the result
         return Result(job, None, error=failure(target, err, "writing"))
     return Result(job, target, milliseconds=ms, size=image.size)

@@ -59,7 +59,7 @@ def decode_problems(paths: list[Path]) -> dict[Path, str]:
     scan: the files of a pool that broke are decoded again, a process at a time."""
     problems: dict[Path, str] = {}
     again: list[Path] = []
-    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    chunks = _chunks(paths)
     if chunks:
         with ProcessPoolExecutor(min(len(chunks), os.cpu_count() or 1), initializer=_one_thread) as pool:
             for chunk, future in [(chunk, pool.submit(_decode_all, chunk)) for chunk in chunks]:
@@ -72,7 +72,7 @@ def decode_problems(paths: list[Path]) -> dict[Path, str]:
 
 def _decode_one_process_at_a_time(paths: list[Path]) -> dict[Path, str]:
     problems: dict[Path, str] = {}
-    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    chunks = _chunks(paths)
     while chunks:
         chunk = chunks.pop(0)
         try:
@@ -85,6 +85,10 @@ def _decode_one_process_at_a_time(paths: list[Path]) -> dict[Path, str]:
                 problems[chunk[0]] = f"{chunk[0]}: decoding it killed the decoding process (a file the image " \
                                      "decoder cannot handle)"
     return problems
+
+
+def _chunks(paths: list[Path]) -> list[list[Path]]:
+    return [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
 
 
 DECODE_CHUNK = 64  # files per child process: few processes, and few files to decode again after a crash

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_info
@@ -20,7 +19,8 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_in
 from img2img.config import ConfigError
 from img2img.data import workers
 from img2img.data.header import ImageError, check_image, failure
-from img2img.data.images import IMAGE_EXTENSIONS, files_by_key, is_image_file, list_images, read_image, read_rgb_resized
+from img2img.data.images import (IMAGE_EXTENSIONS, bicubic_square, files_by_key, is_image_file, list_images, read_image,
+                                 read_rgb_resized)
 
 
 class DataError(Exception):
@@ -141,7 +141,7 @@ def load_pair(pair: Pair, direction: str, size: int) -> tuple[np.ndarray, np.nda
     if pair.b is None:
         ab = read_image(pair.a).rgb.permute(1, 2, 0).numpy()
         half = ab.shape[1] // 2
-        a, b = (cv2.resize(side, (size, size), interpolation=cv2.INTER_CUBIC) for side in (ab[:, :half], ab[:, half:]))
+        a, b = bicubic_square(ab[:, :half], size), bicubic_square(ab[:, half:], size)
     else:
         (a, a_size), (b, b_size) = read_rgb_resized(pair.a, size), read_rgb_resized(pair.b, size)
         if a_size != b_size:  # the scan checked; a file has been replaced since

@@ -194,8 +194,12 @@ def read_rgb_resized(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]
     if min(decoded.size) >= 2 * size:
         decoded.pixels = cv2.resize(decoded.pixels, (size, size), interpolation=cv2.INTER_AREA)
         return decoded.rgb().permute(1, 2, 0).numpy(), decoded.full_size
-    rgb = cv2.resize(decoded.rgb().permute(1, 2, 0).numpy(), (size, size), interpolation=cv2.INTER_CUBIC)
-    return rgb, decoded.full_size
+    return bicubic_square(decoded.rgb().permute(1, 2, 0).numpy(), size), decoded.full_size
+
+
+def bicubic_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The reference's resize of a training image: bicubic, to size x size."""
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 @dataclass
