@@ -493,7 +493,7 @@ def crash_on(crashing: Path, monkeypatch) -> None:
     monkeypatch.setattr(cv2, "imdecode", imdecode)
 
 
-@pytest.mark.parametrize("task", ["cyclegan", "srgan"])
+@pytest.mark.parametrize("task", sorted(TASKS))
 def test_a_file_that_crashes_its_decoder_is_excluded_and_the_run_goes_on(task, paired_photos, tmp_path, monkeypatch):
     data = copy_photos(paired_photos, tmp_path / "data")
     crashing = sorted((data / ("B" if task == "srgan" else "A")).iterdir())[5]  # not among SR's validation images
