@@ -143,7 +143,23 @@ def plan_outputs(source: str, output: Path, stdin: TextIO | None = None, ext: st
         if folder / job.relative == job.source.resolve():
             raise InputError(f"OUTPUT {output} would replace the input {job.source} with its result: "
                              "choose another OUTPUT")
+    refuse_shared_outputs(outputs)
     return outputs
+
+
+def refuse_shared_outputs(outputs: OutputPlan) -> None:
+    """Two inputs whose results would be one file (a.png and a.jpg with --ext png): the second
+    would replace the first. Refused before any work, naming them: which to keep is the user's call."""
+    claimed: dict[Path, Path] = {}
+    shared = []
+    for job in outputs.jobs:
+        first = claimed.setdefault(job.relative, job.source)
+        if first != job.source:
+            shared.append(f"{first} and {job.source} would both be written to {outputs.folder / job.relative}")
+    if shared:
+        more = f"\n(and {len(shared) - 5} more)" if len(shared) > 5 else ""
+        raise InputError("\n".join(shared[:5]) + more + "\nkeep each input's own format (leave out --ext), "
+                         "or translate them into separate OUTPUT folders")
 
 
 def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: str | None = None) -> list[Job]:
@@ -159,9 +175,14 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
         text = (stdin or sys.stdin).read()
         # NUL-separated (find -print0) where a NUL appears: no path holds one; else one path a line.
         names = text.split("\0") if "\0" in text else [line.strip() for line in text.split("\n")]
-        paths = [Path(name) for name in names if name]
+        paths = list(dict.fromkeys(Path(name) for name in names if name))  # a path listed twice: once
         if not paths:
             raise InputError("INPUT is '-' but no paths arrived on standard input")
+        # As for a folder INPUT: results of an earlier run (find run from above OUTPUT) are not inputs.
+        out_resolved = out_dir.resolve()
+        paths = [p for p in paths if out_resolved not in p.resolve().parents]
+        if not paths:
+            raise InputError(f"every path on standard input lies inside OUTPUT {out_dir}: choose another OUTPUT")
         # Keep the layout below the paths' common folder, as for a folder INPUT.
         root = Path(os.path.commonpath([str(p.absolute().parent) for p in paths]))
         return [Job(p, p.absolute().relative_to(root)) for p in paths]

@@ -183,6 +183,35 @@ def test_ext_chooses_the_output_format(models, tmp_path):
     assert (tmp_path / "out" / "a.png").is_file()
 
 
+@pytest.mark.parametrize("form", ["folder", "stdin"])
+@pytest.mark.parametrize("names", [("a.png", "a.jpg"), ("b.PNG", "b.png"), ("c.tif", "c.TIFF")])
+def test_inputs_whose_results_would_be_one_file_are_refused_before_any_work(models, tmp_path, form, names):
+    sources = [photo(tmp_path / "in" / name, 16, 16 + 4 * i) for i, name in enumerate(names)]
+    given, stdin = (str(tmp_path / "in"), None) if form == "folder" else ("-", "".join(f"{p}\n" for p in sources))
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--ext", "png",
+                                 given, str(tmp_path / "out")], input=stdin)
+    assert result.exit_code == 2, result.output
+    message = flat(result.stderr)
+    assert all(str(p) in message for p in sources) and "leave out --ext" in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_stdin_takes_a_path_listed_twice_once_and_leaves_out_earlier_results(models, tmp_path):
+    shots = tmp_path / "shots"
+    sources = [photo(shots / "a.png", 16, 16), photo(shots / "deep" / "b.png", 16, 20)]
+    args = ["translate", "--model", str(models / "resnet.safetensors"), "--json", "-", str(shots / "out")]
+    first = runner.invoke(app, args, input="".join(f"{p}\n" for p in [*sources, sources[0]]))
+    assert first.exit_code == 0, first.output
+    assert len(first.stdout.splitlines()) == 2
+    # find shots -name '*.png' again: it now lists the results in shots/out too.
+    listed = sorted(str(p) for p in shots.rglob("*.png"))
+    assert len(listed) == 4
+    again = runner.invoke(app, args, input="\n".join(listed))
+    assert again.exit_code == 0, again.output
+    assert sorted(json.loads(line)["input"] for line in again.stdout.splitlines()) == sorted(map(str, sources))
+    assert not (shots / "out" / "out").exists()
+
+
 def test_json_lines_on_stdout_and_failures_named_with_exit_code_1(models, tmp_path):
     photo(tmp_path / "in" / "good.png", 16, 20)
     photo(tmp_path / "in" / "sub" / "good2.jpg", 18, 22)
