@@ -7,6 +7,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image as PILImage
 
@@ -52,6 +53,73 @@ def test_exif_orientation_is_applied(tmp_path):
     image = read_image(tmp_path / "rotated.jpg")
     assert image.size == (40, 20)  # portrait after rotation
     assert image.rgb[:, :10].mean() > 0.9  # the band is now at the top
+
+
+# What each EXIF orientation asks for, as Pillow's own table states it (ImageOps.exif_transpose).
+DISPLAYED = {1: None, 2: PILImage.Transpose.FLIP_LEFT_RIGHT, 3: PILImage.Transpose.ROTATE_180,
+             4: PILImage.Transpose.FLIP_TOP_BOTTOM, 5: PILImage.Transpose.TRANSPOSE, 6: PILImage.Transpose.ROTATE_270,
+             7: PILImage.Transpose.TRANSVERSE, 8: PILImage.Transpose.ROTATE_90}
+
+
+def save_oriented(path, pixels: np.ndarray, orientation: int) -> None:
+    """`pixels` stored as they are, with the file saying how to turn them for display."""
+    if path.suffix == ".tif":  # TIFF's own Orientation tag (274), as scanners and tifffile write it
+        tifffile.imwrite(path, pixels, photometric="rgb", extratags=[(274, "H", 1, orientation, True)])
+        return
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    lossless = {".jpg": {"quality": 100}, ".webp": {"lossless": True}}.get(path.suffix, {})
+    PILImage.fromarray(pixels).save(path, exif=exif, **lossless)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_every_exif_orientation_of_every_format_is_displayed_as_stated(tmp_path, suffix, orientation):
+    pixels = np.zeros((24, 40, 3), np.uint8)
+    pixels[:8, :16] = (255, 0, 0)  # a red block top left and a green one bottom right: every turn differs
+    pixels[16:, 32:] = (0, 255, 0)
+    save_oriented(tmp_path / f"x{suffix}", pixels, orientation)
+    turn = DISPLAYED[orientation]
+    expected = np.asarray(PILImage.fromarray(pixels).transpose(turn) if turn is not None else PILImage.fromarray(pixels))
+    image = read_image(tmp_path / f"x{suffix}")
+    got = np.round(image.rgb.permute(1, 2, 0).numpy() * 255)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).mean() < (4 if suffix == ".jpg" else 1e-6)
+
+
+def test_a_sixteen_bit_tiff_is_turned_once(tmp_path):
+    pixels = np.zeros((12, 20, 3), np.uint16)
+    pixels[:4, :6] = 65535
+    tifffile.imwrite(tmp_path / "x.tif", pixels, photometric="rgb", extratags=[(274, "H", 1, 3, True)])
+    image = read_image(tmp_path / "x.tif")
+    assert image.bits == 16 and image.rgb[:, -4:, -6:].min() == 1.0 and image.rgb[:, :4, :6].max() == 0.0
+
+
+STRAIGHT = np.array([200, 100, 50, 64], np.uint8)  # a colour at a quarter of full opacity
+
+
+@pytest.mark.parametrize("written", ["pillow_rgba", "unassociated", "associated", "gray_alpha", "16_bit"])
+def test_a_tiff_with_alpha_gives_straight_colours(tmp_path, written):
+    path = tmp_path / "x.tif"
+    pixels = np.tile(STRAIGHT, (6, 8, 1))
+    if written == "pillow_rgba":
+        PILImage.fromarray(pixels, mode="RGBA").save(path)
+    elif written == "unassociated":
+        tifffile.imwrite(path, pixels, photometric="rgb", extrasamples=["unassalpha"])
+    elif written == "associated":  # stores colour x alpha: 50, 25, 12
+        stored = pixels.copy()
+        stored[..., :3] = np.round(pixels[..., :3].astype(float) * 64 / 255)
+        tifffile.imwrite(path, stored, photometric="rgb", extrasamples=["assocalpha"])
+    elif written == "gray_alpha":
+        tifffile.imwrite(path, pixels[..., [0, 3]], photometric="minisblack", extrasamples=["unassalpha"])
+    else:
+        tifffile.imwrite(path, pixels.astype(np.uint16) * 257, photometric="rgb", extrasamples=["unassalpha"])
+    image = read_image(path)
+    expected = np.array([200, 200, 200] if written == "gray_alpha" else [200, 100, 50]) / 255
+    tolerance = 3 / 255 if written == "associated" else 1e-6  # colours stored x alpha lose precision
+    assert image.alpha is not None and float(image.alpha.mean()) == pytest.approx(64 / 255)
+    assert np.abs(image.rgb.mean(dim=(1, 2)).numpy() - expected).max() <= tolerance
+    assert image.gray == (written == "gray_alpha")
 
 
 def test_unreadable_file_names_the_file(tmp_path):

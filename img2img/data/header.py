@@ -47,6 +47,8 @@ class Header:
     height: int
     gray: bool  # the file stores gray levels
     orientation: int  # EXIF orientation, 1 when absent
+    mode: str = ""  # Pillow's mode ("RGBA", "LA", ...); "" when Pillow does not open the file
+    sample_bits: int = 8  # bits per sample (TIFF's BitsPerSample)
 
 
 def check_image(path: Path, data: bytes | None = None) -> Header:
@@ -123,17 +125,28 @@ def _check(path: Path, data: bytes) -> Header:
 def _with_details(path: Path, data, header: Header) -> Header:
     """Mode and EXIF orientation from Pillow's lazy open, which must agree on the size. Files
     Pillow cannot open (e.g. float TIFF) keep the declared size, and OpenCV decides."""
+    if header.format == "TIFF":  # read here: Pillow versions differ on what they leave of it
+        header.orientation = tiff_orientation(data)[0]
     try:
         with PILImage.open(io.BytesIO(data)) as handle:
-            size, mode, orientation = handle.size, handle.mode, _orientation(handle)
+            size, mode = handle.size, handle.mode
+            orientation = header.orientation if header.format == "TIFF" else _orientation(handle)
+            bits = handle.tag_v2.get(_TIFF_BITS, (8,)) if header.format == "TIFF" else (8,)
     except Exception:  # any Pillow version's way of declining a file it does not read
-        return header
-    if size != (header.width, header.height):
+        return _displayed(header)
+    stored, turned = (header.width, header.height), (header.height, header.width)
+    # Pillow 13 reports a TIFF's size as displayed (turned), older ones as stored.
+    if size != stored and not (header.format == "TIFF" and orientation in (5, 6, 7, 8) and size == turned):
         raise ImageError(f"{path}: the {header.format} header is corrupt (it declares both "
                          f"{header.width}x{header.height} and {size[0]}x{size[1]} px)")
-    if orientation in (5, 6, 7, 8):  # displayed rotated by 90 degrees
+    header.gray, header.orientation, header.mode = mode in _GRAY_MODES, orientation, mode
+    header.sample_bits = max(bits) if isinstance(bits, tuple) and bits else 8
+    return _displayed(header)
+
+
+def _displayed(header: Header) -> Header:
+    if header.orientation in (5, 6, 7, 8):  # displayed rotated by 90 degrees
         header.width, header.height = header.height, header.width
-    header.gray, header.orientation = mode in _GRAY_MODES, orientation
     return header
 
 
@@ -268,6 +281,36 @@ def _u24(data, offset: int) -> int:
 
 
 _TIFF_SIZE_TAGS = {256: "width", 257: "height", 322: "tile width", 323: "tile height"}
+_TIFF_BITS = 258
+
+
+def tiff_orientation(data) -> tuple[int, int | None]:
+    """The first page's Orientation (1 when absent or out of range) and where its value is
+    stored in `data` (None when absent)."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = struct.unpack_from(order + "H", data, 2)[0] == 43
+    offset = struct.unpack_from(order + "Q", data, 8)[0] if big else struct.unpack_from(order + "I", data, 4)[0]
+    (count,) = struct.unpack_from(order + ("Q" if big else "H"), data, offset)
+    start, entry_size = offset + (8 if big else 2), 20 if big else 12
+    for entry in range(start, start + count * entry_size, entry_size):
+        tag, kind = struct.unpack_from(order + "HH", data, entry)
+        if tag == _EXIF_ORIENTATION and kind == 3:  # SHORT, stored in the entry itself
+            where = entry + (12 if big else 8)
+            (value,) = struct.unpack_from(order + "H", data, where)
+            return (value if 1 <= value <= 8 else 1), where
+    return 1, None
+
+
+def tiff_upright(data: bytes) -> bytes:
+    """`data` with its Orientation set to 1: decoders differ on whether they apply it (OpenCV
+    5 does, even when asked not to; Pillow 13 does on load), so it is taken out and applied
+    once, by the caller."""
+    _, where = tiff_orientation(data)
+    if where is None:
+        return data
+    patched = bytearray(data)
+    struct.pack_into(("<" if data[:2] == b"II" else ">") + "H", patched, where, 1)
+    return bytes(patched)
 
 
 def _tiff_sizes(data) -> list[tuple[str, int, int]]:

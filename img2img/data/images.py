@@ -22,7 +22,7 @@ import torch
 from PIL import Image as PILImage
 
 from img2img.data import quiet  # noqa: F401  (silences OpenCV's logger in every process that decodes)
-from img2img.data.header import ImageError, check_image, read_bytes
+from img2img.data.header import ImageError, check_image, read_bytes, tiff_upright
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 TEMP_SUFFIX = ".img2img-tmp"  # files being written; a SIGKILL can leave one behind
@@ -154,8 +154,13 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
         factor = max((f for f in (1, 2, 4, 8) if min(header.width, header.height) >= f * at_least), default=1)
         if factor > 1:  # EXIF orientation stays ours (below), as for every other decode
             flags = REDUCED_JPEG[factor, header.gray] | cv2.IMREAD_IGNORE_ORIENTATION
+    if header.format == "TIFF" and header.orientation != 1:
+        data = tiff_upright(data)  # the orientation is applied below, once, whatever the decoder does
     try:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        if header.format == "TIFF" and header.mode in _ALPHA_MODES and header.sample_bits == 8:
+            pixels = _tiff_with_alpha(data)
+        else:
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except Exception:  # OpenCV 4 returned None for what OpenCV 5 raises on: never mind which
         pixels = None
     del data
@@ -177,6 +182,19 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
     # OpenCV expands gray+alpha files to BGRA; the header says what the file really holds.
     gray = channels in (1, 2) or header.gray
     return Decoded(pixels=pixels, gray=gray, bits=bits, scale=scale, full_size=(header.height, header.width))
+
+
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La")
+
+
+def _tiff_with_alpha(data: bytes) -> np.ndarray:
+    """An 8-bit TIFF with alpha as BGRA or gray + alpha, colours straight (not premultiplied).
+    Through Pillow: OpenCV premultiplies the colours of such a file (libtiff's RGBA reader)
+    and drops the alpha of gray + alpha ones."""
+    with PILImage.open(io.BytesIO(data)) as handle:
+        gray = handle.mode in ("LA", "La")
+        pixels = np.asarray(handle.convert("LA" if gray else "RGBA"))
+    return pixels if gray else np.ascontiguousarray(pixels[..., [2, 1, 0, 3]])
 
 
 REDUCED_JPEG = {(2, False): cv2.IMREAD_REDUCED_COLOR_2, (4, False): cv2.IMREAD_REDUCED_COLOR_4,
