@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from img2img.config import BaseConfig, ConfigError, flag_of, option_of, save_config
+from img2img.config import BaseConfig, ConfigError, flag_of, load_config, option_of, save_config
 from img2img.data.images import writing
 from img2img.device import default_workers, resolve_device
 from img2img.gan import checkpoint
@@ -67,6 +67,8 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     per_step = cfg.batch_size * cfg.grad_accum
     total_steps = cfg.steps or epochs_to_steps(cfg.epochs or DEFAULT_EPOCHS, len(dataset), per_step, world_size)
     trainer = Trainer(task, cfg, device, total_steps, reporter, world)
+    if state is not None and (problem := trainer.mismatch(state)):
+        raise ConfigError(_unresumable(run_dir, cfg, problem))
     recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
     if world.world_size > 1:
         reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "
@@ -158,6 +160,16 @@ def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
         if any(run == folder or folder in run.parents for folder in read):
             raise ConfigError(f"--out {run_dir} is inside {flag_of(item.name, option)} {value}: the run's sample "
                               "grids and plots would be read as images of the data; choose an --out outside it")
+
+
+def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:
+    """Why a run cannot go on with these settings, and which of them this command changed."""
+    saved = load_config(run_dir / "config.yaml").to_dict()
+    changed = [f"{key} {saved[key]} -> {value}" for key, value in cfg.to_dict().items()
+               if key in saved and saved[key] != value]
+    return (f"--resume: the networks saved in {run_dir} are not the ones these settings build ({problem}). "
+            f"Settings this command changes: {', '.join(changed) or 'none'}. Resume with the run's own network "
+            "settings (leave those flags out); the run folder is unchanged")
 
 
 def _load_resume_state(ckpt_dir: Path, reporter: Reporter) -> dict:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from helpers import flat, save_tiny_generator
 from img2img import api
 from img2img.cli import app
-from img2img.config import ConfigError, make_config
+from img2img.config import ConfigError, make_config, resolve
 from img2img.data import header, images
 from img2img.data.datasets import DataError
 from img2img.data.images import Image, write_image
@@ -456,6 +456,19 @@ def test_files_lost_during_training_are_skipped_and_named_once(task, paired_phot
     if task == "srgan":  # its validation images (the first training images) are decoded late
         assert f"validation goes on without {deleted}: no such file" in reporter.messages
         assert f"validation goes on without {shrunk}: now 8x8, too small to measure SSIM at x2" in reporter.messages
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_resume_with_other_network_settings_is_refused_and_leaves_the_run_as_it_was(task, paired_photos, tmp_path):
+    run = tmp_path / "run"
+    api.train(make_config(task, tiny_run(task, copy_photos(paired_photos, tmp_path / "data"), run, steps=2)))
+    saved = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    with pytest.raises(ConfigError) as refused:
+        api.train(resolve(task, overrides={"out": str(run), "steps": 3, "ngf": 8}, resume=True), resume=True)
+    assert "Settings this command changes: steps 2 -> 3, ngf 4 -> 8." in str(refused.value)
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == saved
+    api.train(resolve(task, overrides={"out": str(run), "steps": 3}, resume=True), resume=True)
+    assert load_generator(run)[1].step == 3
 
 
 @pytest.mark.parametrize("workers", [0, 2])

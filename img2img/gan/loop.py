@@ -362,6 +362,20 @@ class Trainer:
             "data_size": self.data_size(),
         }
 
+    def mismatch(self, state: dict) -> str | None:
+        """How the networks saved in `state` differ from these (None: they load as they are),
+        checked before anything of the run folder is touched."""
+        for name, net in self.raw.items():
+            saved, mine = state["nets"].get(name), net.state_dict()
+            if saved is None:
+                return f"the run has no {name}"
+            for key in sorted(set(saved) ^ set(mine)):
+                return f"{name}.{key} is {'only in the run' if key in saved else 'not in the run'}"
+            for key, value in mine.items():
+                if tuple(saved[key].shape) != tuple(value.shape):
+                    return f"{name}.{key} is {list(saved[key].shape)} in the run, {list(value.shape)} here"
+        return None
+
     def data_size(self) -> int | None:
         dataset = getattr(self.task, "dataset", None)
         return None if dataset is None else len(dataset)
