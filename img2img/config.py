@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -77,7 +78,7 @@ class BaseConfig:
     r2: float = opt(0.0, "Zero-centred R2 penalty on D's gradient at fakes, weight gamma (0: off).", panel="Losses", min=0)
     reg_every: int = opt(16, "Lazy regularisation: R1/R2 every N steps, scaled by N.", panel="Losses", min=1)
     ema: float = opt(0.0, "EMA decay of the generators' weights, exported instead of them; 0: off.", min=0, max=0.99999)
-    seed: int = opt(0, "Random seed.")
+    seed: int = opt(0, "Random seed.", min=0, max=2**32 - 1)
     save_every: int = opt(1000, "Checkpoint every N steps.", panel="Run folder", min=1)
     sample_every: int | None = opt(None, "Sample grid every N steps.", panel="Run folder", cli=False, min=1,
                                    default_text="--save-every")
@@ -144,6 +145,11 @@ def make_config(task: str, values: Mapping[str, Any], recipe: Mapping[str, Any] 
         for key, value in source.items():
             if value is not None and key not in ("task", *RUN_FACTS):
                 merged[key] = check_value(key, value, cls)
+    given = [key for key in ("steps", "epochs") if values.get(key) is not None]
+    if len(given) == 2:
+        raise ConfigError("--steps and --epochs both given: a run's length is one or the other")
+    if given:  # replaces the other one of a recipe or of the resumed run's config
+        merged.pop("epochs" if given[0] == "steps" else "steps", None)
     cfg = cls(task=task, **merged)
     if cfg.out is None:
         cfg.out = f"runs/{task}"
@@ -154,10 +160,14 @@ def make_config(task: str, values: Mapping[str, Any], recipe: Mapping[str, Any] 
 def check_value(key: str, value: Any, cls: type = BaseConfig) -> Any:
     """`value` as the type of setting `key` of `cls`, in range, or a ConfigError saying what was expected."""
     types = field_types(cls)
-    if key not in types or key == "task":
+    if key == "task":
+        raise ConfigError("the task is not a setting but the command's: `img2img train pix2pix|cyclegan|cut|srgan`")
+    if key not in types:
         raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key, cls)}")
     value = _typed(key, value, types[key])
     option = option_of(cls, key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{flag_of(key, option) if option else key} {value}: must be a finite number")
     if option is None or value is None:
         return value
     flag = flag_of(key, option)

@@ -84,13 +84,29 @@ def test_the_library_refuses_what_the_cli_refuses():
     cases = [("pix2pix", {"steps": 0}, "--steps 0: must be at least 1"),
              ("cyclegan", {"gan_loss": "wgan"}, "choose lsgan, vanilla, minimax, hinge, wgangp, ragan, rpgan"),
              ("srgan", {"scale": 8}, "--scale 8: must be at most 4"),
-             ("pix2pix", {"val_a": "x"}, "both --val-a and --val-b")]
+             ("pix2pix", {"val_a": "x"}, "both --val-a and --val-b"),
+             ("pix2pix", {"seed": -1}, "--seed -1: must be at least 0"),
+             ("cut", {"seed": 2**32}, "--seed 4294967296: must be at most"),
+             ("pix2pix", {"lr": float("nan")}, "--lr nan: must be a finite number"),
+             ("cyclegan", {"lambda_cycle": float("inf")}, "--lambda-cycle inf: must be a finite number"),
+             ("srgan", {"steps": 5, "epochs": 2}, "--steps and --epochs both given")]
     for task, values, message in cases:
         with pytest.raises(ConfigError, match=message):
             make_config(task, values)
     for options, message in [({"tile": 64, "tile_overlap": 32}, "--tile-overlap"), ({"ext": "gif"}, "--ext gif")]:
         with pytest.raises(infer.InputError, match=message):
             infer.Options(**options)
+
+
+def test_a_length_given_replaces_the_other_kind_of_the_recipe_or_the_resumed_run(tmp_path):
+    assert resolve("pix2pix", "facades", {"steps": 5}).epochs is None  # the recipe says 200 epochs
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(make_config("pix2pix", {"steps": 4}).to_dict()))
+    resumed = resolve("pix2pix", overrides={"out": str(run), "epochs": 3}, resume=True)
+    assert (resumed.steps, resumed.epochs) == (None, 3)
+    with pytest.raises(ConfigError, match="the task is not a setting"):
+        resolve("pix2pix", sets=["task=cyclegan"])
 
 
 def test_srgan_lr_is_the_learning_rate_and_still_takes_the_old_folder():
