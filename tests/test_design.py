@@ -89,7 +89,9 @@ def test_the_library_refuses_what_the_cli_refuses():
              ("cut", {"seed": 2**32}, "--seed 4294967296: must be at most"),
              ("pix2pix", {"lr": float("nan")}, "--lr nan: must be a finite number"),
              ("cyclegan", {"lambda_cycle": float("inf")}, "--lambda-cycle inf: must be a finite number"),
-             ("srgan", {"steps": 5, "epochs": 2}, "--steps and --epochs both given")]
+             ("srgan", {"steps": 5, "epochs": 2}, "--steps and --epochs both given"),
+             *[(task, {"size": 64, "load_size": 32}, "--load-size 32 is smaller than --size 64")
+               for task in ("pix2pix", "cyclegan", "cut")]]
     for task, values, message in cases:
         with pytest.raises(ConfigError, match=message):
             make_config(task, values)

@@ -28,6 +28,11 @@ class TranslationConfig(BaseConfig):
     norm: str = opt("batch", "batch, instance or none.", panel="Networks", choices=("batch", "instance", "none"))
     dropout: bool = opt(True, "Dropout in the generators.", panel="Networks")
 
+    def check(self) -> None:
+        if self.load_size is not None and self.load_size < self.size:
+            raise ConfigError(f"--load-size {self.load_size} is smaller than --size {self.size}: images are resized "
+                              f"to --load-size, then cropped to --size; give --load-size {self.size} or more")
+
 
 def generator_arch(cfg, in_ch: int = 3, out_ch: int = 3) -> tuple[str, dict, str | None]:
     """(arch, hparams, note) for --netG; note says how a U-Net was adapted to --size."""

@@ -76,6 +76,7 @@ class CUTConfig(TranslationConfig):
     folders = CycleGANConfig.folders  # the same unpaired data
 
     def check(self) -> None:
+        super().check()
         if self.val_b and not self.val_a:
             raise ConfigError("--val-b holds the targets of --val-a: give --val-a too")
 

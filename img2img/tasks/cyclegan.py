@@ -63,6 +63,7 @@ class CycleGANConfig(TranslationConfig):
                             default_text="--data's testB/")
 
     def check(self) -> None:
+        super().check()
         if bool(self.val_a) != bool(self.val_b):
             raise ConfigError("give both --val-a and --val-b (held-out images of each domain)")
 

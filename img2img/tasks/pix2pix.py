@@ -48,6 +48,7 @@ class Pix2PixConfig(TranslationConfig):
     val_b: str | None = opt(None, "Validation targets, paired with --val-a by name.", panel="Validation", path=True)
 
     def check(self) -> None:
+        super().check()
         if bool(self.val_a) != bool(self.val_b):
             raise ConfigError("give both --val-a and --val-b")
 
