@@ -122,6 +122,18 @@ def test_a_tiff_with_alpha_gives_straight_colours(tmp_path, written):
     assert image.gray == (written == "gray_alpha")
 
 
+def test_folder_search_passes_over_metadata_and_hidden_folders_but_not_a_broken_link(tmp_path):
+    for name in ["a.png", "sub/b.JPG", "sub/c.tif", ".thumbnails/a.png", "sub/.git/x.png", "._a.png",
+                 "sub/._b.JPG", "@eaDir/a.png/SYNOPHOTO_THUMB_S.jpg", "notes.txt", ".DS_Store"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    found = [p.relative_to(tmp_path).as_posix() for p in images.list_images(tmp_path)]
+    assert found == ["a.png", "gone.png", "link.png", "sub/b.JPG", "sub/c.tif"]
+    assert images.list_images(tmp_path / ".thumbnails") == [tmp_path / ".thumbnails" / "a.png"]  # asked for
+
+
 def test_unreadable_file_names_the_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(ImageError, match="broken.png"):

@@ -59,8 +59,18 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """All image files below `folder`, recursively, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    """All image files below `folder`, recursively, in a stable order. Not searched: hidden
+    folders (.git, .thumbnails, ...) and Synology's @eaDir thumbnails; not taken: macOS's "._"
+    metadata files, which carry the image's name. A link to nowhere is taken, so that reading
+    it names it (a file that vanished), rather than passing over it in silence."""
+    found = []
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".") and name != "@eaDir"]
+        for name in files:
+            path = Path(root, name)
+            if is_image_file(path) and not name.startswith("._") and (path.is_file() or path.is_symlink()):
+                found.append(path)
+    return sorted(found)
 
 
 def files_by_key(folder: Path) -> dict[str, list[Path]]:
