@@ -47,7 +47,11 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
 
     world = distributed.from_environment()
     reporter = (reporter or Silent()) if world.is_main else Silent()
+    if not str(cfg.out).strip():
+        raise ConfigError("--out is empty: name the run folder")
     run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a folder: choose a folder for the run")
     ckpt_dir = run_dir / "checkpoints"
     if distributed.elastic_restart() and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
         resume = True  # torchrun restarted the workers after a failure: continue the run
@@ -69,6 +73,9 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     trainer = Trainer(task, cfg, device, total_steps, reporter, world)
     if state is not None and (problem := trainer.mismatch(state)):
         raise ConfigError(_unresumable(run_dir, cfg, problem))
+    if state is not None and int(state["step"]) >= total_steps:
+        reporter.message(f"the run is at step {state['step']} of {total_steps} already: nothing to train; give a "
+                         "larger --steps (or --epochs) to go on")
     recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
     if world.world_size > 1:
         reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "

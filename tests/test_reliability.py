@@ -469,6 +469,18 @@ def test_a_resume_with_other_network_settings_is_refused_and_leaves_the_run_as_i
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == saved
     api.train(resolve(task, overrides={"out": str(run), "steps": 3}, resume=True), resume=True)
     assert load_generator(run)[1].step == 3
+    again = DamageAt(0, None)
+    api.train(resolve(task, overrides={"out": str(run)}, resume=True), resume=True, reporter=again)
+    assert "the run is at step 3 of 3 already: nothing to train" in " ".join(again.messages)
+
+
+@pytest.mark.parametrize("out, message", [("", "--out is empty"), ("file.txt", "is a file, not a folder")])
+def test_an_out_that_cannot_be_a_run_folder_is_a_usage_error(tmp_path, monkeypatch, out, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("notes")
+    with pytest.raises(ConfigError, match=message):
+        api.train(make_config("pix2pix", {"a": "A", "b": "B", "out": out}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
