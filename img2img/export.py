@@ -7,6 +7,9 @@ so an ONNX runtime needs no img2img code around it.
 
 from __future__ import annotations
 
+import math
+import os
+import sys
 import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from img2img.config import ConfigError
 from img2img.data.images import write_bytes_atomic, writing
 from img2img.gan.checkpoint import GeneratorSpec, load_generator
 from img2img.hints import install_hint
@@ -28,10 +32,11 @@ class ExportError(Exception):
 class UnitRangeGenerator(nn.Module):
     """[0, 1] in, [0, 1] out, any size: normalisation, padding and cropping in the graph."""
 
-    def __init__(self, module: nn.Module, spec: GeneratorSpec):
+    def __init__(self, module: nn.Module, spec: GeneratorSpec, multiple: int | None = None):
         super().__init__()
         self.module, self.pixel_range = module, spec.pixel_range
-        self.multiple, self.scale = int(getattr(module, "multiple", 1)), int(spec.scale)
+        self.multiple = export_multiple(module) if multiple is None else multiple
+        self.scale = int(spec.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2], x.shape[-1]
@@ -46,7 +51,21 @@ class UnitRangeGenerator(nn.Module):
         return to_unit_range(self.module(x)[..., : height * self.scale, : width * self.scale], self.pixel_range)
 
 
+def export_multiple(module: nn.Module) -> int:
+    """The size multiple the graph pads to. Window-attention networks (SwinIR, HAT, ...) pad to
+    their window inside, in Python arithmetic that tracing freezes at the example's size: padded
+    to the window first, that padding is 0 at every size, as it was when traced."""
+    multiple = int(getattr(module, "multiple", 1))
+    window = getattr(getattr(module, "net", None), "window_size", None)
+    return math.lcm(multiple, window) if isinstance(window, int) and window > 0 else multiple
+
+
+MIN_OPSET = 11  # dynamic padding (Pad with sizes computed in the graph)
+
+
 def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17) -> GeneratorSpec:
+    if opset < MIN_OPSET:
+        raise ConfigError(f"--opset {opset}: the graph pads images of any size, which needs opset {MIN_OPSET} or newer")
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -61,17 +80,52 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
             temp.parent.mkdir(parents=True, exist_ok=True)
             # The TorchScript exporter (dynamo=False): the dynamo one needs onnxscript and cannot
             # yet export the size-dependent padding with dynamic height and width.
-            torch.onnx.export(
-                wrapper, (example,), str(temp), input_names=["image"], output_names=["output"],
-                dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                              "output": {0: "batch", 2: "out_height", 3: "out_width"}},
-                opset_version=opset, dynamo=False,
-            )
+            try:
+                torch.onnx.export(
+                    wrapper, (example,), str(temp), input_names=["image"], output_names=["output"],
+                    dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                  "output": {0: "batch", 2: "out_height", 3: "out_width"}},
+                    opset_version=opset, dynamo=False,
+                )
+            except Exception as err:  # the exporter's messages can hold the whole traced graph
+                reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+                raise ExportError(f"{model}: the ONNX exporter failed at --opset {opset} ({reason[:300]}); "
+                                  "the default, 17, suits every architecture img2img builds") from None
+        check_graph(temp, wrapper, channels, spec)
         write_bytes_atomic(Path(out), temp.read_bytes())
     finally:
         with suppress(OSError):  # a read-only folder holds no temporary to remove, and says so
             temp.unlink(missing_ok=True)
     return spec
+
+
+def check_graph(path: Path, wrapper: UnitRangeGenerator, channels: int, spec: GeneratorSpec) -> None:
+    """Run the graph at a size that is no multiple of anything and compare with what translate
+    gives (the network padded only to its own multiple): an architecture whose forward computes
+    with sizes in Python traces to a graph that is right at the example's size only, and one
+    that pads inside in its own way may not match the graph's padding. Needs onnxruntime (the
+    onnx extra holds it); without it, unchecked."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    side = max(37, int(getattr(wrapper.module, "min_size", 1)) + 5)
+    image = torch.rand(1, channels, side, side + 8)
+    translate = UnitRangeGenerator(wrapper.module, spec, multiple=int(getattr(wrapper.module, "multiple", 1)))
+    with torch.inference_mode():
+        expected = translate(image).numpy()
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": image.numpy()})[0]
+        gap = float(abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    except Exception as err:
+        gap, reason = float("inf"), next(iter(str(err).splitlines()), type(err).__name__)[:200]
+    else:
+        reason = f"{gap:.3g} from PyTorch's result"
+    if gap > 1e-3:
+        raise ExportError(f"the exported {spec.arch} graph does not give translate's result at {side}x{side + 8} px "
+                          f"({reason}): its forward pass pads or computes with image sizes in ways ONNX tracing "
+                          "cannot follow; nothing was written")
 
 
 @contextmanager
@@ -80,8 +134,30 @@ def quiet_exporter():
     exported in its per-image mode, which is also what eval does without running statistics,
     Slice not constant-folded) say nothing a user can act on; the graph is checked against
     PyTorch by the tests instead."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _output_dropped():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message=r"(?s).*(instance_norm|Constant folding|TorchScript-based)")
         yield
+
+
+@contextmanager
+def _output_dropped():
+    """fds 1 and 2 to nowhere: the exporter switches its own logging on (torch 2.x reads the
+    switch's function for its value) and, on a failure, prints the whole traced graph from C++
+    (hundreds of lines, into stdout, which a pipeline reads); its first line reaches the user in
+    the ExportError instead."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(fd) for fd in (1, 2)]
+    try:
+        with open(os.devnull, "wb") as sink:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)

@@ -305,3 +305,13 @@ def test_onnx_export_matches_torch_on_an_odd_size(models, tmp_path):
     got = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"image": x.numpy()})[0]
     assert got.shape == (2, 3, 37, 45)
     assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("opset, code, message", [(5, 2, "needs opset 11 or newer"), (99, 1, "failed at --opset 99")])
+def test_an_opset_the_exporter_cannot_use_is_one_line_and_no_file(models, tmp_path, opset, code, message):
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    out = tmp_path / "g.onnx"
+    result = runner.invoke(app, ["export", str(out), "--model", str(models / "resnet.safetensors"),
+                                 "--opset", str(opset)])
+    assert result.exit_code == code and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout and not out.exists()
