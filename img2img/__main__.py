@@ -1,3 +1,3 @@
-from img2img.cli import main
+from img2img.launch import main
 
 main()

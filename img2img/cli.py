@@ -289,7 +289,3 @@ def demo(
         say(f"input | output | target grid of held-out photos: {result.grid}")
 
     run_guarded(action)
-
-
-def main() -> None:  # python -m img2img
-    app()

@@ -35,3 +35,25 @@ def test_loading_any_registered_generator_imports_no_compiler(tmp_path):
             "print('torch._dynamo' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_ctrl_c_while_the_command_starts_ends_it_quietly(tmp_path):
+    """SIGINT at any moment of start-up (imports take a second or more): "interrupted", exit
+    130, never a traceback."""
+    import signal
+    import time
+
+    from helpers import save_tiny_generator
+
+    model = save_tiny_generator(tmp_path / "g.safetensors")
+    (tmp_path / "in").mkdir()
+    for delay in (0.05, 0.3, 0.6, 1.0):
+        command = [sys.executable, "-m", "img2img", "translate", "--model", str(model), str(tmp_path / "in"),
+                   str(tmp_path / "out")]
+        started = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(delay)
+        started.send_signal(signal.SIGINT)
+        _, stderr = started.communicate(timeout=60)
+        assert "Traceback" not in stderr, (delay, stderr)
+        assert started.returncode in (130, -signal.SIGINT, 2), (delay, started.returncode, stderr)
