@@ -161,6 +161,14 @@ def test_a_png_declaring_90000_by_90000_px_is_refused_from_its_header(tmp_path):
         images.read_image(path)
 
 
+def test_a_small_pixel_limit_is_stated_in_pixels(tmp_path, monkeypatch):
+    monkeypatch.setenv(header.MAX_PIXELS_VARIABLE, "100")
+    path = tmp_path / "small.png"
+    path.write_bytes(forged_png(60, 60))
+    with pytest.raises(header.ImageError, match=r"60x60 \(image\) is 3,600 pixels, over the limit of 100 pixels"):
+        images.read_image(path)
+
+
 @pytest.mark.parametrize("variant", ["webp_animated", "tif_pages", "apng"])
 def test_animated_and_multi_page_files_give_their_first_frame(tmp_path, variant):
     from hostile import ENCODERS

@@ -116,10 +116,14 @@ def _check(path: Path, data: bytes) -> Header:
             raise ImageError(f"{path}: the {image_format} header is corrupt (its {what} is {width}x{height} px)")
         if width * height > max_pixels():
             raise ImageError(
-                f"{path}: {width}x{height} ({what}) is {width * height / 1e6:.0f} megapixels, over the limit of "
-                f"{max_pixels() / 1e6:.0f} (a guard against decompression bombs); if you trust the file, raise it "
+                f"{path}: {width}x{height} ({what}) is {_pixels(width * height)}, over the limit of "
+                f"{_pixels(max_pixels())} (a guard against decompression bombs); if you trust the file, raise it "
                 f"with --max-pixels or {MAX_PIXELS_VARIABLE}")
     return _with_details(path, data, Header(image_format, sizes[0][1], sizes[0][2], False, 1))
+
+
+def _pixels(count: int) -> str:
+    return f"{count / 1e6:.0f} megapixels" if count >= 10_000_000 else f"{count:,} pixels"
 
 
 def _with_details(path: Path, data, header: Header) -> Header:
