@@ -438,11 +438,10 @@ def _decoded_batches(dataset: DecodeDataset, batches: list[list[int]], workers: 
     careful = 0  # files still to decode one at a time
     while batches:
         one_at_a_time = careful > 0
-        loader = iter(DataLoader(dataset, batch_sampler=batches,
-                                 num_workers=1 if one_at_a_time else workers, collate_fn=collate,
-                                 worker_init_fn=worker_processes.quiet_crash,
-                                 pin_memory=device.type == "cuda",
-                                 prefetch_factor=(1 if one_at_a_time else prefetch) if workers else None))
+        loader = worker_processes.opened_quietly(lambda: iter(DataLoader(
+            dataset, batch_sampler=batches, num_workers=1 if one_at_a_time else workers, collate_fn=collate,
+            worker_init_fn=worker_processes.quiet_crash, pin_memory=device.type == "cuda",
+            prefetch_factor=(1 if one_at_a_time else prefetch) if workers else None)))
         received = 0
         try:
             for items in loader:

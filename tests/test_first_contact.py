@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -71,6 +74,18 @@ def test_export_prints_no_warnings(cyclegan_run, tmp_path):
     assert not caught, [str(w.message) for w in caught]
     result = runner.invoke(app, ["export", str(tmp_path / "h.onnx"), "--model", str(cyclegan_run)])
     assert result.exit_code == 0 and "Warning" not in result.output and result.stdout == ""
+
+
+def test_more_loader_workers_than_cores_is_the_users_choice_without_torchs_advice(cyclegan_run, tmp_path):
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.full((16, 16, 3), 100, np.uint8))
+    workers = (os.cpu_count() or 1) + 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["translate", "--model", str(cyclegan_run), "--workers", str(workers),
+                                     str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if "worker processes" in str(w.message)] and "Warning" not in result.output
 
 
 def test_info_prints_both_generators_of_a_cyclegan_run_on_stdout(cyclegan_run):

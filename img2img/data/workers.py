@@ -56,14 +56,18 @@ def opened_quietly(open_loader):
     """`open_loader()` (which makes a DataLoader iterator), leaving SIGCHLD as it was. torch's
     SIGCHLD handler raises a worker's death anywhere in the main thread, in the middle of a
     training step; without it the iterator raises it where a batch is read (within the 5 s
-    torch waits before checking its workers), where it can be handled."""
+    torch waits before checking its workers), where it can be handled. torch's advice on
+    --workers above the core count is not shown: the user chose the number."""
     import signal
     import threading
+    import warnings
 
-    if threading.current_thread() is not threading.main_thread():
-        return open_loader()
-    previous = signal.getsignal(signal.SIGCHLD)
-    try:
-        return open_loader()
-    finally:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL if previous is None else previous)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes")
+        if threading.current_thread() is not threading.main_thread():
+            return open_loader()
+        previous = signal.getsignal(signal.SIGCHLD)
+        try:
+            return open_loader()
+        finally:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL if previous is None else previous)
