@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from img2img.config import BaseConfig, ConfigError, flag_of, load_config, option_of, save_config
+from img2img.config import (BaseConfig, ConfigError, flag_of, load_config, option_of, save_config,
+                            with_absolute_paths)
 from img2img.data.images import writing
 from img2img.device import default_workers, resolve_device
 from img2img.gan import checkpoint
@@ -171,8 +172,8 @@ def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
 
 def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:
     """Why a run cannot go on with these settings, and which of them this command changed."""
-    saved = load_config(run_dir / "config.yaml").to_dict()
-    changed = [f"{key} {saved[key]} -> {value}" for key, value in cfg.to_dict().items()
+    saved = with_absolute_paths(load_config(run_dir / "config.yaml"))
+    changed = [f"{key} {saved[key]} -> {value}" for key, value in with_absolute_paths(cfg).items()
                if key in saved and saved[key] != value]
     return (f"--resume: the networks saved in {run_dir} are not the ones these settings build ({problem}). "
             f"Settings this command changes: {', '.join(changed) or 'none'}. Resume with the run's own network "

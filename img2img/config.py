@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -289,4 +290,15 @@ def save_config(cfg: BaseConfig, path: Path, **facts: Any) -> None:
     """config.yaml: the resolved settings, then facts of the run (processes, effective batch)."""
     from img2img.data.images import write_bytes_atomic
 
-    write_bytes_atomic(path, yaml.safe_dump({**cfg.to_dict(), **facts}, sort_keys=False).encode())
+    write_bytes_atomic(path, yaml.safe_dump({**with_absolute_paths(cfg), **facts}, sort_keys=False).encode())
+
+
+def with_absolute_paths(cfg: BaseConfig) -> dict[str, Any]:
+    """The settings, folders and files as absolute paths: a run resumed from another working
+    folder still finds its data."""
+    settings = cfg.to_dict()
+    for key, value in settings.items():
+        option = option_of(type(cfg), key)
+        if option is not None and option.path and value:
+            settings[key] = os.path.abspath(value)
+    return settings

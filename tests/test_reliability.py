@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
@@ -472,6 +473,18 @@ def test_a_resume_with_other_network_settings_is_refused_and_leaves_the_run_as_i
     again = DamageAt(0, None)
     api.train(resolve(task, overrides={"out": str(run)}, resume=True), resume=True, reporter=again)
     assert "the run is at step 3 of 3 already: nothing to train" in " ".join(again.messages)
+
+
+def test_a_run_started_with_relative_folders_resumes_from_another_working_folder(paired_photos, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    copy_photos(paired_photos, project / "data")
+    monkeypatch.chdir(project)
+    api.train(make_config("pix2pix", tiny_run("pix2pix", Path("data"), Path("run"), steps=2)))
+    monkeypatch.chdir(tmp_path)
+    api.train(resolve("pix2pix", overrides={"out": str(project / "run"), "steps": 3}, resume=True), resume=True)
+    assert load_generator(project / "run")[1].step == 3
+    saved = yaml.safe_load((project / "run" / "config.yaml").read_text())
+    assert saved["a"] == str(project / "data" / "A") and saved["out"] == str(project / "run")
 
 
 @pytest.mark.parametrize("out, message", [("", "--out is empty"), ("file.txt", "is a file, not a folder")])
