@@ -74,6 +74,9 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     trainer = Trainer(task, cfg, device, total_steps, reporter, world)
     if state is not None and (problem := trainer.mismatch(state)):
         raise ConfigError(_unresumable(run_dir, cfg, problem))
+    if state is not None and (before := _saved_batch(run_dir)) not in (None, effective_batch):
+        reporter.message(f"the run was trained with an effective batch of {before}; it goes on with {effective_batch} "
+                         f"({world_size} process(es) x batch {cfg.batch_size} x {cfg.grad_accum} accumulated)")
     if state is not None and int(state["step"]) >= total_steps:
         reporter.message(f"the run is at step {state['step']} of {total_steps} already: nothing to train; give a "
                          "larger --steps (or --epochs) to go on")
@@ -168,6 +171,17 @@ def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
         if any(run == folder or folder in run.parents for folder in read):
             raise ConfigError(f"--out {run_dir} is inside {flag_of(item.name, option)} {value}: the run's sample "
                               "grids and plots would be read as images of the data; choose an --out outside it")
+
+
+def _saved_batch(run_dir: Path) -> int | None:
+    """The effective batch config.yaml records of the run's last start (None: not recorded)."""
+    import yaml
+
+    try:
+        facts = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return facts.get("effective_batch_size") if isinstance(facts, dict) else None
 
 
 def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:

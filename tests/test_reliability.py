@@ -487,6 +487,16 @@ def test_a_run_started_with_relative_folders_resumes_from_another_working_folder
     assert saved["a"] == str(project / "data" / "A") and saved["out"] == str(project / "run")
 
 
+def test_a_resume_with_another_effective_batch_says_so(paired_photos, tmp_path):
+    run = tmp_path / "run"
+    api.train(make_config("pix2pix", tiny_run("pix2pix", copy_photos(paired_photos, tmp_path / "data"), run, steps=2)))
+    told = DamageAt(0, None)
+    api.train(resolve("pix2pix", overrides={"out": str(run), "steps": 3, "batch_size": 4}, resume=True), resume=True,
+              reporter=told)
+    assert ("the run was trained with an effective batch of 2; it goes on with 4 (1 process(es) x batch 4 x 1 "
+            "accumulated)") in told.messages
+
+
 @pytest.mark.parametrize("out, message", [("", "--out is empty"), ("file.txt", "is a file, not a folder")])
 def test_an_out_that_cannot_be_a_run_folder_is_a_usage_error(tmp_path, monkeypatch, out, message):
     monkeypatch.chdir(tmp_path)
