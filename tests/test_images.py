@@ -134,6 +134,23 @@ def test_folder_search_passes_over_metadata_and_hidden_folders_but_not_a_broken_
     assert images.list_images(tmp_path / ".thumbnails") == [tmp_path / ".thumbnails" / "a.png"]  # asked for
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("writer", ["whole", "rows"])
+def test_a_tiff_with_alpha_is_written_as_alpha_and_reads_back(tmp_path, bits, writer):
+    rgb, alpha = torch.rand(3, 20, 30), torch.rand(1, 20, 30)
+    path = tmp_path / "x.tif"
+    if writer == "whole":
+        write_image(path, Image(rgb=rgb, alpha=alpha, gray=False, bits=bits))
+    else:
+        layout = images.output_layout(".tif", False, True, bits)
+        rows = StripWriter(path, 20, 30, layout)
+        rows.write(images.to_pixels(rgb, alpha, layout))
+        rows.close()
+    assert tifffile.TiffFile(path).pages[0].extrasamples == (tifffile.EXTRASAMPLE.UNASSALPHA,)
+    back, step = read_image(path), 1 / (255 if bits == 8 else 65535)
+    assert float((back.rgb - rgb).abs().max()) <= step and float((back.alpha - alpha).abs().max()) <= step
+
+
 def test_unreadable_file_names_the_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(ImageError, match="broken.png"):

@@ -294,6 +294,9 @@ def write_image(path: Path, image: Image) -> None:
     if layout.channels == "GA":
         write_bytes_atomic(path, _encode_gray_alpha(pixels, path.suffix))
         return
+    if layout.channels == "RGBA" and path.suffix.lower() in (".tif", ".tiff"):
+        write_bytes_atomic(path, _encode_tiff_with_alpha(pixels))
+        return
     try:
         ok, encoded = cv2.imencode(path.suffix.lower(), to_opencv(pixels, layout))
     except Exception:  # raised by some OpenCV versions, returned as False by others
@@ -316,6 +319,16 @@ def _encode_gray_alpha(la: np.ndarray, suffix: str) -> bytes:
     """8-bit gray + alpha, which OpenCV cannot write, through Pillow's LA mode."""
     buffer = io.BytesIO()
     PILImage.fromarray(la, mode="LA").save(buffer, format="PNG" if suffix.lower() == ".png" else "TIFF")
+    return buffer.getvalue()
+
+
+def _encode_tiff_with_alpha(rgba: np.ndarray) -> bytes:
+    """RGBA (8 or 16 bits) with its fourth sample declared as unassociated alpha, through
+    tifffile: OpenCV declares nothing, which other programs read as a fourth colour channel."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, rgba, photometric="rgb", extrasamples=["unassalpha"], compression="zlib")
     return buffer.getvalue()
 
 

@@ -99,8 +99,7 @@ class StripWriter:
             tiff.write(_tiles(strips, self.width, channels, self.layout.dtype), shape=shape, dtype=self.layout.dtype,
                        tile=(TIFF_TILE, TIFF_TILE), compression="zlib",
                        photometric="minisblack" if self.layout.channels[0] == "G" else "rgb",
-                       # as OpenCV writes it (no alpha meaning given), so that OpenCV reads back the same values
-                       extrasamples=["unspecified"] if self.layout.channels[-1] == "A" else None)
+                       extrasamples=["unassalpha"] if self.layout.channels[-1] == "A" else None)
 
 
 def _tiles(strips: Iterator[np.ndarray], width: int, channels: int, dtype) -> Iterator[np.ndarray]:
