@@ -44,6 +44,13 @@ def autocast_dtype(device: torch.device, amp: str, allowed: tuple = REDUCED_PREC
     return next((dtype for dtype in preferred if dtype in allowed), None)
 
 
+def amp_note(device: torch.device, amp: str) -> str | None:
+    """What to tell a user whose --amp this device does not run (None: nothing)."""
+    if device.type == "cpu" and amp == "fp16":
+        return "--amp fp16: a CPU has no fp16 autocast, so this runs in fp32; --amp bf16 is a CPU's reduced precision"
+    return None
+
+
 def default_workers(device: torch.device, training: bool = False) -> int:
     """Loader processes: a GPU needs several to stay fed. On a CPU they compete with the
     network's threads for the cores: translate decodes in line (measured in

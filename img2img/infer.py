@@ -32,7 +32,7 @@ from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, 
                                  quantise_on_device, stack_rgb, to_pixels, write_image, writing)
 from img2img.data.strips import StripWriter, streams
 from img2img.config import AMP_CHOICES
-from img2img.device import default_workers, default_writers
+from img2img.device import amp_note, default_workers, default_writers
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Reporter, Silent
 from img2img.tiling import AlphaRows, blend_strips
@@ -326,6 +326,8 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     outputs = plan_outputs(source, Path(out_dir), stdin, options.ext)
     module, spec = load_generator(Path(model), options.direction)
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
+    if note := amp_note(options.device, options.amp):
+        reporter.message(note)
     prepare_output(outputs)
     return run_jobs(translator, outputs.jobs, outputs.folder, options, reporter, on_result)
 

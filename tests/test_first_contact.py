@@ -88,6 +88,27 @@ def test_more_loader_workers_than_cores_is_the_users_choice_without_torchs_advic
     assert not [w for w in caught if "worker processes" in str(w.message)] and "Warning" not in result.output
 
 
+def test_amp_fp16_on_a_cpu_says_it_runs_in_fp32(cyclegan_run, tmp_path):
+    from img2img import api
+    from img2img.config import make_config
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.full((32, 32, 3), 100, np.uint8))
+    result = runner.invoke(app, ["translate", "--model", str(cyclegan_run), "--amp", "fp16", "--device", "cpu",
+                                 str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 0 and "--amp fp16: a CPU has no fp16 autocast, so this runs in fp32" in result.stderr
+
+    class Told:
+        messages: list[str] = []
+        start = finish = update = lambda *args, **kwargs: None
+        message = messages.append
+
+    api.train(make_config("pix2pix", {"a": str(tmp_path / "in"), "b": str(tmp_path / "in"), "size": 32, "ngf": 4,
+                                      "ndf": 4, "netG": "unet_32", "steps": 1, "workers": 0, "device": "cpu",
+                                      "amp": "fp16", "out": str(tmp_path / "run")}), reporter=Told())
+    assert any("--amp fp16: a CPU has no fp16 autocast" in m for m in Told.messages)
+
+
 def test_info_prints_both_generators_of_a_cyclegan_run_on_stdout(cyclegan_run):
     result = runner.invoke(app, ["info", str(cyclegan_run), "--json"])
     assert result.exit_code == 0 and result.stderr == ""

@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 from img2img.config import BaseConfig
 from img2img.data import workers
 from img2img.data.datasets import DataError
-from img2img.device import autocast_dtype, compiled
+from img2img.device import amp_note, autocast_dtype, compiled
 from img2img.gan import checkpoint, distributed
 from img2img.gan.health import Health
 from img2img.progress import Reporter
@@ -146,6 +146,8 @@ class Trainer:
         self.world = world or distributed.World()
         self.step = 0
         self.amp_dtype = autocast_dtype(device, cfg.amp)
+        if note := amp_note(device, cfg.amp):
+            reporter.message(note)
         self.raw = dict(task.nets)
         if device.type == "cuda":
             for net in self.raw.values():
