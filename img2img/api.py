@@ -56,7 +56,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     ckpt_dir = run_dir / "checkpoints"
     if distributed.elastic_restart() and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
         resume = True  # torchrun restarted the workers after a failure: continue the run
-    state = _load_resume_state(ckpt_dir, reporter) if resume else None
+    state, state_path = _load_resume_state(ckpt_dir) if resume else (None, None)
     if state is None and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
         raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it, "
                           "or choose another --out")
@@ -74,12 +74,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     trainer = Trainer(task, cfg, device, total_steps, reporter, world)
     if state is not None and (problem := trainer.mismatch(state)):
         raise ConfigError(_unresumable(run_dir, cfg, problem))
-    if state is not None and (before := _saved_batch(run_dir)) not in (None, effective_batch):
-        reporter.message(f"the run was trained with an effective batch of {before}; it goes on with {effective_batch} "
-                         f"({world_size} process(es) x batch {cfg.batch_size} x {cfg.grad_accum} accumulated)")
-    if state is not None and int(state["step"]) >= total_steps:
-        reporter.message(f"the run is at step {state['step']} of {total_steps} already: nothing to train; give a "
-                         "larger --steps (or --epochs) to go on")
+    notes = [] if state is None else _resume_notes(state, state_path, run_dir, cfg, world_size, total_steps)
     recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
     if world.world_size > 1:
         reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "
@@ -89,6 +84,8 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
             with writing(run_dir):
                 run_dir.mkdir(parents=True, exist_ok=True)
             hold.enter_context(held(run_dir))  # before anything is written there
+            for note in notes:  # once the run is ours: not before another process's refusal
+                reporter.message(note)
             save_config(cfg, run_dir / "config.yaml", world_size=world_size, effective_batch_size=effective_batch)
         _train(cfg, task, trainer, recorder, state, world, device)
     if world.is_main:
@@ -194,13 +191,26 @@ def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:
             "settings (leave those flags out); the run folder is unchanged")
 
 
-def _load_resume_state(ckpt_dir: Path, reporter: Reporter) -> dict:
+def _load_resume_state(ckpt_dir: Path) -> tuple[dict, Path]:
     found = checkpoint.load_latest_state(ckpt_dir)
     if found is None:
         raise ConfigError(f"--resume: no readable training state in {ckpt_dir}")
-    state, path = found
-    reporter.message(f"resuming from {path} (step {state['step']})")
-    return state
+    return found
+
+
+def _resume_notes(state: dict, path: Path, run_dir: Path, cfg: BaseConfig, world_size: int,
+                  total_steps: int) -> list[str]:
+    """What a resume tells the user: where it goes on from, and what differs from the saved run
+    (read before config.yaml is written again)."""
+    notes = [f"resuming from {path} (step {state['step']})"]
+    effective_batch = cfg.batch_size * cfg.grad_accum * world_size
+    if (before := _saved_batch(run_dir)) not in (None, effective_batch):
+        notes.append(f"the run was trained with an effective batch of {before}; it goes on with {effective_batch} "
+                     f"({world_size} process(es) x batch {cfg.batch_size} x {cfg.grad_accum} accumulated)")
+    if int(state["step"]) >= total_steps:
+        notes.append(f"the run is at step {state['step']} of {total_steps} already: nothing to train; give a "
+                     "larger --steps (or --epochs) to go on")
+    return notes
 
 
 def translate(model: str | Path, source: str | Path, out_dir: str | Path, *, device: str = "auto",

@@ -591,6 +591,7 @@ def test_a_run_folder_being_trained_is_refused_to_a_second_command(paired_photos
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert f"{run} is being trained by process 4242 on gpu-7 now: wait for it" in flat(result.stderr)
+        assert "resuming from" not in result.stderr  # the refusal alone: this command resumes nothing
     if second == "--resume":
         assert load_generator(run)[1].step == 2  # untouched
     else:
