@@ -127,7 +127,10 @@ def read_log(run_dir: Path) -> RunLog:
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             log.bad_lines += 1
             continue
-        (val if isinstance(record.get("val"), dict) else train)[record["step"]] = record
+        if isinstance(record.get("val"), dict):
+            val[record["step"]] = record
+        elif "best" not in record:  # a new best is noted at a step that has its losses too
+            train[record["step"]] = record
     log.train = [train[s] for s in sorted(train)]
     log.val = [val[s] for s in sorted(val)]
     return log

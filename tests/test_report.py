@@ -189,7 +189,8 @@ def test_translate_rejects_a_missing_targets_folder(run_dir, paired_photos, tmp_
 
 def test_log_reader_keeps_the_last_record_per_step_and_skips_broken_lines(tmp_path):
     lines = [{"step": 10, "loss_D": 1.0, "D_real": 0.6, "D_fake": 0.4}, {"step": 20, "loss_D": 0.9},
-             {"step": 20, "val": {"psnr_y": 20.5}}, {"step": 20, "loss_D": 0.5}]  # step 20 again: resumed
+             {"step": 20, "val": {"psnr_y": 20.5}}, {"step": 20, "loss_D": 0.5},  # step 20 again: resumed
+             {"step": 20, "best": {"psnr_y": 20.5}}]  # a new best, noted after the step's losses
     text = "\n".join(json.dumps(line) for line in lines) + '\n{"step": 30, "loss_'  # cut short by a crash
     (tmp_path / "log.jsonl").write_text(text)
     log = read_log(tmp_path)
