@@ -184,6 +184,19 @@ def test_translate_rejects_a_missing_targets_folder(run_dir, paired_photos, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("output", ["targets", "targets/sub"])
+def test_translate_refuses_an_output_inside_the_targets(run_dir, paired_photos, tmp_path, output):
+    import shutil
+
+    targets = tmp_path / "targets"
+    shutil.copytree(paired_photos["test_b"], targets)
+    before = {p: p.read_bytes() for p in targets.rglob("*")}
+    result = runner.invoke(app, ["translate", "--model", str(run_dir), str(paired_photos["test_a"]),
+                                 str(tmp_path / output), "--targets", str(targets), "--overwrite"])
+    assert result.exit_code == 2 and "is inside --targets" in flat(result.stderr)
+    assert {p: p.read_bytes() for p in targets.rglob("*")} == before
+
+
 # ---- the log ------------------------------------------------------------------------------------
 
 
