@@ -76,6 +76,7 @@ def translate(
 ):
     """Translate images with a trained generator (any size; no resizing unless asked)."""
     from img2img import api, infer, memory, sharding
+    from img2img.data.images import files_by_stem
 
     try:
         memory_budget = memory.parse_size(max_memory) if max_memory is not None else None
@@ -91,6 +92,11 @@ def translate(
             set_max_pixels(max_pixels)
         if targets is not None and not targets.is_dir():
             raise ConfigError(f"--targets {targets}: no such folder")
+        if targets is not None:
+            ambiguous: list[str] = []
+            files_by_stem(targets, ambiguous)
+            if ambiguous:
+                raise ConfigError(f"--targets {targets}: " + "\n".join(ambiguous))
         if targets is not None and targets.resolve() in (output.resolve(), *output.resolve().parents):
             raise ConfigError(f"OUTPUT {output} is inside --targets {targets}: the results would replace or mix with "
                               "the images they are measured against; choose another OUTPUT")

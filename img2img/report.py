@@ -37,7 +37,7 @@ import yaml
 
 from img2img.config import ConfigError
 from img2img.data.header import ImageError
-from img2img.data.images import files_by_key, read_image, write_bytes_atomic
+from img2img.data.images import files_by_stem, read_image, write_bytes_atomic
 from img2img.gan.record import TensorBoardWriter, is_number
 from img2img.hints import install_hint
 
@@ -490,7 +490,7 @@ def _translate_row(result, target_files: dict[str, Path] | None, shown: bool) ->
 def _targets_by_key(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise ConfigError(f"--targets {folder}: no such folder")
-    return {key: paths[0] for key, paths in files_by_key(folder).items()}
+    return files_by_stem(folder)  # a name in several formats is refused before translating (cli)
 
 
 # ---- TensorBoard ------------------------------------------------------------------------------

@@ -6,13 +6,17 @@ import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from img2img import api
+from img2img.cli import app
 from img2img.config import ConfigError, make_config
 from img2img.data.datasets import DataError
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Silent
-from helpers import CrashAt
+from helpers import CrashAt, flat
+
+runner = CliRunner()
 
 
 def tiny_config(paired_photos, out, **overrides):
@@ -149,6 +153,30 @@ def test_pairs_with_missing_partners_or_different_sizes_are_named(tmp_path, pair
         api.train(cfg)
     assert "coffee_0.png: no partner" in str(err.value)
     assert "hubble_1.png is 64x64" in str(err.value) and "is 64x50" in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["train pix2pix", "train srgan", "data check", "translate --targets"])
+def test_a_name_in_two_formats_is_named_where_files_are_paired_by_name(tmp_path, paired_photos, command):
+    import shutil
+
+    import cv2
+
+    from helpers import save_tiny_generator
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(paired_photos["a"], a)
+    shutil.copytree(paired_photos["b"], b)
+    cv2.imwrite(str(b / "coffee_0.bmp"), cv2.imread(str(a / "coffee_0.png")))  # which one is the partner?
+    args = {"train pix2pix": ["train", "pix2pix", "--a", a, "--b", b],
+            "train srgan": ["train", "srgan", "--lr-dir", a, "--hr", b, "--scale", "2", "--pretrain-steps", 1],
+            "data check": ["data", "check", a, "--b", b],
+            "translate --targets": ["translate", "--model", save_tiny_generator(tmp_path / "g.safetensors"), a,
+                                    tmp_path / "out", "--targets", b]}[command]
+    result = runner.invoke(app, [str(arg) for arg in [*args, *(["--out", tmp_path / "run", "--steps", 1]
+                                                                if command.startswith("train") else [])]])
+    assert result.exit_code in (1, 2), result.output
+    assert f"{b / 'coffee_0.bmp'}, {b / 'coffee_0.png'}: one name in 2 formats" in flat(result.stderr)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
 
 
 def test_validation_metrics_are_logged_and_the_best_generator_kept(aligned_photos, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 from img2img.config import ConfigError
 from img2img.data import datasets
 from img2img.data.header import check_image, failure
-from img2img.data.images import is_image_file, read_image
+from img2img.data.images import files_by_stem, is_image_file, read_image
 
 
 @dataclass
@@ -114,7 +114,7 @@ def _decode_all(paths: list[Path]) -> dict[Path, str]:
 
 
 def pairing_problems(a: Path, b: Path) -> list[str]:
-    if not datasets.files_by_stem(a).keys() & datasets.files_by_stem(b).keys():
+    if not files_by_stem(a).keys() & files_by_stem(b).keys():
         return [f"no file of {a} has a partner of the same relative path and stem in {b}; if these are two "
                 "unpaired domains (CycleGAN), pass --unpaired"]
     try:

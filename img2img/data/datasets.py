@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_in
 from img2img.config import ConfigError
 from img2img.data import workers
 from img2img.data.header import ImageError, check_image, failure
-from img2img.data.images import (IMAGE_EXTENSIONS, bicubic_square, files_by_key, is_image_file, list_images, read_image,
+from img2img.data.images import (IMAGE_EXTENSIONS, bicubic_square, files_by_stem, is_image_file, list_images, read_image,
                                  read_rgb_resized)
 
 
@@ -105,11 +105,6 @@ def scan_aligned(root: Path, split: str = "train") -> list[Pair]:
     return [Pair(path, None) for path in scan_images(_split_folder(root, split), "--data", even_width)]
 
 
-def files_by_stem(folder: Path) -> dict[str, Path]:
-    """Relative path without extension -> file (the first, where several formats share it)."""
-    return {key: paths[0] for key, paths in files_by_key(folder).items()}
-
-
 def partner_problems(files: dict[str, Path], root: Path, others: dict[str, Path], other_root: Path) -> list[str]:
     """One line per file of either folder that has no partner of the same key in the other."""
     return ([f"{files[k]}: no partner in {other_root} (looked for {k}.*)" for k in sorted(files.keys() - others.keys())]
@@ -120,10 +115,11 @@ def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
     """Two folders paired by relative path and file stem (any extension); same sizes required."""
     require_folder(a_root, "--a")
     require_folder(b_root, "--b")
-    a_files, b_files = files_by_stem(a_root), files_by_stem(b_root)
+    problems: list[str] = []
+    a_files, b_files = files_by_stem(a_root, problems), files_by_stem(b_root, problems)
     if not a_files:
         raise DataError(f"--a {a_root}: no images found")
-    problems = partner_problems(a_files, a_root, b_files, b_root)
+    problems += partner_problems(a_files, a_root, b_files, b_root)
     pairs = []
     for key in sorted(a_files.keys() & b_files.keys()):
         size_a, size_b = checked_size(a_files[key], problems), checked_size(b_files[key], problems)

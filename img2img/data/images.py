@@ -82,6 +82,18 @@ def files_by_key(folder: Path) -> dict[str, list[Path]]:
     return files
 
 
+def files_by_stem(folder: Path, problems: list[str] | None = None) -> dict[str, Path]:
+    """Relative path without extension -> file. One name in several formats (a.png and a.jpg)
+    cannot be paired by name: each such name is added to `problems`, where given."""
+    files = {}
+    for key, paths in files_by_key(folder).items():
+        if len(paths) > 1 and problems is not None:
+            problems.append(f"{', '.join(map(str, paths))}: one name in {len(paths)} formats, and files are paired by "
+                            "name without extension; keep one of them")
+        files[key] = paths[0]
+    return files
+
+
 def read_image(path: Path) -> Image:
     return decode_image(path).to_image()
 

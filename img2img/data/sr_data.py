@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import ConfigError
-from img2img.data.datasets import (DataError, checked_size, files_by_stem, image_size, partner_problems, raise_problems,
+from img2img.data.datasets import (DataError, checked_size, image_size, partner_problems, raise_problems,
                                    require_folder, scan_images, to_tensor)
 from img2img.data.degrade import degrade
 from img2img.data.header import ImageError
-from img2img.data.images import Decoded, decode_image
+from img2img.data.images import Decoded, decode_image, files_by_stem
 from img2img.metrics import SSIM_WINDOW
 
 VAL_COUNT = 4  # training images measured when no --val-hr folder is given
@@ -60,10 +60,11 @@ def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
     """LR/HR files matched by relative path and stem; each LR must be HR // scale in size."""
     require_folder(lr_root, flags[0])
     require_folder(hr_root, flags[1])
-    lr_files, hr_files = files_by_stem(lr_root), files_by_stem(hr_root)
+    problems: list[str] = []
+    lr_files, hr_files = files_by_stem(lr_root, problems), files_by_stem(hr_root, problems)
     if not hr_files:
         raise DataError(f"{flags[1]} {hr_root}: no images found")
-    problems = partner_problems(hr_files, hr_root, lr_files, lr_root)
+    problems += partner_problems(hr_files, hr_root, lr_files, lr_root)
     items = []
     for key in sorted(hr_files.keys() & lr_files.keys()):
         lr_size, hr_size = checked_size(lr_files[key], problems), checked_size(hr_files[key], problems)
