@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from img2img.cli_train import MAX_PIXELS_HELP, add_train_command
-from img2img.config import AMP_HELP, ConfigError
+from img2img.config import AMP_HELP, ConfigError, require_folder
 from img2img.console import RichReporter, console, fail, list_and_exit, run_guarded, say
 from img2img.data.header import set_max_pixels
 from img2img.tasks import TASKS
@@ -90,9 +90,8 @@ def translate(
     def action():
         if max_pixels:
             set_max_pixels(max_pixels)
-        if targets is not None and not targets.is_dir():
-            raise ConfigError(f"--targets {targets}: no such folder")
         if targets is not None:
+            require_folder(targets, "--targets")
             ambiguous: list[str] = []
             files_by_stem(targets, ambiguous)
             if ambiguous:

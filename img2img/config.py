@@ -31,6 +31,14 @@ class ConfigError(Exception):
     """A setting that cannot work; the message says what to pass instead."""
 
 
+def require_folder(folder: str | Path, flag: str = "") -> None:
+    """A ConfigError unless `folder` is a folder: a wrong path is a usage error (exit 2), unlike
+    bad files inside a right one."""
+    if not Path(folder).is_dir():
+        what = "not a folder" if Path(folder).exists() else "no such folder"
+        raise ConfigError(f"{flag} {folder}: {what}".strip())
+
+
 @dataclass(frozen=True)
 class Option:
     """How a config field appears on the command line and what values it accepts."""

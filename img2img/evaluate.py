@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from img2img import metrics as pixel_metrics
-from img2img.config import ConfigError
+from img2img.config import ConfigError, require_folder
 from img2img.data.header import failure
 from img2img.data.images import files_by_key, read_image
 from img2img.hints import install_hint
@@ -118,8 +118,7 @@ def parse_metrics(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 def match_folders(pred_dir: Path, target_dir: Path) -> Matching:
     """Pair files by relative path and stem; list what has no partner, by name."""
     for flag, folder in (("PRED_DIR", pred_dir), ("TARGET_DIR", target_dir)):
-        if not Path(folder).is_dir():
-            raise ConfigError(f"{flag} {folder}: no such folder")
+        require_folder(folder, flag)
     pred, target = files_by_key(Path(pred_dir)), files_by_key(Path(target_dir))
     for flag, folder, files in (("PRED_DIR", pred_dir, pred), ("TARGET_DIR", target_dir, target)):
         if not files:
@@ -153,8 +152,8 @@ def required_weights(metrics: tuple[str, ...], lpips_net: str) -> list[tuple[str
 
 def find_weights(metrics: tuple[str, ...], lpips_net: str, weights_dir: Path | None) -> dict[str, Path]:
     """File name -> path for every weights file needed; one error naming all missing ones."""
-    if weights_dir is not None and not Path(weights_dir).is_dir():
-        raise ConfigError(f"--weights {weights_dir}: no such folder")
+    if weights_dir is not None:
+        require_folder(weights_dir, "--weights")
     places = weight_places(weights_dir)
     found, missing = {}, []
     for metric, name, url in required_weights(metrics, lpips_net):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 
-from img2img.config import ConfigError
+from img2img.config import ConfigError, require_folder
 from img2img.data.header import ImageError
 from img2img.data.images import files_by_stem, read_image, write_bytes_atomic
 from img2img.gan.record import TensorBoardWriter, is_number
@@ -266,8 +266,7 @@ class RunReport:
 def write_run_report(run_dir: str | Path) -> RunReport:
     """(Re)write RUN/report.html and RUN/plots/ from the run's log, samples and config."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such folder")
+    require_folder(run_dir)
     if not any((run_dir / name).exists() for name in ("log.jsonl", "samples", "config.yaml")):
         raise ConfigError(f"{run_dir}: not a run folder (no log.jsonl, samples/ or config.yaml)")
     log = read_log(run_dir)
@@ -488,8 +487,7 @@ def _translate_row(result, target_files: dict[str, Path] | None, shown: bool) ->
 
 
 def _targets_by_key(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise ConfigError(f"--targets {folder}: no such folder")
+    require_folder(folder, "--targets")
     return files_by_stem(folder)  # a name in several formats is refused before translating (cli)
 
 

@@ -109,6 +109,19 @@ def test_amp_fp16_on_a_cpu_says_it_runs_in_fp32(cyclegan_run, tmp_path):
     assert any("--amp fp16: a CPU has no fp16 autocast" in m for m in Told.messages)
 
 
+@pytest.mark.parametrize("command", ["report", "data check", "eval", "translate --targets", "train pix2pix",
+                                     "train srgan"])
+def test_a_file_where_a_folder_is_needed_is_called_not_a_folder(cyclegan_run, tmp_path, command):
+    file = tmp_path / "notes.png"
+    file.write_text("notes")
+    args = {"report": ["report", file], "data check": ["data", "check", file], "eval": ["eval", file, file],
+            "translate --targets": ["translate", "--model", cyclegan_run, tmp_path, tmp_path / "o", "--targets", file],
+            "train pix2pix": ["train", "pix2pix", "--a", file, "--b", file, "--out", tmp_path / "run"],
+            "train srgan": ["train", "srgan", "--hr", file, "--perceptual", "none", "--out", tmp_path / "run"]}[command]
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 2 and f"{file}: not a folder" in result.stderr, result.output
+
+
 def test_info_prints_both_generators_of_a_cyclegan_run_on_stdout(cyclegan_run):
     result = runner.invoke(app, ["info", str(cyclegan_run), "--json"])
     assert result.exit_code == 0 and result.stderr == ""

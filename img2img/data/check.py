@@ -9,7 +9,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from img2img.config import ConfigError
+from img2img.config import require_folder
 from img2img.data import datasets
 from img2img.data.header import check_image, failure
 from img2img.data.images import files_by_stem, is_image_file, read_image
@@ -28,8 +28,7 @@ class Report:
 def scan_folder(folder: Path, decode: bool = False) -> Report:
     """Every image below `folder`: readable header, not truncated, within the pixel limit, and
     with `decode` fully decoded. Other files are listed, not failed."""
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: no such folder")
+    require_folder(folder)
     report = Report(folder)
     headers = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_info
 
-from img2img.config import ConfigError
+from img2img.config import ConfigError, require_folder
 from img2img.data import workers
 from img2img.data.header import ImageError, check_image, failure
 from img2img.data.images import (IMAGE_EXTENSIONS, bicubic_square, files_by_stem, is_image_file, list_images, read_image,
@@ -66,14 +66,6 @@ LAYOUT_SPLITS = ("train", "val", "test", "trainA", "trainB", "testA", "testB")  
 def _split_folder(root: Path, split: str) -> Path:
     # The reference's layout has train/ val/ test/ below the data folder.
     return root / split if (root / split).is_dir() else root
-
-
-def require_folder(folder: Path, flag: str) -> None:
-    # A wrong path is a usage error (exit 2), unlike bad files inside a right one.
-    if not folder.exists():
-        raise ConfigError(f"{flag} {folder}: no such folder")
-    if not folder.is_dir():
-        raise ConfigError(f"{flag} {folder}: not a folder")
 
 
 def scan_images(folder: Path, flag: str, check: Callable[[Path, int, int], str | None] | None = None) -> list[Path]:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from img2img.data.datasets import paired_augmentation, require_folder, scan_images, to_tensor
+from img2img.config import require_folder
+from img2img.data.datasets import paired_augmentation, scan_images, to_tensor
 from img2img.data.images import read_rgb_resized
 
 
