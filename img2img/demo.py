@@ -60,6 +60,7 @@ def run_demo(out: Path, steps: int = DEMO_STEPS, device: str = "auto", reporter:
 
     reporter = reporter or Silent()
     out = Path(out)
+    api.resolve_device(device)  # a device this machine lacks is refused before anything is written
     train_photos, test_photos = photo_paths()
     data = out / "data"
     # Half resolution keeps CPU training short; train and test photos share one scale.

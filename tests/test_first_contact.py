@@ -122,6 +122,15 @@ def test_a_file_where_a_folder_is_needed_is_called_not_a_folder(cyclegan_run, tm
     assert result.exit_code == 2 and f"{file}: not a folder" in result.stderr, result.output
 
 
+def test_demo_refuses_a_missing_device_before_writing_its_data(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cuda", "--steps", "1"])
+    assert result.exit_code == 2 and "no CUDA GPU" in result.stderr and not (tmp_path / "demo").exists()
+
+
 def test_info_prints_both_generators_of_a_cyclegan_run_on_stdout(cyclegan_run):
     result = runner.invoke(app, ["info", str(cyclegan_run), "--json"])
     assert result.exit_code == 0 and result.stderr == ""
