@@ -87,3 +87,10 @@ def test_the_newest_readable_state_wins_and_old_ones_are_pruned(tmp_path):
     (tmp_path / "state_step00000030.pt").write_bytes(b"truncated")
     state, path = checkpoint.load_latest_state(tmp_path)
     assert state["step"] == 20 and path.name == "state_step00000020.pt"
+
+
+def test_the_api_refuses_a_direction_that_is_neither(tmp_path):
+    from helpers import save_tiny_generator
+
+    with pytest.raises(ValueError, match="direction 'sideways': choose 'AtoB' or 'BtoA'"):
+        load_generator(save_tiny_generator(tmp_path / "g.safetensors"), direction="sideways")

@@ -71,6 +71,8 @@ def save_generator(path: Path, module: nn.Module, spec: GeneratorSpec) -> None:
 
 def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, GeneratorSpec]:
     """A generator in eval mode, from our .safetensors, a foreign .pth/.safetensors, or a run folder."""
+    if direction not in ("AtoB", "BtoA"):
+        raise ValueError(f"direction {direction!r}: choose 'AtoB' or 'BtoA'")
     path = resolve_generator_path(Path(path), direction)
     if path.suffix not in (".safetensors", *TORCH_SUFFIXES):
         raise CheckpointError(f"{path}: not a generator file; give a .safetensors file written by img2img, "
