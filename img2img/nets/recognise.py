@@ -338,7 +338,7 @@ def describe(sd: Tensors) -> str:
         parts.append("no norm tensors (plain InstanceNorm or no norm)")
     others = [layer for layer in layers if layer.kind == "other"]
     if others:
-        parts.append(f"{len(others)} other layers, e.g. {others[0].name} "
+        parts.append(f"{len(others)} other layers, e.g. {others[0].name or 'tensors at the top level'} "
                      f"({', '.join(f'{k} {tuple(v.shape)}' for k, v in list(others[0].tensors.items())[:2])})")
     return "; ".join(parts)
 
