@@ -263,6 +263,10 @@ def data_check(
     from img2img.data.check import aligned_problems, pairing_problems, scan_folder
 
     def action():
+        if aligned and b is not None:
+            raise ConfigError("--aligned: FOLDER holds both sides (A|B in each file), so there is no --b to give")
+        if unpaired and b is None:
+            raise ConfigError("--unpaired: give the second domain as --b DIR")
         if max_pixels:
             set_max_pixels(max_pixels)
         reports = [scan_folder(folder, decode)] + ([scan_folder(b, decode)] if b else [])

@@ -131,6 +131,13 @@ def test_demo_refuses_a_missing_device_before_writing_its_data(tmp_path):
     assert result.exit_code == 2 and "no CUDA GPU" in result.stderr and not (tmp_path / "demo").exists()
 
 
+@pytest.mark.parametrize("flags, message", [(["--aligned", "--b", "."], "no --b to give"),
+                                            (["--unpaired"], "give the second domain as --b DIR")])
+def test_data_check_refuses_flags_that_contradict_each_other(tmp_path, flags, message):
+    result = runner.invoke(app, ["data", "check", str(tmp_path), *flags])
+    assert result.exit_code == 2 and message in result.stderr
+
+
 def test_info_prints_both_generators_of_a_cyclegan_run_on_stdout(cyclegan_run):
     result = runner.invoke(app, ["info", str(cyclegan_run), "--json"])
     assert result.exit_code == 0 and result.stderr == ""
