@@ -66,6 +66,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     seed_everything(cfg.seed)
     task = TASKS[cfg.task](cfg, device, reporter)  # networks first: bad flags fail before the data scan
     check_outside_data(cfg, run_dir)  # after the scan: "no images found" is the first thing to fix
+    check_best_metric(cfg.best_metric, task)
     dataset = task.dataset
     world_size = world.world_size
     effective_batch = cfg.batch_size * cfg.grad_accum * world_size
@@ -168,6 +169,18 @@ def check_outside_data(cfg: BaseConfig, run_dir: Path) -> None:
         if any(run == folder or folder in run.parents for folder in read):
             raise ConfigError(f"--out {run_dir} is inside {flag_of(item.name, option)} {value}: the run's sample "
                               "grids and plots would be read as images of the data; choose an --out outside it")
+
+
+def check_best_metric(name: str | None, task) -> None:
+    """--best-metric names what validation measures: a misspelt name is found before training,
+    not at the first validation, hours into the run."""
+    if not name:
+        return
+    if not task.validates:
+        raise ConfigError(f"--best-metric {name}: this run has no validation images to measure; give them "
+                          "(the --val-* flags) or leave --best-metric out")
+    if name not in task.metrics:
+        raise ConfigError(f"--best-metric {name}: {task.name} validation measures {', '.join(task.metrics)}")
 
 
 def _saved_batch(run_dir: Path) -> int | None:

@@ -497,6 +497,29 @@ def test_a_resume_with_another_effective_batch_says_so(paired_photos, tmp_path):
             "accumulated)") in told.messages
 
 
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_best_metric_is_checked_against_what_validation_measures_before_training(task, paired_photos, tmp_path):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    held_out = {} if task == "srgan" else {"val_a": str(data / "A"), "val_b": str(data / "B")}
+    values = tiny_run(task, data, tmp_path / "run", steps=1) | held_out
+    with pytest.raises(ConfigError, match=f"--best-metric val_foo: {task} validation measures "):
+        api.train(make_config(task, values | {"best_metric": "val_foo"}))
+    assert not (tmp_path / "run").exists()
+    api.train(make_config(task, values))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    measured = {"pix2pix": ("val_l1", "val_psnr", "val_l1_identity", "val_psnr_identity"),
+                "cyclegan": ("val_cycle_A", "val_cycle_B", "val_change_A", "val_change_B"),
+                "cut": ("val_change", "val_l1", "val_l1_identity"),
+                "srgan": ("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic")}[task]
+    assert [tuple(r["val"]) for r in logged if "val" in r] == [measured]
+
+
+def test_best_metric_without_validation_images_is_refused(paired_photos, tmp_path):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    with pytest.raises(ConfigError, match="--best-metric val_change: this run has no validation images"):
+        api.train(make_config("cut", tiny_run("cut", data, tmp_path / "run", steps=1) | {"best_metric": "val_change"}))
+
+
 @pytest.mark.parametrize("out, message", [("", "--out is empty"), ("file.txt", "is a file, not a folder")])
 def test_an_out_that_cannot_be_a_run_folder_is_a_usage_error(tmp_path, monkeypatch, out, message):
     monkeypatch.chdir(tmp_path)

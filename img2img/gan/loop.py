@@ -69,6 +69,7 @@ class Task(ABC):
     # run through their DDP wrappers there.
     forward_nets: tuple[str, ...] = ()
     validates = False  # True when `validate` has held-out data to measure
+    metrics: tuple[str, ...] = ()  # the names `validate` returns, known before training (--best-metric)
     default_best_metric: str | None = None  # the validation metric that picks best_*.safetensors
     dataset: Any = None  # the training set, indexed by (index, seed)
     sample_batch: dict | None = None  # a fixed batch for the sample grids

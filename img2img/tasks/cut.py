@@ -122,6 +122,7 @@ class CUT(Task):
         self.val_batch = self.validation_batch(held_out)
         self.validates = self.val_batch is not None
         self.default_best_metric = "val_l1" if cfg.val_b else None
+        self.metrics = ("val_change", "val_l1", "val_l1_identity") if cfg.val_b else ("val_change",)
 
     def validation_batch(self, held_out) -> dict | None:
         """Held-out A images (--val-a, else --data's testA/), with their targets when --val-b

@@ -99,6 +99,7 @@ class CycleGAN(Task):
     Config = CycleGANConfig
     example = "img2img train cyclegan --recipe horse2zebra --a horses/ --b zebras/ --set lambda_identity=0"
     ema_nets = forward_nets = ("G_AB", "G_BA")
+    metrics = ("val_cycle_A", "val_cycle_B", "val_change_A", "val_change_B")
 
     def __init__(self, cfg: CycleGANConfig, device: torch.device, reporter: Reporter, data: bool = True):
         self.cfg, self.device = cfg, device
@@ -181,10 +182,9 @@ class CycleGAN(Task):
         g_ab, g_ba = nets["G_AB"], nets["G_BA"]
         a, b = self.val_batch["A"].to(self.device), self.val_batch["B"].to(self.device)
         fake_b, fake_a = g_ab(a), g_ba(b)
-        return {"val_cycle_A": float((g_ba(fake_b) - a).abs().mean() / 2),
-                "val_cycle_B": float((g_ab(fake_a) - b).abs().mean() / 2),
-                "val_change_A": float((fake_b - a).abs().mean() / 2),
-                "val_change_B": float((fake_a - b).abs().mean() / 2)}
+        return dict(zip(self.metrics, (float((g_ba(fake_b) - a).abs().mean() / 2),
+                                       float((g_ab(fake_a) - b).abs().mean() / 2),
+                                       float((fake_b - a).abs().mean() / 2), float((fake_a - b).abs().mean() / 2))))
 
     def state_dict(self) -> dict:
         return {f"pool_{name}": pool.state_dict() for name, pool in self.pools.items()}

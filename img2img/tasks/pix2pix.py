@@ -62,6 +62,7 @@ class Pix2Pix(Task):
     example = "img2img train pix2pix --recipe facades --data facades/ --set lambda_l1=50"
     ema_nets = forward_nets = ("G",)
     default_best_metric = "val_l1"
+    metrics = ("val_l1", "val_psnr", "val_l1_identity", "val_psnr_identity")
 
     def __init__(self, cfg: Pix2PixConfig, device: torch.device, reporter: Reporter, data: bool = True):
         self.cfg, self.device = cfg, device
@@ -126,5 +127,5 @@ class Pix2Pix(Task):
         a, b = to_unit(batch["A"]), to_unit(batch["B"])
         fakes = torch.cat([to_unit(generator(batch["A"][i : i + 8].to(self.device))).float().cpu().clamp(0, 1)
                            for i in range(0, len(a), 8)])
-        return {"val_l1": float((fakes - b).abs().mean()), "val_psnr": psnr_rgb(fakes, b, quantize=False),
-                "val_l1_identity": float((a - b).abs().mean()), "val_psnr_identity": psnr_rgb(a, b, quantize=False)}
+        return dict(zip(self.metrics, (float((fakes - b).abs().mean()), psnr_rgb(fakes, b, quantize=False),
+                                       float((a - b).abs().mean()), psnr_rgb(a, b, quantize=False))))

@@ -164,6 +164,7 @@ class SRGAN(Task):
     example = "img2img train srgan --recipe srgan_x4 --hr photos/ --init runs/srresnet_x4"
     ema_nets = forward_nets = ("G",)
     default_best_metric = "psnr_y"
+    metrics = ("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic")
 
     def __init__(self, cfg: SRGANConfig, device: torch.device, reporter: Reporter, data: bool = True):
         self.cfg, self.device, self.reporter = cfg, device, reporter
@@ -252,7 +253,7 @@ class SRGAN(Task):
                 self.reporter.message(f"validation goes on without {message}")
         if not self.val_images:
             return {}
-        totals = dict.fromkeys(("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic"), 0.0)
+        totals = dict.fromkeys(self.metrics, 0.0)
         for lr, hr in self.val_images:
             lr, hr = lr.to(self.device), hr.to(self.device)
             sr, bicubic = nets["G"](lr).float().clamp(0, 1), bicubic_upscale(lr, scale)
