@@ -520,6 +520,21 @@ def test_best_metric_without_validation_images_is_refused(paired_photos, tmp_pat
         api.train(make_config("cut", tiny_run("cut", data, tmp_path / "run", steps=1) | {"best_metric": "val_change"}))
 
 
+def test_sr_training_leaves_out_photographs_smaller_than_the_patch_and_says_so(paired_photos, tmp_path):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    thumbnail = data / "B" / "thumbnail.png"
+    write_image(thumbnail, Image(rgb=torch.rand(3, 16, 20), alpha=None, gray=False, bits=8))
+    told = DamageAt(0, None)
+    api.train(make_config("srgan", tiny_run("srgan", data, tmp_path / "run", steps=2)), reporter=told)
+    assert (f"left out 1 image(s) smaller than the HR patch: {thumbnail} is 20x16, smaller than the 32 px HR "
+            "patch (--size)") in told.messages
+    for path in (data / "B").iterdir():
+        if path != thumbnail:
+            path.unlink()
+    with pytest.raises(DataError, match=r"every image is smaller than the 32 px HR patch \(--size\)"):
+        api.train(make_config("srgan", tiny_run("srgan", data, tmp_path / "run2", steps=2)))
+
+
 @pytest.mark.parametrize("out, message", [("", "--out is empty"), ("file.txt", "is a file, not a folder")])
 def test_an_out_that_cannot_be_a_run_folder_is_a_usage_error(tmp_path, monkeypatch, out, message):
     monkeypatch.chdir(tmp_path)

@@ -42,16 +42,27 @@ class SRItem:
 # ---- scanning ----------------------------------------------------------------------------
 
 
-def scan_hr(folder: Path, min_size: int, flag: str = "--hr", need: str = PATCH) -> list[SRItem]:
-    """HR images at least min_size px on each side; smaller ones are named."""
+def scan_hr(folder: Path, min_size: int, flag: str = "--hr", need: str = PATCH,
+            left_out: list[str] | None = None) -> list[SRItem]:
+    """HR images at least min_size px on each side. Smaller ones are named: as problems that stop
+    the scan, or, given `left_out`, there, and the others are used (a folder of photographs
+    with a few thumbnails among them)."""
     require_folder(folder, flag)
+    small = set()
 
     def large_enough(path: Path, width: int, height: int) -> str | None:
-        if min(width, height) < min_size:
-            return f"{path} is {width}x{height}, smaller than {need.format(min_size)}"
+        if min(width, height) >= min_size:
+            return None
+        problem = f"{path} is {width}x{height}, smaller than {need.format(min_size)}"
+        if left_out is None:
+            return problem
+        small.add(path)
+        left_out.append(problem)
         return None
 
-    files = scan_images(folder, flag, large_enough)
+    files = [path for path in scan_images(folder, flag, large_enough) if path not in small]
+    if not files:
+        raise DataError(f"{flag} {folder}: every image is smaller than {need.format(min_size)}, e.g. {left_out[0]}")
     return [SRItem(path, None) for path in files]
 
 
@@ -89,13 +100,15 @@ def pair_problem(lr: Path, lr_size: tuple[int, int], hr: Path, hr_size: tuple[in
     return None
 
 
-def scan_training(hr: Path | None, lr: Path | None, scale: int, size: int) -> list[SRItem]:
-    """HR images (LR made on the fly), or HR/LR pairs when `lr` is given."""
+def scan_training(hr: Path | None, lr: Path | None, scale: int, size: int,
+                  left_out: list[str] | None = None) -> list[SRItem]:
+    """HR images (LR made on the fly; those smaller than the patch go to `left_out`), or HR/LR
+    pairs when `lr` is given."""
     if hr is None:
         raise ConfigError("give --hr DIR (high-resolution images), and --lr-dir DIR if their LR partners exist")
     if lr is not None:
         return scan_sr_pairs(lr, hr, scale, size, ("--lr-dir", "--hr"))
-    return scan_hr(hr, size)
+    return scan_hr(hr, size, left_out=left_out)
 
 
 def validation_min_size(scale: int) -> int:

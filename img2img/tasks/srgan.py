@@ -197,7 +197,12 @@ class SRGAN(Task):
     def load_data(self) -> None:
         cfg = self.cfg
         folder = lambda value: None if value is None else Path(value)  # noqa: E731
-        items = sr_data.scan_training(folder(cfg.hr), folder(cfg.lr_dir), cfg.scale, cfg.size)
+        left_out: list[str] = []
+        items = sr_data.scan_training(folder(cfg.hr), folder(cfg.lr_dir), cfg.scale, cfg.size, left_out)
+        if left_out:
+            more = f" (and {len(left_out) - 3} more)" if len(left_out) > 3 else ""
+            self.reporter.message(f"left out {len(left_out)} image(s) smaller than the HR patch: "
+                                  f"{'; '.join(left_out[:3])}{more}")
         self.dataset = sr_data.SRDataset(items, cfg.size, cfg.scale, cfg.degradation, symmetry=cfg.flip)
         self.val_items = sr_data.scan_validation(folder(cfg.val_hr), folder(cfg.val_lr), cfg.scale, items)
         if cfg.val_hr:
