@@ -107,10 +107,10 @@ def _train(cfg: BaseConfig, task, trainer, recorder, state: dict | None, world, 
 
     def open_loader(drawn: int):
         sampler = SeededSampler(len(dataset), cfg.seed, rank=world.rank, world_size=world.world_size, start=drawn)
-        loader = DataLoader(guarded, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
-                            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                            prefetch_factor=4 if workers else None, worker_init_fn=quiet_crash)
-        return opened_quietly(lambda: iter(loader))
+        return opened_quietly(lambda: iter(DataLoader(
+            guarded, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None, worker_init_fn=quiet_crash)))
 
     batches = guarded.batches(open_loader, start * per_step, cfg.batch_size)
     if state is not None:

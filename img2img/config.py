@@ -183,10 +183,14 @@ def check_value(key: str, value: Any, cls: type = BaseConfig) -> Any:
     if option.choices and value not in option.choices:
         raise ConfigError(f"{flag} {value!r} is not offered for {task_of(cls)}; choose {', '.join(option.choices)}")
     if option.min is not None and value < option.min:
-        raise ConfigError(f"{flag} {value}: must be at least {option.min:g}")
+        raise ConfigError(f"{flag} {value}: must be at least {_number(option.min)}")
     if option.max is not None and value > option.max:
-        raise ConfigError(f"{flag} {value}: must be at most {option.max:g}")
+        raise ConfigError(f"{flag} {value}: must be at most {_number(option.max)}")
     return value
+
+
+def _number(limit: int | float) -> str:
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
 
 
 def _typed(key: str, value: Any, hint: Any) -> Any:

@@ -21,6 +21,8 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    if device.type not in ("cuda", "cpu"):  # mps, xpu, meta...: nothing here is written or tested for them
+        raise ConfigError(f"--device {name}: img2img runs on cpu or cuda (cuda:N)")
     return device
 
 

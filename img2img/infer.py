@@ -175,7 +175,11 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
         text = (stdin or sys.stdin).read()
         # NUL-separated (find -print0) where a NUL appears: no path holds one; else one path a line.
         names = text.split("\0") if "\0" in text else [line.strip() for line in text.split("\n")]
-        paths = list(dict.fromkeys(Path(name) for name in names if name))  # a path listed twice: once
+        seen, paths = set(), []
+        for name in names:  # a file listed twice, under any spelling: once
+            if name and (key := Path(name).resolve()) not in seen:
+                seen.add(key)
+                paths.append(Path(name))
         if not paths:
             raise InputError("INPUT is '-' but no paths arrived on standard input")
         # As for a folder INPUT: results of an earlier run (find run from above OUTPUT) are not inputs.

@@ -138,6 +138,48 @@ def test_data_check_refuses_flags_that_contradict_each_other(tmp_path, flags, me
     assert result.exit_code == 2 and message in result.stderr
 
 
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta"])
+def test_a_device_kind_img2img_does_not_run_on_is_a_usage_error(cyclegan_run, tmp_path, device):
+    result = runner.invoke(app, ["translate", "--model", str(cyclegan_run), str(tmp_path), str(tmp_path / "o"),
+                                 "--device", device])
+    assert result.exit_code == 2 and f"--device {device}: img2img runs on cpu or cuda" in result.stderr
+
+
+def test_data_check_searches_folders_as_training_does(tmp_path):
+    for name in ["a.png", ".hidden/b.png", "@eaDir/c.png", "._a.png"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), np.full((16, 16, 3), 100, np.uint8))
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    result = runner.invoke(app, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 1 and f"{tmp_path}: 2 images" in result.stderr
+    assert f"{tmp_path / 'gone.png'}: no such file" in result.stderr and "._a.png" not in result.stderr.split("ignored")[0]
+
+
+def test_more_loader_workers_than_cores_in_training_without_torchs_advice(tmp_path):
+    from img2img import api
+    from img2img.config import make_config
+
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), np.full((32, 32, 3), 60 * i, np.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        api.train(make_config("pix2pix", {"a": str(tmp_path / "in"), "b": str(tmp_path / "in"), "size": 32, "ngf": 4,
+                                          "ndf": 4, "netG": "unet_32", "steps": 1, "device": "cpu",
+                                          "workers": (os.cpu_count() or 1) + 1, "out": str(tmp_path / "run")}))
+    assert not [w for w in caught if "worker processes" in str(w.message)]
+
+
+@pytest.mark.parametrize("task", ["pix2pix", "cut"])
+def test_validation_folders_are_named_by_their_own_flags(tmp_path, task):
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.full((32, 32, 3), 100, np.uint8))
+    file = tmp_path / "in" / "a.png"
+    result = runner.invoke(app, ["train", task, "--a", str(tmp_path / "in"), "--b", str(tmp_path / "in"),
+                                 "--val-a", str(file), "--val-b", str(tmp_path / "in"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and f"--val-a {file}: not a folder" in result.stderr, result.output
+
+
 def test_info_prints_both_generators_of_a_cyclegan_run_on_stdout(cyclegan_run):
     result = runner.invoke(app, ["info", str(cyclegan_run), "--json"])
     assert result.exit_code == 0 and result.stderr == ""

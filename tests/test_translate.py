@@ -200,7 +200,8 @@ def test_stdin_takes_a_path_listed_twice_once_and_leaves_out_earlier_results(mod
     shots = tmp_path / "shots"
     sources = [photo(shots / "a.png", 16, 16), photo(shots / "deep" / "b.png", 16, 20)]
     args = ["translate", "--model", str(models / "resnet.safetensors"), "--json", "-", str(shots / "out")]
-    first = runner.invoke(app, args, input="".join(f"{p}\n" for p in [*sources, sources[0]]))
+    spellings = [sources[0], sources[1], sources[0], sources[0].parent / "deep" / ".." / "a.png"]
+    first = runner.invoke(app, args, input="".join(f"{p}\n" for p in spellings))
     assert first.exit_code == 0, first.output
     assert len(first.stdout.splitlines()) == 2
     # find shots -name '*.png' again: it now lists the results in shots/out too.

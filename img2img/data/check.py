@@ -12,7 +12,7 @@ from pathlib import Path
 from img2img.config import require_folder
 from img2img.data import datasets
 from img2img.data.header import check_image, failure
-from img2img.data.images import files_by_stem, is_image_file, read_image
+from img2img.data.images import files_by_stem, list_images, read_image
 
 
 @dataclass
@@ -31,10 +31,9 @@ def scan_folder(folder: Path, decode: bool = False) -> Report:
     require_folder(folder)
     report = Report(folder)
     headers = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if not is_image_file(path):
-            report.skipped.append(path)
-            continue
+    images = list_images(folder)  # what training reads: hidden folders and ._ files left out, broken links in
+    report.skipped = sorted(set(p for p in folder.rglob("*") if p.is_file()) - set(images))
+    for path in images:
         report.files += 1
         try:
             headers[path] = check_image(path)

@@ -103,14 +103,14 @@ def partner_problems(files: dict[str, Path], root: Path, others: dict[str, Path]
             + [f"{others[k]}: no partner in {root} (looked for {k}.*)" for k in sorted(others.keys() - files.keys())])
 
 
-def scan_paired(a_root: Path, b_root: Path) -> list[Pair]:
+def scan_paired(a_root: Path, b_root: Path, flags: tuple[str, str] = ("--a", "--b")) -> list[Pair]:
     """Two folders paired by relative path and file stem (any extension); same sizes required."""
-    require_folder(a_root, "--a")
-    require_folder(b_root, "--b")
+    require_folder(a_root, flags[0])
+    require_folder(b_root, flags[1])
     problems: list[str] = []
     a_files, b_files = files_by_stem(a_root, problems), files_by_stem(b_root, problems)
     if not a_files:
-        raise DataError(f"--a {a_root}: no images found")
+        raise DataError(f"{flags[0]} {a_root}: no images found")
     problems += partner_problems(a_files, a_root, b_files, b_root)
     pairs = []
     for key in sorted(a_files.keys() & b_files.keys()):

@@ -129,7 +129,7 @@ class CUT(Task):
         holds partners paired by relative path and stem (a task with a known answer)."""
         cfg = self.cfg
         if cfg.val_a and cfg.val_b:
-            pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b))[:VAL_COUNT]
+            pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b), ("--val-a", "--val-b"))[:VAL_COUNT]
             items = datasets.PairedDataset(pairs, cfg.size, cfg.size, augment=False)
             rows = [items[i] for i in range(len(items))]
             return {"A": torch.stack([r["A"] for r in rows]), "target": torch.stack([r["B"] for r in rows])}

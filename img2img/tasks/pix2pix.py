@@ -82,7 +82,7 @@ class Pix2Pix(Task):
         pairs = datasets.scan_training_pairs(folder(cfg.data), folder(cfg.a), folder(cfg.b))
         self.dataset = datasets.PairedDataset(pairs, cfg.size, load_size(cfg), cfg.flip, cfg.direction)
         if cfg.val_a:
-            val_pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b))
+            val_pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b), ("--val-a", "--val-b"))
         else:
             val_pairs = datasets.scan_validation_pairs(folder(cfg.data))
         self.sample_batch = self.fixed_batch(val_pairs[:SAMPLE_COUNT] or pairs[:SAMPLE_COUNT])
