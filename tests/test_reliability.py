@@ -535,6 +535,21 @@ def test_sr_training_leaves_out_photographs_smaller_than_the_patch_and_says_so(p
         api.train(make_config("srgan", tiny_run("srgan", data, tmp_path / "run2", steps=2)))
 
 
+def test_sr_training_on_lr_hr_pairs_leaves_out_pairs_smaller_than_the_patch(paired_photos, tmp_path):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    lr, hr = tmp_path / "lr", data / "B"
+    lr.mkdir()
+    for path in hr.iterdir():  # LR partners at half the size
+        write_image(lr / path.name, Image(rgb=torch.rand(3, 32, 32), alpha=None, gray=False, bits=8))
+    write_image(hr / "thumbnail.png", Image(rgb=torch.rand(3, 16, 20), alpha=None, gray=False, bits=8))
+    write_image(lr / "thumbnail.png", Image(rgb=torch.rand(3, 8, 10), alpha=None, gray=False, bits=8))
+    told = DamageAt(0, None)
+    values = tiny_run("srgan", data, tmp_path / "run", steps=2) | {"lr_dir": str(lr)}
+    api.train(make_config("srgan", values), reporter=told)
+    assert (f"left out 1 image(s) smaller than the HR patch: {hr / 'thumbnail.png'} is 20x16, smaller than the "
+            "32 px HR patch (--size)") in told.messages
+
+
 @pytest.mark.parametrize("out, message", [("", "--out is empty"), ("file.txt", "is a file, not a folder")])
 def test_an_out_that_cannot_be_a_run_folder_is_a_usage_error(tmp_path, monkeypatch, out, message):
     monkeypatch.chdir(tmp_path)

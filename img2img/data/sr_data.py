@@ -67,8 +67,11 @@ def scan_hr(folder: Path, min_size: int, flag: str = "--hr", need: str = PATCH,
 
 
 def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
-                  flags: tuple[str, str] = ("--lr-dir", "--hr"), need: str = PATCH) -> list[SRItem]:
-    """LR/HR files matched by relative path and stem; each LR must be HR // scale in size."""
+                  flags: tuple[str, str] = ("--lr-dir", "--hr"), need: str = PATCH,
+                  left_out: list[str] | None = None) -> list[SRItem]:
+    """LR/HR files matched by relative path and stem; each LR must be HR // scale in size. Pairs
+    smaller than min_size are problems, or, given `left_out`, named there and left out (as
+    scan_hr does)."""
     require_folder(lr_root, flags[0])
     require_folder(hr_root, flags[1])
     problems: list[str] = []
@@ -81,33 +84,36 @@ def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
         lr_size, hr_size = checked_size(lr_files[key], problems), checked_size(hr_files[key], problems)
         if lr_size is None or hr_size is None:
             continue
-        problem = pair_problem(lr_files[key], lr_size, hr_files[key], hr_size, scale, min_size, need)
+        problem = pair_problem(lr_files[key], lr_size, hr_files[key], hr_size, scale)
+        if problem is None and min(hr_size) < min_size:
+            small = f"{hr_files[key]} is {hr_size[0]}x{hr_size[1]}, smaller than {need.format(min_size)}"
+            (problems if left_out is None else left_out).append(small)
+            continue
         if problem:
             problems.append(problem)
         items.append(SRItem(hr_files[key], lr_files[key]))
     raise_problems(problems, f"{len(problems)} problem(s) pairing {lr_root} with {hr_root} at --scale {scale}")
+    if not items and left_out:
+        raise DataError(f"{flags[1]} {hr_root}: every pair is smaller than {need.format(min_size)}, e.g. {left_out[0]}")
     return items
 
 
-def pair_problem(lr: Path, lr_size: tuple[int, int], hr: Path, hr_size: tuple[int, int], scale: int,
-                 min_size: int, need: str = PATCH) -> str | None:
+def pair_problem(lr: Path, lr_size: tuple[int, int], hr: Path, hr_size: tuple[int, int], scale: int) -> str | None:
     (lw, lh), (hw, hh) = lr_size, hr_size
     if (lw, lh) != (hw // scale, hh // scale):
         return (f"{lr} is {lw}x{lh} but {hr} is {hw}x{hh}: with --scale {scale} the LR image must be "
                 f"{hw // scale}x{hh // scale}")
-    if min(hw, hh) < min_size:
-        return f"{hr} is {hw}x{hh}, smaller than {need.format(min_size)}"
     return None
 
 
 def scan_training(hr: Path | None, lr: Path | None, scale: int, size: int,
                   left_out: list[str] | None = None) -> list[SRItem]:
-    """HR images (LR made on the fly; those smaller than the patch go to `left_out`), or HR/LR
-    pairs when `lr` is given."""
+    """HR images (LR made on the fly), or HR/LR pairs when `lr` is given; those smaller than the
+    patch go to `left_out`."""
     if hr is None:
         raise ConfigError("give --hr DIR (high-resolution images), and --lr-dir DIR if their LR partners exist")
     if lr is not None:
-        return scan_sr_pairs(lr, hr, scale, size, ("--lr-dir", "--hr"))
+        return scan_sr_pairs(lr, hr, scale, size, ("--lr-dir", "--hr"), left_out=left_out)
     return scan_hr(hr, size, left_out=left_out)
 
 
