@@ -143,6 +143,8 @@ def export(
     from img2img.export import ExportError, export_onnx
 
     def action():
+        if not out.name or out.is_dir():
+            raise ConfigError(f"OUT {out} is a folder: give the file to write, e.g. model.onnx")
         try:
             spec = export_onnx(model, out, direction.value, opset)
         except ExportError as err:

@@ -308,6 +308,13 @@ def test_onnx_export_matches_torch_on_an_odd_size(models, tmp_path):
     assert np.abs(got - expected).max() < 1e-4
 
 
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_export_to_a_folder_is_a_usage_error(models, tmp_path, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["export", out, "--model", str(models / "resnet.safetensors")])
+    assert result.exit_code == 2 and "is a folder: give the file to write" in result.stderr, result.output
+
+
 @pytest.mark.parametrize("opset, code, message", [(5, 2, "needs opset 11 or newer"), (99, 1, "failed at --opset 99")])
 def test_an_opset_the_exporter_cannot_use_is_one_line_and_no_file(models, tmp_path, opset, code, message):
     pytest.importorskip("onnx", reason="the onnx extra is not installed")
