@@ -96,9 +96,9 @@ def translate(
             files_by_stem(targets, ambiguous)
             if ambiguous:
                 raise ConfigError(f"--targets {targets}: " + "\n".join(ambiguous))
-        if targets is not None and targets.resolve() in (output.resolve(), *output.resolve().parents):
-            raise ConfigError(f"OUTPUT {output} is inside --targets {targets}: the results would replace or mix with "
-                              "the images they are measured against; choose another OUTPUT")
+            if targets.resolve() in (output.resolve(), *output.resolve().parents):
+                raise ConfigError(f"OUTPUT {output} is inside --targets {targets}: the results would replace or mix "
+                                  "with the images they are measured against; choose another OUTPUT")
         if (gallery or targets is not None) and infer.names_a_file(input, output):
             raise ConfigError(f"--gallery writes OUTPUT/gallery.html: give a folder as OUTPUT, not the file {output}")
         options = infer.Options(

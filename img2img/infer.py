@@ -175,16 +175,15 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
         text = (stdin or sys.stdin).read()
         # NUL-separated (find -print0) where a NUL appears: no path holds one; else one path a line.
         names = text.split("\0") if "\0" in text else [line.strip() for line in text.split("\n")]
-        seen, paths = set(), []
-        for name in names:  # a file listed twice, under any spelling: once
-            if name and (key := Path(name).resolve()) not in seen:
-                seen.add(key)
-                paths.append(Path(name))
-        if not paths:
+        resolved = {}  # a file listed twice, under any spelling: once
+        for name in names:
+            if name:
+                resolved.setdefault(Path(name).resolve(), Path(name))
+        if not resolved:
             raise InputError("INPUT is '-' but no paths arrived on standard input")
         # As for a folder INPUT: results of an earlier run (find run from above OUTPUT) are not inputs.
         out_resolved = out_dir.resolve()
-        paths = [p for p in paths if out_resolved not in p.resolve().parents]
+        paths = [path for real, path in resolved.items() if out_resolved not in real.parents]
         if not paths:
             raise InputError(f"every path on standard input lies inside OUTPUT {out_dir}: choose another OUTPUT")
         # Keep the layout below the paths' common folder, as for a folder INPUT.

@@ -53,7 +53,7 @@ def scan_hr(folder: Path, min_size: int, flag: str = "--hr", need: str = PATCH,
     def large_enough(path: Path, width: int, height: int) -> str | None:
         if min(width, height) >= min_size:
             return None
-        problem = f"{path} is {width}x{height}, smaller than {need.format(min_size)}"
+        problem = too_small(path, (width, height), min_size, need)
         if left_out is None:
             return problem
         small.add(path)
@@ -86,8 +86,7 @@ def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
             continue
         problem = pair_problem(lr_files[key], lr_size, hr_files[key], hr_size, scale)
         if problem is None and min(hr_size) < min_size:
-            small = f"{hr_files[key]} is {hr_size[0]}x{hr_size[1]}, smaller than {need.format(min_size)}"
-            (problems if left_out is None else left_out).append(small)
+            (problems if left_out is None else left_out).append(too_small(hr_files[key], hr_size, min_size, need))
             continue
         if problem:
             problems.append(problem)
@@ -96,6 +95,10 @@ def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
     if not items and left_out:
         raise DataError(f"{flags[1]} {hr_root}: every pair is smaller than {need.format(min_size)}, e.g. {left_out[0]}")
     return items
+
+
+def too_small(path: Path, size: tuple[int, int], min_size: int, need: str) -> str:
+    return f"{path} is {size[0]}x{size[1]}, smaller than {need.format(min_size)}"
 
 
 def pair_problem(lr: Path, lr_size: tuple[int, int], hr: Path, hr_size: tuple[int, int], scale: int) -> str | None:
