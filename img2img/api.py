@@ -76,6 +76,10 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     if state is not None and (problem := trainer.mismatch(state)):
         raise ConfigError(_unresumable(run_dir, cfg, problem))
     notes = [] if state is None else _resume_notes(state, state_path, run_dir, cfg, world_size, total_steps)
+    if state is not None and int(state["step"]) >= total_steps:  # the run folder is left as it is
+        reporter.message(notes[-1])
+        distributed.teardown()
+        return run_dir
     recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
     if world.world_size > 1:
         reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "

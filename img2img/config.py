@@ -54,6 +54,7 @@ class Option:
     path: bool = False  # a file or folder (PATH on the command line)
     cli: bool = True  # False: a --set setting only
     flag_alias: str | None = None  # another option's flag this field takes when its value is no number
+    kept: bool = False  # what the run learns (direction, objective): --resume cannot change it
 
 
 def opt(default: Any, help: str, **option: Any) -> Any:
@@ -270,6 +271,7 @@ def resolve(task: str, recipe: str | Path | None = None, overrides: Mapping[str,
                                                             "so there is no run to resume there")
         if saved.task != task:
             raise ConfigError(f"--resume: {run_dir} holds a {saved.task} run: use `img2img train {saved.task}`")
+        check_kept(saved, values, run_dir)
         return make_config(task, values, saved.to_dict())
     recipe_values: dict[str, Any] = {}
     if recipe:
@@ -279,6 +281,27 @@ def resolve(task: str, recipe: str | Path | None = None, overrides: Mapping[str,
         if recipe_task != task:
             raise ConfigError(f"--recipe {recipe} is a {recipe_task} recipe: use `img2img train {recipe_task}`")
     return make_config(task, values, recipe_values)
+
+
+def check_kept(saved: BaseConfig, values: Mapping[str, Any], run_dir: Path) -> None:
+    """A ConfigError where `values` change a setting that a resumed run keeps."""
+    cls = type(saved)
+    for key, value in values.items():
+        option = option_of(cls, key)
+        if value is None or option is None or not option.kept:
+            continue
+        before, value, flag = getattr(saved, key), check_value(key, value, cls), flag_of(key, option)
+        if value != before:
+            raise ConfigError(f"--resume: the run in {run_dir} was trained with {_as_typed(flag, before)}, and a "
+                              f"resumed run keeps it: leave {_as_typed(flag, value).split()[0]} out, or start a new "
+                              "run with another --out")
+
+
+def _as_typed(flag: str, value: Any) -> str:
+    """How a setting is written on the command line: --dropout / --no-dropout, --scale 4."""
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {value}"
 
 
 def load_config(path: Path, missing: str | None = None) -> BaseConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -23,7 +24,7 @@ from typer.testing import CliRunner
 from helpers import flat, save_tiny_generator
 from img2img import api
 from img2img.cli import app
-from img2img.config import ConfigError, make_config, resolve
+from img2img.config import Option, ConfigError, config_class, make_config, option_of, resolve, save_config
 from img2img.data import header, images
 from img2img.data.datasets import DataError
 from img2img.data.images import Image, write_image
@@ -470,9 +471,39 @@ def test_a_resume_with_other_network_settings_is_refused_and_leaves_the_run_as_i
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == saved
     api.train(resolve(task, overrides={"out": str(run), "steps": 3}, resume=True), resume=True)
     assert load_generator(run)[1].step == 3
+    finished = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     again = DamageAt(0, None)
-    api.train(resolve(task, overrides={"out": str(run)}, resume=True), resume=True, reporter=again)
-    assert "the run is at step 3 of 3 already: nothing to train" in " ".join(again.messages)
+    api.train(resolve(task, overrides={"out": str(run), "lr": 1e-3}, resume=True), resume=True, reporter=again)
+    assert again.messages[-1] == ("the run is at step 3 of 3 already: nothing to train; give a larger --steps "
+                                  "(or --epochs) to go on")
+    assert not any("resuming from" in message for message in again.messages)
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == finished
+
+
+def _another_value(option, value):
+    if isinstance(value, bool):
+        return not value
+    if option.choices:
+        return next(choice for choice in option.choices if choice != value)
+    return int(option.min) if value != option.min else int(option.max)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_resume_cannot_change_what_the_run_learns(task, tmp_path):
+    """Direction, objective, dropout, mode, scale: the same networks, another run."""
+    run = tmp_path / "run"
+    cls = config_class(task)
+    kept = [f.name for f in dataclasses.fields(cls) if (option_of(cls, f.name) or Option("")).kept]
+    assert kept, f"{task} keeps nothing on resume"
+    saved = make_config(task, {"out": str(run), "steps": 2})
+    run.mkdir()
+    save_config(saved, run / "config.yaml")
+    for key in kept:
+        other = _another_value(option_of(cls, key), getattr(saved, key))
+        with pytest.raises(ConfigError, match=f"--resume: the run in {run} was trained with .*a resumed run keeps it"):
+            resolve(task, overrides={"out": str(run), key: other}, resume=True)
+        assert getattr(resolve(task, overrides={"out": str(run), key: getattr(saved, key)}, resume=True), key) \
+            == getattr(saved, key)  # the same value again is no change
 
 
 def test_a_run_started_with_relative_folders_resumes_from_another_working_folder(paired_photos, tmp_path, monkeypatch):

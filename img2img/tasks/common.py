@@ -26,7 +26,7 @@ class TranslationConfig(BaseConfig):
                     choices=("basic", "n_layers", "pixel"))
     n_layers_d: int = opt(3, "PatchGAN depth with --netD n_layers.", panel="Networks", min=1)
     norm: str = opt("batch", "batch, instance or none.", panel="Networks", choices=("batch", "instance", "none"))
-    dropout: bool = opt(True, "Dropout in the generators.", panel="Networks")
+    dropout: bool = opt(True, "Dropout in the generators.", panel="Networks", kept=True)
 
     def check(self) -> None:
         if self.load_size is not None and self.load_size < self.size:

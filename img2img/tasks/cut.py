@@ -53,7 +53,7 @@ class CUTConfig(TranslationConfig):
                            panel="Data", path=True)
     serial: bool = opt(False, "Take B images in order instead of at random.", panel="Data")
     mode: str = opt("cut", "cut (identity PatchNCE on B, lambda_NCE 1) or fastcut (lambda_NCE 10, flip "
-                    "equivariance).", panel="Losses", choices=("cut", "fastcut"))
+                    "equivariance).", panel="Losses", choices=("cut", "fastcut"), kept=True)
     netG: str = opt("resnet_9blocks", "resnet_9blocks, resnet_6blocks (resnet_Nblocks).", panel="Networks")
     antialias: bool = opt(True, "Blur-pool down/up-sampling in G, as the reference.", panel="Networks")
     norm: str = "instance"

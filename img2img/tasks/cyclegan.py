@@ -39,7 +39,7 @@ VAL_COUNT = 16  # held-out images per domain for the validation metrics
 def unpaired_gan_loss():
     """--gan-loss of the unpaired families (CycleGAN, CUT): LSGAN by default, as their references."""
     return opt("lsgan", "lsgan, vanilla (non-saturating), minimax, hinge, wgangp, ragan, rpgan (relativistic pairing).",
-               panel="Losses", choices=("lsgan", "vanilla", "minimax", "hinge", "wgangp", "ragan", "rpgan"))
+               panel="Losses", choices=("lsgan", "vanilla", "minimax", "hinge", "wgangp", "ragan", "rpgan"), kept=True)
 
 
 @dataclass

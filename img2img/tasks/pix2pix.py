@@ -34,14 +34,15 @@ class Pix2PixConfig(TranslationConfig):
                            panel="Data", path=True)
     a: str | None = opt(None, "Folder of inputs, paired with --b by relative path and file stem.", panel="Data", path=True)
     b: str | None = opt(None, "Folder of targets.", panel="Data", path=True)
-    direction: str = opt("AtoB", "AtoB, or BtoA to swap inputs and targets.", panel="Data", choices=("AtoB", "BtoA"))
+    direction: str = opt("AtoB", "AtoB, or BtoA to swap inputs and targets.", panel="Data", choices=("AtoB", "BtoA"),
+                         kept=True)
     netG: str = opt("unet_256", "unet_256, unet_128 (unet_N), resnet_9blocks, resnet_6blocks.", panel="Networks")
     # LSGAN, not the paper's vanilla GAN (the recipes keep vanilla): measured on held-out photos
     # after 300 steps, U-Net 0.89 of the identity's L1 against 0.95, ResNet 0.96 against 1.10
     # (0.90 against 1.07 after 600); the demo: 9.0 against 16.1 grey levels after 400.
     gan_loss: str = opt("lsgan", "lsgan, vanilla (non-saturating; the paper's), minimax, hinge, wgangp, ragan, "
                         "rpgan (relativistic pairing).", panel="Losses",
-                        choices=("vanilla", "minimax", "lsgan", "hinge", "wgangp", "ragan", "rpgan"))
+                        choices=("vanilla", "minimax", "lsgan", "hinge", "wgangp", "ragan", "rpgan"), kept=True)
     lambda_l1: float = opt(100.0, "Weight of the L1 loss.", panel="Losses", min=0)
     val_a: str | None = opt(None, "Validation inputs.", panel="Validation", path=True,
                             default_text="the --data folder's val/ split")

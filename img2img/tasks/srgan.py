@@ -45,7 +45,7 @@ class SRGANConfig(BaseConfig):
                          panel="Data", path=True)
     lr_dir: str | None = opt(None, "LR partners of --hr, paired by relative path and file stem (each HR/scale "
                              "in size); --lr DIR is accepted too.", panel="Data", path=True, flag_alias="--lr")
-    scale: int = opt(4, "Upscaling factor: 2, 3 or 4.", panel="Data", min=2, max=4)
+    scale: int = opt(4, "Upscaling factor: 2, 3 or 4.", panel="Data", min=2, max=4, kept=True)
     size: int = opt(128, "HR patch in pixels, a multiple of --scale.", panel="Data", min=8)
     degradation: str = opt("bicubic", "bicubic or realesrgan (second-order blur, resize, noise, JPEG).",
                            panel="Data", choices=DEGRADATIONS)
