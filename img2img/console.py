@@ -69,8 +69,12 @@ def say(text: str, style: str = "") -> None:
 
 
 def fail(message: str, code: int) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    print_error(message)
     raise typer.Exit(code)
+
+
+def print_error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def run_guarded(action):

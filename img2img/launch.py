@@ -6,9 +6,28 @@ import sys
 
 def main() -> None:
     try:
+        if (problem := empty_argument(sys.argv[1:])) is not None:
+            from img2img.console import print_error
+
+            print_error(problem)
+            raise SystemExit(2)
         from img2img.cli import app
 
         app()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         raise SystemExit(130) from None
+
+
+def empty_argument(arguments: list[str]) -> str | None:
+    """What is wrong with an empty argument (an unset shell variable in quotes), or None: the
+    command line parser reads '' as the current folder, which then became a run or output folder."""
+    for index, argument in enumerate(arguments):
+        flag, equals, value = argument.partition("=")
+        if argument.startswith("--") and equals and not value.strip():
+            return f"{flag} is given an empty value: give a path or value there (is a shell variable unset?)"
+        if not argument.strip():
+            before = arguments[index - 1] if index else ""
+            where = f"after {before}" if before.startswith("-") else f"as argument {index + 1}"
+            return f"an empty argument {where}: give a path or value there (is a shell variable unset?)"
+    return None

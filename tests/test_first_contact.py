@@ -209,3 +209,21 @@ def test_cyclegan_help_and_errors_offer_only_cyclegan_choices(tmp_path):
     result = runner.invoke(app, ["train", "cyclegan", "--a", str(tmp_path), "--b", str(tmp_path), "--gan-loss", "wgan"])
     assert result.exit_code == 2
     assert "choose lsgan, vanilla, minimax, hinge, wgangp" in result.stderr and "nonsaturating" not in result.stderr
+
+
+@pytest.mark.parametrize("arguments", [
+    ["translate", "--model", "RUN", "in", ""], ["translate", "--model", "", "in", "out"], ["export", "", "--model", "RUN"],
+    ["train", "pix2pix", "--a", "a", "--b", "b", "--out", ""], ["train", "srgan", "--hr", "a", "--out="],
+    ["train", "cyclegan", "--data", ""], ["eval", "", "b"], ["data", "check", ""], ["report", " "], ["demo", "--out", ""]])
+def test_an_empty_argument_is_a_usage_error_not_the_current_folder(arguments, tmp_path, monkeypatch, capsys):
+    """'' (a quoted unset shell variable) would otherwise name the current folder: train into it, or
+    translate a folder into itself."""
+    from img2img import launch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["img2img", *arguments])
+    with pytest.raises(SystemExit) as stopped:
+        launch.main()
+    assert stopped.value.code == 2
+    assert "empty" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
