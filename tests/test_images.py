@@ -98,28 +98,62 @@ def test_a_sixteen_bit_tiff_is_turned_once(tmp_path):
 STRAIGHT = np.array([200, 100, 50, 64], np.uint8)  # a colour at a quarter of full opacity
 
 
-@pytest.mark.parametrize("written", ["pillow_rgba", "unassociated", "associated", "gray_alpha", "16_bit"])
-def test_a_tiff_with_alpha_gives_straight_colours(tmp_path, written):
-    path = tmp_path / "x.tif"
-    pixels = np.tile(STRAIGHT, (6, 8, 1))
-    if written == "pillow_rgba":
-        PILImage.fromarray(pixels, mode="RGBA").save(path)
-    elif written == "unassociated":
-        tifffile.imwrite(path, pixels, photometric="rgb", extrasamples=["unassalpha"])
-    elif written == "associated":  # stores colour x alpha: 50, 25, 12
-        stored = pixels.copy()
-        stored[..., :3] = np.round(pixels[..., :3].astype(float) * 64 / 255)
-        tifffile.imwrite(path, stored, photometric="rgb", extrasamples=["assocalpha"])
-    elif written == "gray_alpha":
-        tifffile.imwrite(path, pixels[..., [0, 3]], photometric="minisblack", extrasamples=["unassalpha"])
-    else:
-        tifffile.imwrite(path, pixels.astype(np.uint16) * 257, photometric="rgb", extrasamples=["unassalpha"])
-    image = read_image(path)
-    expected = np.array([200, 200, 200] if written == "gray_alpha" else [200, 100, 50]) / 255
-    tolerance = 3 / 255 if written == "associated" else 1e-6  # colours stored x alpha lose precision
-    assert image.alpha is not None and float(image.alpha.mean()) == pytest.approx(64 / 255)
-    assert np.abs(image.rgb.mean(dim=(1, 2)).numpy() - expected).max() <= tolerance
-    assert image.gray == (written == "gray_alpha")
+def test_a_tiff_with_alpha_written_by_pillow_gives_straight_colours(tmp_path):
+    PILImage.fromarray(np.tile(STRAIGHT, (6, 8, 1)), mode="RGBA").save(tmp_path / "x.tif")
+    image = read_image(tmp_path / "x.tif")
+    assert float(image.alpha.mean()) == pytest.approx(64 / 255)
+    assert np.abs(image.rgb.mean(dim=(1, 2)).numpy() - STRAIGHT[:3] / 255).max() <= 1e-6
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
+@pytest.mark.parametrize("alpha", ["unassalpha", "assocalpha"])
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_tiff_with_alpha_gives_straight_colours(tmp_path, bits, gray, alpha, planar, compression):
+    """Every layout tifffile writes (scanners, compositing programs): OpenCV premultiplies 8-bit
+    colours, keeps 16-bit associated ones premultiplied and makes 16-bit gray + alpha 8-bit gray."""
+    top = 255 if bits == 8 else 65535
+    straight = np.tile(STRAIGHT, (6, 8, 1)).astype(np.float64) / 255
+    if gray:
+        straight = straight[..., [0, 3]]
+    stored = straight.copy()
+    if alpha == "assocalpha":
+        stored[..., :-1] *= stored[..., -1:]
+    planes = np.round(stored * top).astype(np.uint8 if bits == 8 else np.uint16)
+    if planar == "separate":
+        planes = np.moveaxis(planes, -1, 0)
+    tifffile.imwrite(tmp_path / "x.tif", planes, photometric="minisblack" if gray else "rgb", extrasamples=[alpha],
+                     planarconfig=planar, compression=compression)
+    image = read_image(tmp_path / "x.tif")
+    expected = straight[0, 0, [0, 0, 0] if gray else [0, 1, 2]]
+    rounding = 3 / 255 if alpha == "assocalpha" and bits == 8 else 2 / top  # colours stored x alpha lose precision
+    assert image.alpha is not None and float(image.alpha.mean()) == pytest.approx(64 / 255, abs=1 / top)
+    assert np.abs(image.rgb.mean(dim=(1, 2)).numpy() - expected).max() <= rounding
+    assert image.gray == gray and image.bits == bits
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_planar_tiff_gives_its_colours(tmp_path, bits):
+    """One plane per channel (PlanarConfiguration 2): OpenCV gives a gray mix at 16 bits."""
+    colour = np.array([200, 100, 50]) * (1 if bits == 8 else 257)
+    planes = np.tile(colour[:, None, None], (1, 6, 8)).astype(np.uint8 if bits == 8 else np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", planes, photometric="rgb", planarconfig="separate")
+    image = read_image(tmp_path / "x.tif")
+    assert np.abs(image.rgb.mean(dim=(1, 2)).numpy() - colour / (255 if bits == 8 else 65535)).max() <= 1e-6
+    assert not image.gray and image.bits == bits and image.alpha is None
+
+
+def test_an_undecodable_gray_and_alpha_tiff_is_a_bad_file(tmp_path):
+    planes = np.full((6, 8, 2), 30000, np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", planes, photometric="minisblack", extrasamples=["unassalpha"],
+                     compression="zlib")
+    data = bytearray((tmp_path / "x.tif").read_bytes())
+    start = data.find(b"x\x9c")  # the zlib stream of the pixels
+    data[start + 4:start + 10] = b"\xff" * 6
+    (tmp_path / "x.tif").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="x.tif: this gray \\+ alpha TIFF cannot be decoded"):
+        read_image(tmp_path / "x.tif")
 
 
 def test_folder_search_passes_over_metadata_and_hidden_folders_but_not_a_broken_link(tmp_path):

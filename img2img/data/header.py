@@ -286,23 +286,53 @@ def _u24(data, offset: int) -> int:
 
 _TIFF_SIZE_TAGS = {256: "width", 257: "height", 322: "tile width", 323: "tile height"}
 _TIFF_BITS = 258
+_TIFF_PHOTOMETRIC = 262
+_TIFF_EXTRA_SAMPLES = 338
+_TIFF_PLANAR = 284
+_TIFF_SAMPLES = 277
 
 
 def tiff_orientation(data) -> tuple[int, int | None]:
     """The first page's Orientation (1 when absent or out of range) and where its value is
     stored in `data` (None when absent)."""
+    value, where = _first_page_short(data, _EXIF_ORIENTATION)
+    return (value if value is not None and 1 <= value <= 8 else 1), where
+
+
+@dataclass
+class TiffLayout:
+    """How the first page stores its samples, where decoders differ."""
+
+    alpha: int  # ExtraSamples: 0 none or unspecified, 1 associated (premultiplied colours), 2 unassociated
+    photometric: int | None  # 1 gray (black is zero), 2 RGB; others: palette, CMYK, YCbCr, ...
+    separate: bool  # PlanarConfiguration 2: each channel stored as a plane of its own
+    samples: int  # SamplesPerPixel
+
+
+def tiff_layout(data) -> TiffLayout:
+    extra, _ = _first_page_short(data, _TIFF_EXTRA_SAMPLES)
+    photometric, _ = _first_page_short(data, _TIFF_PHOTOMETRIC)
+    planar, _ = _first_page_short(data, _TIFF_PLANAR)
+    samples, _ = _first_page_short(data, _TIFF_SAMPLES)
+    return TiffLayout(extra if extra in (1, 2) else 0, photometric, planar == 2, samples or 1)
+
+
+def _first_page_short(data, wanted: int) -> tuple[int | None, int | None]:
+    """A SHORT tag of the first page (its first value where it holds several): (value, where it
+    is in `data`), (None, None) when absent."""
     order = "<" if data[:2] == b"II" else ">"
     big = struct.unpack_from(order + "H", data, 2)[0] == 43
     offset = struct.unpack_from(order + "Q", data, 8)[0] if big else struct.unpack_from(order + "I", data, 4)[0]
     (count,) = struct.unpack_from(order + ("Q" if big else "H"), data, offset)
     start, entry_size = offset + (8 if big else 2), 20 if big else 12
     for entry in range(start, start + count * entry_size, entry_size):
-        tag, kind = struct.unpack_from(order + "HH", data, entry)
-        if tag == _EXIF_ORIENTATION and kind == 3:  # SHORT, stored in the entry itself
+        tag, kind, values = struct.unpack_from(order + ("HHQ" if big else "HHI"), data, entry)
+        if tag == wanted and kind == 3:  # SHORT
             where = entry + (12 if big else 8)
-            (value,) = struct.unpack_from(order + "H", data, where)
-            return (value if 1 <= value <= 8 else 1), where
-    return 1, None
+            if values * 2 > (8 if big else 4):  # too many to be stored in the entry itself
+                (where,) = struct.unpack_from(order + ("Q" if big else "I"), data, where)
+            return struct.unpack_from(order + "H", data, where)[0], where
+    return None, None
 
 
 def tiff_upright(data: bytes) -> bytes:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image as PILImage
 
 from img2img.data import quiet  # noqa: F401  (silences OpenCV's logger in every process that decodes)
-from img2img.data.header import ImageError, check_image, read_bytes, tiff_upright
+from img2img.data.header import ImageError, TiffLayout, check_image, read_bytes, tiff_layout, tiff_upright
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 TEMP_SUFFIX = ".img2img-tmp"  # files being written; a SIGKILL can leave one behind
@@ -178,11 +178,16 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
             flags = REDUCED_JPEG[factor, header.gray] | cv2.IMREAD_IGNORE_ORIENTATION
     if header.format == "TIFF" and header.orientation != 1:
         data = tiff_upright(data)  # the orientation is applied below, once, whatever the decoder does
+    layout = tiff_layout(data) if header.format == "TIFF" else None
     try:
-        if header.format == "TIFF" and header.mode in _ALPHA_MODES and header.sample_bits == 8:
+        if layout is not None and _needs_tifffile(layout):
+            pixels = _tiff_planes(path, data, layout)
+        elif header.format == "TIFF" and header.mode in _ALPHA_MODES and header.sample_bits == 8:
             pixels = _tiff_with_alpha(data)
         else:
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except ImageError:
+        raise
     except Exception:  # OpenCV 4 returned None for what OpenCV 5 raises on: never mind which
         pixels = None
     del data
@@ -191,6 +196,9 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
     fix = _EXIF_FIXES.get(header.orientation)
     if fix is not None:
         pixels = fix(pixels)
+    if layout is not None and layout.alpha == 1 and pixels.dtype in (np.uint8, np.uint16) \
+            and (pixels.dtype == np.uint16 or _needs_tifffile(layout)):
+        pixels = _unpremultiplied(pixels)  # Pillow gives 8-bit ones straight already
     if pixels.dtype == np.uint8:
         bits, scale = 8, 255.0
     elif pixels.dtype == np.uint16:
@@ -217,6 +225,46 @@ def _tiff_with_alpha(data: bytes) -> np.ndarray:
         gray = handle.mode in ("LA", "La")
         pixels = np.asarray(handle.convert("LA" if gray else "RGBA"))
     return pixels if gray else np.ascontiguousarray(pixels[..., [2, 1, 0, 3]])
+
+
+def _needs_tifffile(layout: TiffLayout) -> bool:
+    """Gray or RGB samples that OpenCV and Pillow get wrong: planes stored one after the other
+    (OpenCV returns a gray mix of them at 16 bits), gray + alpha (OpenCV: 8-bit gray, no alpha)."""
+    plain = layout.photometric in (1, 2) and layout.samples <= 4  # more: refused as other decoders do
+    return plain and (layout.separate or (layout.alpha and layout.photometric == 1))
+
+
+def _tiff_planes(path: Path, data: bytes, layout: TiffLayout) -> np.ndarray:
+    """The first page's samples through tifffile, as OpenCV orders them (BGR, BGRA, gray,
+    gray + alpha), colours as stored (premultiplied where the file says so)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as handle:
+            pixels = handle.pages.first.asarray()
+    except Exception as err:  # e.g. a compression tifffile decodes only with the imagecodecs package
+        kind = "planar (a plane per channel)" if layout.separate else "gray + alpha"
+        raise ImageError(f"{path}: this {kind} TIFF cannot be decoded ({err}); if the file is sound, save it "
+                         "uncompressed or with ZIP compression") from None
+    if layout.separate and pixels.ndim == 3:
+        pixels = np.moveaxis(pixels, 0, -1)
+    if pixels.ndim == 3:
+        pixels = pixels[..., :4 if layout.photometric == 2 else 2]
+        if layout.photometric == 2:
+            pixels = pixels[..., [2, 1, 0, 3][:pixels.shape[2]]]
+    return np.ascontiguousarray(pixels)
+
+
+def _unpremultiplied(pixels: np.ndarray) -> np.ndarray:
+    """Straight colours from premultiplied ones (a TIFF's associated alpha), in place, a band of
+    rows at a time: the float copy of a whole large image would not fit."""
+    top = float(np.iinfo(pixels.dtype).max)
+    for start in range(0, len(pixels), CHUNK_ROWS):
+        band = pixels[start:start + CHUNK_ROWS]
+        alpha = band[..., -1:].astype(np.float32)
+        colour = band[..., :-1].astype(np.float32) * top / np.maximum(alpha, 1)
+        band[..., :-1] = np.clip(np.rint(colour), 0, top)
+    return pixels
 
 
 REDUCED_JPEG = {(2, False): cv2.IMREAD_REDUCED_COLOR_2, (4, False): cv2.IMREAD_REDUCED_COLOR_4,
