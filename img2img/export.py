@@ -15,14 +15,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from img2img.config import ConfigError
 from img2img.data.images import write_bytes_atomic, writing
 from img2img.gan.checkpoint import GeneratorSpec, load_generator
 from img2img.hints import install_hint
-from img2img.translator import to_network_range, to_unit_range
+from img2img.translator import pad_to_multiple, to_network_range, to_unit_range
 
 
 class ExportError(Exception):
@@ -36,18 +35,12 @@ class UnitRangeGenerator(nn.Module):
         super().__init__()
         self.module, self.pixel_range = module, spec.pixel_range
         self.multiple = export_multiple(module) if multiple is None else multiple
+        self.min_size, self.square = int(getattr(module, "min_size", 1)), bool(getattr(module, "square", False))
         self.scale = int(spec.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2], x.shape[-1]
-        x = to_network_range(x, self.pixel_range)
-        if self.multiple > 1:
-            pad_h = (self.multiple - height % self.multiple) % self.multiple
-            pad_w = (self.multiple - width % self.multiple) % self.multiple
-            # translate reflects where the pad is smaller than the image, else replicates; a graph
-            # with dynamic sizes cannot branch on that, so only small multiples (ResNet: 4) reflect.
-            mode = "reflect" if self.multiple <= 4 else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x, height, width = pad_to_multiple(to_network_range(x, self.pixel_range), self.multiple, self.min_size,
+                                           self.square)
         return to_unit_range(self.module(x)[..., : height * self.scale, : width * self.scale], self.pixel_range)
 
 
@@ -109,23 +102,24 @@ def check_graph(path: Path, wrapper: UnitRangeGenerator, channels: int, spec: Ge
         import onnxruntime
     except ImportError:
         return
-    side = max(37, int(getattr(wrapper.module, "min_size", 1)) + 5)
-    image = torch.rand(1, channels, side, side + 8)
+    side = max(37, wrapper.min_size + 5)
     translate = UnitRangeGenerator(wrapper.module, spec, multiple=int(getattr(wrapper.module, "multiple", 1)))
-    with torch.inference_mode():
-        expected = translate(image).numpy()
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"image": image.numpy()})[0]
-        gap = float(abs(got - expected).max()) if got.shape == expected.shape else float("inf")
-    except Exception as err:
-        gap, reason = float("inf"), next(iter(str(err).splitlines()), type(err).__name__)[:200]
-    else:
-        reason = f"{gap:.3g} from PyTorch's result"
-    if gap > 1e-3:
-        raise ExportError(f"the exported {spec.arch} graph does not give translate's result at {side}x{side + 8} px "
-                          f"({reason}): its forward pass pads or computes with image sizes in ways ONNX tracing "
-                          "cannot follow; nothing was written")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for height, width in ((side, side + 8), (3, 5)):  # the second one smaller than any network's minimum
+        image = torch.rand(1, channels, height, width)
+        with torch.inference_mode():
+            expected = translate(image).numpy()
+        try:
+            got = session.run(None, {"image": image.numpy()})[0]
+            gap = float(abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+        except Exception as err:
+            gap, reason = float("inf"), next(iter(str(err).splitlines()), type(err).__name__)[:200]
+        else:
+            reason = f"{gap:.3g} from PyTorch's result"
+        if gap > 1e-3:
+            raise ExportError(f"the exported {spec.arch} graph does not give translate's result at {height}x{width} "
+                              f"px ({reason}): its forward pass pads or computes with image sizes in ways ONNX "
+                              "tracing cannot follow; nothing was written")
 
 
 @contextmanager

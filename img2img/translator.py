@@ -40,20 +40,33 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1,
                     square: bool = False) -> tuple[torch.Tensor, int, int]:
     """Pad right/bottom to a multiple (at least min_size; square if asked): reflect as far as
     the image reaches, replicate the rest. This is spandrel's rule too, so community models see
-    the same borders in both."""
+    the same borders in both. Traceable: an exported graph pads every size as translate does."""
     height, width = x.shape[-2:]
-    target_h = -(-max(height, min_size) // multiple) * multiple
-    target_w = -(-max(width, min_size) // multiple) * multiple
+    target_h, target_w = _grown(height, multiple, min_size), _grown(width, multiple, min_size)
     if square:
-        target_h = target_w = max(target_h, target_w)
+        target_h = target_w = _larger(target_h, target_w)
     pad_h, pad_w = target_h - height, target_w - width
-    if pad_h == 0 and pad_w == 0:
+    traced = torch.jit.is_tracing()  # the sizes are values of the graph there: no branching on them
+    if not traced and pad_h == 0 and pad_w == 0:
         return x, height, width
-    reflect_h, reflect_w = min(pad_h, height - 1), min(pad_w, width - 1)
+    reflect_h, reflect_w = _smaller(pad_h, height - 1), _smaller(pad_w, width - 1)
     x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
-    if reflect_h < pad_h or reflect_w < pad_w:
+    if traced or reflect_h < pad_h or reflect_w < pad_w:
         x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
     return x, height, width
+
+
+def _grown(size, multiple: int, min_size: int):
+    """The smallest multiple of `multiple` that is at least `size` and `min_size`."""
+    return (_larger(size, min_size) + multiple - 1) // multiple * multiple
+
+
+def _larger(a, b):
+    return torch.maximum(torch.as_tensor(a), torch.as_tensor(b)) if torch.jit.is_tracing() else max(a, b)
+
+
+def _smaller(a, b):
+    return torch.minimum(torch.as_tensor(a), torch.as_tensor(b)) if torch.jit.is_tracing() else min(a, b)
 
 
 def prefers_channels_last(module: nn.Module, device: torch.device) -> bool:

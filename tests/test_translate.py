@@ -308,6 +308,37 @@ def test_onnx_export_matches_torch_on_an_odd_size(models, tmp_path):
     assert np.abs(got - expected).max() < 1e-4
 
 
+SMALL_GENERATORS = {
+    "resnet": {"ngf": 4, "n_blocks": 1, "norm": "instance"}, "unet": {"ngf": 4, "num_downs": 5, "norm": "batch"},
+    "msrresnet": {"num_feat": 8, "num_block": 1, "upscale": 3}, "rrdbnet": {"num_feat": 8, "num_block": 1, "num_grow_ch": 4},
+    "srvgg": {"num_feat": 8, "num_conv": 2, "upscale": 2}, "cut_resnet": {"ngf": 4, "n_blocks": 1, "norm": "instance"},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL_GENERATORS))
+def test_every_generator_exports_a_graph_that_translates_as_translate_does(arch, tmp_path):
+    """At an odd size, and smaller than the network's minimum, where translate pads by
+    reflection as far as the image reaches and replicates the rest."""
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    assert set(SMALL_GENERATORS) == set(registry.names("generator"))
+    torch.manual_seed(0)
+    module = registry.build(arch, **SMALL_GENERATORS[arch])
+    for p in module.parameters():  # weights with a real effect, so that borders matter
+        torch.nn.init.normal_(p, 0, 0.2)
+    spec = GeneratorSpec(arch=arch, hparams=SMALL_GENERATORS[arch], scale=int(getattr(module, "scale", 1)),
+                         pixel_range="0,1" if arch in ("msrresnet", "rrdbnet", "srvgg") else "-1,1")
+    save_generator(tmp_path / "g.safetensors", module, spec)
+    result = runner.invoke(app, ["export", str(tmp_path / "g.onnx"), "--model", str(tmp_path / "g.safetensors")])
+    assert result.exit_code == 0, result.output
+    module, spec = load_generator(tmp_path / "g.safetensors")
+    session = ort.InferenceSession(str(tmp_path / "g.onnx"))
+    for height, width in ((37, 45), (3, 5), (1, 40)):
+        x = torch.rand(1, 3, height, width)
+        expected = Translator(module, spec, torch.device("cpu")).run(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4, (height, width)
+
+
 @pytest.mark.parametrize("out", ["", ".", ".."])
 def test_export_to_a_folder_is_a_usage_error(models, tmp_path, monkeypatch, out):
     monkeypatch.chdir(tmp_path)
