@@ -88,11 +88,23 @@ def run_guarded(action):
     except FAILURES as err:
         fail(str(err), 1)
     except TrainingStopped as stop:
+        _told["interrupted"] = True
         say(f"{stop}; a checkpoint was written: run the same command with --resume to continue")
         raise typer.Exit(128 + stop.signum)
     except KeyboardInterrupt:
-        say("interrupted")
+        say_interrupted()
         raise typer.Exit(130)
+
+
+_told = {"interrupted": False}
+
+
+def say_interrupted() -> None:
+    """'interrupted', once: Ctrl-C can land in our handler or, between them, in the command line
+    library's, which exits 130 without a word (img2img.launch adds it there)."""
+    if not _told["interrupted"]:
+        _told["interrupted"] = True
+        say("interrupted")
 
 
 def list_and_exit(what: str, problems: list[str]) -> None:

@@ -15,8 +15,20 @@ def main() -> None:
 
         app()
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        _say_interrupted()
         raise SystemExit(130) from None
+    except SystemExit as stop:
+        if stop.code == 130:
+            _say_interrupted()
+        raise
+
+
+def _say_interrupted() -> None:
+    say_interrupted = getattr(sys.modules.get("img2img.console"), "say_interrupted", None)
+    if say_interrupted is None:  # Ctrl-C while the libraries were still importing
+        sys.stderr.write("interrupted\n")
+    else:
+        say_interrupted()
 
 
 def empty_argument(arguments: list[str]) -> str | None:

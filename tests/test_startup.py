@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # The task files are imported (the train commands' flags come from their configs), but they
 # import these only where training uses them.
 TRAINING_ONLY = ("albumentations", "kornia", "matplotlib", "torchvision", "scipy")
@@ -57,3 +59,20 @@ def test_ctrl_c_while_the_command_starts_ends_it_quietly(tmp_path):
         _, stderr = started.communicate(timeout=60)
         assert "Traceback" not in stderr, (delay, stderr)
         assert started.returncode in (130, -signal.SIGINT, 2), (delay, started.returncode, stderr)
+
+
+def test_ctrl_c_between_our_handlers_still_says_interrupted(monkeypatch, capsys):
+    """The command line library turns a KeyboardInterrupt outside our handlers (e.g. while a
+    command imports torch) into exit 130 without a word."""
+    from img2img import cli_train, console, launch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "_train", interrupted)
+    monkeypatch.setitem(console._told, "interrupted", False)
+    monkeypatch.setattr(sys, "argv", ["img2img", "train", "pix2pix", "--data", "."])
+    with pytest.raises(SystemExit) as stopped:
+        launch.main()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
