@@ -356,3 +356,49 @@ def test_the_loaders_resize_shrinks_large_photos_by_area_and_keeps_bicubic_for_s
     small, _ = images.read_rgb_resized(path, 500)  # 900 < 2 x 500: the reference's bicubic
     bicubic = cv2.resize(read_image(path).rgb.permute(1, 2, 0).numpy(), (500, 500), interpolation=cv2.INTER_CUBIC)
     assert np.array_equal(small, bicubic)
+
+
+def _encoded(suffix: str, progressive: bool = False, thumbnail: bool = False) -> bytes:
+    import io
+
+    from skimage import data as photos
+
+    buffer = io.BytesIO()
+    picture = PILImage.fromarray(photos.astronaut()[::4, ::4])
+    if suffix == ".png":
+        picture.save(buffer, "PNG")
+    else:
+        exif = PILImage.Exif()
+        if thumbnail:  # an EXIF thumbnail is a whole JPEG, end marker included, before the image's scans
+            small = io.BytesIO()
+            picture.resize((16, 16)).save(small, "JPEG")
+            exif[0x927C] = small.getvalue()
+        picture.save(buffer, "JPEG", quality=90, progressive=progressive, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+ENCODINGS = {"png": (".png", {}), "jpeg": (".jpg", {}), "progressive": (".jpg", {"progressive": True}),
+             "thumbnail": (".jpg", {"thumbnail": True})}
+TRAILERS = {"motion_photo": b"\0\0\0\x18ftypmp42\0\0\0\0isommp42" + bytes(5000), "zeros": bytes(4096),
+            "text": b"appended by some tool"}
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+@pytest.mark.parametrize("trailer", sorted(TRAILERS))
+def test_data_after_the_end_of_the_image_is_no_truncation(tmp_path, encoding, trailer):
+    """Phones append a video to Motion Photos (PXL_..._MP.jpg); cameras pad with zeros."""
+    suffix, options = ENCODINGS[encoding]
+    data = _encoded(suffix, **options)
+    (tmp_path / f"x{suffix}").write_bytes(data + TRAILERS[trailer])
+    assert read_image(tmp_path / f"x{suffix}").rgb.shape == (3, 128, 128)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_a_cut_off_image_is_still_truncated(tmp_path, encoding):
+    suffix, options = ENCODINGS[encoding]
+    data = _encoded(suffix, **options)
+    last_chunk = 2 if suffix == ".jpg" else 12  # the end marker; PNG's IEND chunk
+    for end in (len(data) // 3, len(data) // 2, len(data) - 40, len(data) - last_chunk - 1):
+        (tmp_path / f"x{suffix}").write_bytes(data[:end] + bytes(100))
+        with pytest.raises(ImageError, match="truncated"):
+            read_image(tmp_path / f"x{suffix}")

@@ -169,14 +169,47 @@ def _orientation(handle: PILImage.Image) -> int:
 
 
 def _truncated(data, image_format: str) -> bool:
-    """Decoders fill a cut-off JPEG with grey and say nothing: look for the end markers."""
-    tail = data[-64:].rstrip(b"\0")[-16:]
+    """Decoders fill a cut-off JPEG with grey and say nothing: look for the end markers where the
+    image data ends (phones append a video to Motion Photos, tools append metadata or zeros)."""
     if image_format == "JPEG":
-        return not tail.endswith(b"\xff\xd9")
+        return not _jpeg_ends(data)
     if image_format == "PNG":
-        return b"IEND" not in tail
+        return not _png_ends(data)
     if image_format == "WEBP":
         return len(data) < 8 + struct.unpack_from("<I", data, 4)[0] if len(data) >= 8 else True
+    return False
+
+
+def _jpeg_ends(data) -> bool:
+    """An end-of-image marker after the first scan's start. The segments before it are skipped
+    by their lengths (an EXIF thumbnail holds one of its own); scan data cannot hold one (a 0xFF
+    byte there is always followed by 0 or a restart marker)."""
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return False
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+        elif marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", offset) >= 0
+        elif marker == 0xD9:
+            return True
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            offset += 2
+        else:
+            offset += 2 + struct.unpack_from(">H", data, offset + 2)[0]
+    return False
+
+
+def _png_ends(data) -> bool:
+    """The IEND chunk, reached chunk by chunk; what follows it does not matter."""
+    offset = 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if kind == b"IEND":
+            return True
+        offset += 12 + length
     return False
 
 
