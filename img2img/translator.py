@@ -36,6 +36,16 @@ def to_unit_range(y: torch.Tensor, pixel_range: str) -> torch.Tensor:
     return ((y + 1) / 2 if pixel_range == "-1,1" else y).clamp(0, 1)
 
 
+BT601 = (0.299, 0.587, 0.114)  # the luma weights of gray models' training data (OpenCV, Pillow, kornia)
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W -> N x 1 x H x W for one-channel models; a gray image (three equal
+    channels) gives its own values back."""
+    weights = torch.tensor(BT601, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * weights).sum(dim=1, keepdim=True)
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1,
                     square: bool = False) -> tuple[torch.Tensor, int, int]:
     """Pad right/bottom to a multiple (at least min_size; square if asked): reflect as far as
@@ -107,7 +117,7 @@ class Translator:
         """N x 3 x H x W in [0, 1] (any device) -> N x 3 x sH x sW in [0, 1] on the device."""
         x = rgb.to(self.device, non_blocking=True).float()
         if self.in_channels == 1:
-            x = x[:, :1]
+            x = luma(x)
         x = to_network_range(x, self.spec.pixel_range)
         padded, height, width = pad_to_multiple(x, self.multiple, self.min_size, self.square)
         if self.channels_last:

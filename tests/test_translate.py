@@ -354,3 +354,24 @@ def test_an_opset_the_exporter_cannot_use_is_one_line_and_no_file(models, tmp_pa
                                  "--opset", str(opset)])
     assert result.exit_code == code and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout and not out.exists()
+
+
+def test_a_one_channel_model_sees_the_luma_of_colour_images(tmp_path):
+    """Not the red channel: pure red and white gave the same output before."""
+    torch.manual_seed(0)
+    hparams = {"num_in_ch": 1, "num_out_ch": 1, "num_feat": 8, "num_conv": 2, "upscale": 2, "act_type": "prelu"}
+    module = registry.build("srvgg", **hparams)
+    save_generator(tmp_path / "gray.safetensors", module, GeneratorSpec(arch="srvgg", hparams=hparams,
+                                                                        pixel_range="0,1", scale=2))
+    colours = {"red": (0, 0, 255), "white": (255, 255, 255), "blue": (255, 0, 0), "gray": (90, 90, 90)}
+    for name, bgr in colours.items():
+        (tmp_path / "in").mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / "in" / f"{name}.png"), np.full((8, 8, 3), bgr, np.uint8))
+    translate(tmp_path, "gray.safetensors", tmp_path / "in", tmp_path / "out", workers=0)
+    for name, (b, g, r) in colours.items():
+        luma = torch.full((1, 1, 8, 8), (0.299 * r + 0.587 * g + 0.114 * b) / 255)
+        with torch.no_grad():
+            expected = module(luma).clamp(0, 1)[0, 0].numpy() * 255
+        got = cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert got.ndim == 2 or np.ptp(got, axis=2).max() == 0, name  # gray out
+        assert np.abs((got if got.ndim == 2 else got[..., 0]) - expected).max() <= 0.51, name
