@@ -97,6 +97,8 @@ class Translator:
         self.spec, self.device = spec, device
         self.module = module.to(device)
         set_bn_mode(self.module, bn_mode)
+        # Batch statistics would mix the images of a batch: the reference normalises each by its own.
+        self.one_by_one = bn_mode == "train" and any(isinstance(m, nn.BatchNorm2d) for m in module.modules())
         self.multiple = int(getattr(module, "multiple", 1))
         self.min_size = int(getattr(module, "min_size", 1))
         self.square = bool(getattr(module, "square", False))
@@ -122,7 +124,10 @@ class Translator:
         padded, height, width = pad_to_multiple(x, self.multiple, self.min_size, self.square)
         if self.channels_last:
             padded = padded.contiguous(memory_format=torch.channels_last)
-        y = self._forward(padded)
+        if self.one_by_one:
+            y = torch.cat([self._forward(image) for image in padded.split(1)])
+        else:
+            y = self._forward(padded)
         y = to_unit_range(y[..., : height * self.scale, : width * self.scale], self.spec.pixel_range)
         return y.expand(-1, 3, -1, -1) if y.shape[1] == 1 else y
 

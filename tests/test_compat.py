@@ -53,3 +53,18 @@ def test_train_mode_batchnorm_reproduces_the_reference_test_script(compat_dir):
     assert (train_mode - eval_mode).abs().mean() > 0.01
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_train_mode_batchnorm_normalises_each_image_of_a_batch_by_itself(compat_dir):
+    """A batch of several images gives each the result it has alone, as the reference's batch of
+    one does (dropout switched off: its draws differ from run to run)."""
+    module, spec = load_generator(compat_dir / "pix2pix_unet128_ngf16_batch.pth")
+    for layer in module.modules():  # dropout draws differ between runs; the statistics are the point
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0
+    image = read_image(compat_dir / "pix2pix_unet128_ngf16_batch_in0.png").rgb
+    images = [image, image.flip(-1) * 0.5]  # other statistics
+    translator = Translator(module, spec, torch.device("cpu"), bn_mode="train")
+    together = translator.run(torch.stack(images))
+    alone = torch.cat([translator.run(image[None]) for image in images])
+    assert torch.allclose(together, alone, atol=1e-5)
