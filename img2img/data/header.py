@@ -144,6 +144,8 @@ def _with_details(path: Path, data, header: Header) -> Header:
         raise ImageError(f"{path}: the {header.format} header is corrupt (it declares both "
                          f"{header.width}x{header.height} and {size[0]}x{size[1]} px)")
     header.gray, header.orientation, header.mode = mode in _GRAY_MODES, orientation, mode
+    if header.format == "PNG":  # Pillow opens 16-bit gray + alpha as RGBA
+        header.gray = data[25] in (0, 4)  # IHDR colour type: gray, gray + alpha
     header.sample_bits = max(bits) if isinstance(bits, tuple) and bits else 8
     return _displayed(header)
 

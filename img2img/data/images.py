@@ -307,9 +307,8 @@ def output_layout(suffix: str, gray: bool, alpha: bool, bits: int) -> Layout:
     suffix = suffix.lower()
     if bits == 16 and suffix in (".jpg", ".jpeg", ".webp", ".bmp"):
         bits = 8  # these formats hold 8 bits only
-    if gray and alpha:
-        # 8-bit PNG/TIFF hold gray + alpha; OpenCV writes the other cases as colour + alpha.
-        return Layout("GA" if bits == 8 and suffix in (".png", ".tif", ".tiff") else "RGBA", bits)
+    if gray and alpha:  # WebP holds no gray + alpha: colour + alpha there
+        return Layout("GA" if suffix in (".png", ".tif", ".tiff") else "RGBA", bits)
     if gray:
         return Layout("G", bits)
     return Layout("RGBA" if alpha else "RGB", bits)
@@ -351,11 +350,11 @@ def write_image(path: Path, image: Image) -> None:
     path = Path(path)
     layout = output_layout(path.suffix, image.gray, image.alpha is not None, image.bits)
     pixels = to_pixels(image.rgb, image.alpha, layout)
-    if layout.channels == "GA":
-        write_bytes_atomic(path, _encode_gray_alpha(pixels, path.suffix))
-        return
-    if layout.channels == "RGBA" and path.suffix.lower() in (".tif", ".tiff"):
+    if layout.channels[-1] == "A" and path.suffix.lower() in (".tif", ".tiff"):
         write_bytes_atomic(path, _encode_tiff_with_alpha(pixels))
+        return
+    if layout.channels == "GA":
+        write_bytes_atomic(path, _encode_png_gray_alpha(pixels))
         return
     try:
         ok, encoded = cv2.imencode(path.suffix.lower(), to_opencv(pixels, layout))
@@ -375,20 +374,29 @@ def to_opencv(pixels: np.ndarray, layout: Layout) -> np.ndarray:
     return pixels[:, :, [2, 1, 0, 3]]
 
 
-def _encode_gray_alpha(la: np.ndarray, suffix: str) -> bytes:
-    """8-bit gray + alpha, which OpenCV cannot write, through Pillow's LA mode."""
+def _encode_png_gray_alpha(la: np.ndarray) -> bytes:
+    """Gray + alpha PNG, which OpenCV cannot write: Pillow at 8 bits, pypng at 16 (Pillow has
+    no 16-bit gray + alpha)."""
     buffer = io.BytesIO()
-    PILImage.fromarray(la, mode="LA").save(buffer, format="PNG" if suffix.lower() == ".png" else "TIFF")
+    if la.dtype == np.uint8:
+        PILImage.fromarray(la, mode="LA").save(buffer, format="PNG")
+        return buffer.getvalue()
+    import png
+
+    height, width = la.shape[:2]
+    writer = png.Writer(width, height, greyscale=True, alpha=True, bitdepth=16)
+    writer.write_packed(buffer, (row.astype(">u2").tobytes() for row in la))  # PNG is big-endian
     return buffer.getvalue()
 
 
-def _encode_tiff_with_alpha(rgba: np.ndarray) -> bytes:
-    """RGBA (8 or 16 bits) with its fourth sample declared as unassociated alpha, through
-    tifffile: OpenCV declares nothing, which other programs read as a fourth colour channel."""
+def _encode_tiff_with_alpha(pixels: np.ndarray) -> bytes:
+    """RGBA or gray + alpha (8 or 16 bits), the last sample declared as unassociated alpha,
+    through tifffile: OpenCV declares nothing, which other programs read as another colour."""
     import tifffile
 
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, rgba, photometric="rgb", extrasamples=["unassalpha"], compression="zlib")
+    tifffile.imwrite(buffer, pixels, photometric="rgb" if pixels.shape[2] == 4 else "minisblack",
+                     extrasamples=["unassalpha"], compression="zlib")
     return buffer.getvalue()
 
 
