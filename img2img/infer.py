@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from img2img import memory
 from img2img.data import workers as worker_processes
-from img2img.data.header import ImageError, check_image, failure
+from img2img.data.header import ImageError, check_image, failure, one_line
 from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, WriteError, decode_image,
                                  is_image_file, is_stale_temporary, list_images, output_layout,
                                  quantise_on_device, stack_rgb, to_pixels, write_image, writing)
@@ -58,6 +58,10 @@ class Result:
     skipped: bool = False
     size: tuple[int, int] | None = None  # output height, width
     disk_full: bool = False  # the error was a full disk: the run stops (see run_jobs)
+
+    def __post_init__(self):
+        if self.error:
+            self.error = one_line(self.error)
 
     @classmethod
     def unwritten(cls, job: Job, err: WriteError) -> Result:

@@ -230,6 +230,21 @@ def test_json_lines_on_stdout_and_failures_named_with_exit_code_1(models, tmp_pa
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]  # no temp files
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("content", [b"junk", b"\x89PNG\r\n\x1a\n truncated"], ids=["not_an_image", "truncated"])
+def test_a_failing_file_with_a_newline_in_its_name_keeps_its_reason(models, tmp_path, workers, content):
+    """One line per failure, the name's newline escaped: cut at it, the line lost the reason."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "evil\nname.png").write_bytes(content)
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--json",
+                                 "--workers", str(workers), str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["input"].endswith("evil\nname.png")
+    assert record["error"].startswith(f"{tmp_path}/in/evil\\nname.png: ")
+    assert record["error"] in result.stderr.splitlines()[-1]
+
+
 def test_usage_errors_exit_2(models, tmp_path):
     result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--ext", "gif",
                                  str(tmp_path), str(tmp_path / "out")])

@@ -33,7 +33,18 @@ _EXIF_ORIENTATION = 0x0112
 
 
 class ImageError(Exception):
-    """A file that cannot be read or written as an image; the message names the file."""
+    """A file that cannot be read or written as an image; the message, one line, names the file."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped: a file name may hold a newline, and a message per
+    file is one line (cut at the newline, it lost its reason)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class _Corrupt(Exception):

@@ -22,7 +22,7 @@ import torch
 from PIL import Image as PILImage
 
 from img2img.data import quiet  # noqa: F401  (silences OpenCV's logger in every process that decodes)
-from img2img.data.header import ImageError, TiffLayout, check_image, read_bytes, tiff_layout, tiff_upright
+from img2img.data.header import ImageError, TiffLayout, check_image, one_line, read_bytes, tiff_layout, tiff_upright
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 TEMP_SUFFIX = ".img2img-tmp"  # files being written; a SIGKILL can leave one behind
@@ -404,7 +404,7 @@ class WriteError(Exception):
     """A file could not be written (a full disk, no permission, a read-only folder)."""
 
     def __init__(self, message: str, full: bool = False):
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.full = full  # the disk is full: the files after this one would fail too
 
 
