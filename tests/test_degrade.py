@@ -197,3 +197,18 @@ def test_images_smaller_than_the_patch_and_bad_sizes_are_refused(hr_folder, tmp_
         make_config("srgan", {"hr": str(hr_folder), "scale": 3, "size": 64})
     with pytest.raises(ConfigError, match="no such folder"):
         scan_training(tmp_path / "missing", None, 2, 128)
+
+
+# Real-ESRGAN's options/train_realesrgan_x4plus.yml, as published: (first round, second round).
+PUBLISHED = {"blur_prob": (1.0, 0.8), "resize_probs": ((0.2, 0.7, 0.1), (0.3, 0.4, 0.3)),
+             "resize_range": ((0.15, 1.5), (0.3, 1.2)), "gaussian_noise_prob": (0.5, 0.5),
+             "noise_sigma": ((1, 30), (1, 25)), "poisson_scale": ((0.05, 3), (0.05, 2.5)),
+             "gray_noise_prob": (0.4, 0.4), "jpeg_quality": ((30, 95), (30, 95))}
+
+
+@pytest.mark.parametrize("setting", sorted(PUBLISHED))
+def test_the_degradation_settings_are_real_esrgans(setting):
+    from img2img.data.degrade import REALESRGAN
+
+    assert (getattr(REALESRGAN.first, setting), getattr(REALESRGAN.second, setting)) == PUBLISHED[setting]
+    assert REALESRGAN.final_sinc_prob == 0.8

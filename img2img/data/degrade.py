@@ -61,7 +61,7 @@ class OrderSettings:
 class RealESRGANSettings:
     first: OrderSettings = field(default_factory=OrderSettings)
     second: OrderSettings = field(default_factory=lambda: OrderSettings(
-        kernel=KernelSettings(sigma=(0.2, 1.5)), blur_prob=0.8, resize_range=(0.3, 1.2),
+        kernel=KernelSettings(sigma=(0.2, 1.5)), blur_prob=0.8, resize_probs=(0.3, 0.4, 0.3), resize_range=(0.3, 1.2),
         noise_sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5)))
     final_sinc_prob: float = 0.8
 
