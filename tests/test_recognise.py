@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from img2img import infer
 from img2img.cli import app
+from img2img.config import ConfigError
 from img2img.data.images import read_image
 from img2img.gan.checkpoint import CheckpointError, load_generator
 from img2img.nets import registry
@@ -210,6 +211,13 @@ def test_a_file_with_both_generators_gives_the_one_for_the_direction(layout_file
     with torch.no_grad():
         assert torch.allclose(a_to_b(x), sequential_c(x), atol=1e-5)
         assert not torch.allclose(b_to_a(x), sequential_c(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", [layout[0] for layout in LAYOUTS if "two-generators" not in layout[0]])
+def test_a_file_with_one_generator_refuses_the_other_direction(layout_files, name):
+    """Not run A to B without a word, as if it were the B to A generator asked for."""
+    with pytest.raises(ConfigError, match="holds one generator.*Leave out --direction"):
+        load_generator(layout_files[name], "BtoA")
 
 
 def test_info_names_the_recognised_architecture(layout_files):

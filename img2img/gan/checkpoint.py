@@ -86,10 +86,18 @@ def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, Gene
     else:
         state_dict = safe_torch_load(path)
     try:
-        state_dict = recognise.unwrap(state_dict, direction)
+        chosen = recognise.unwrap(state_dict, direction)
+        if direction == "BtoA" and _same_tensors(chosen, recognise.unwrap(state_dict, "AtoB")):
+            raise ConfigError(f"{path}: --direction BtoA, but this file holds one generator, which maps what it was "
+                              "trained to map; --direction picks one of the two of a CycleGAN checkpoint. Leave "
+                              "out --direction to use this one.")
     except recognise.NotAStateDict as err:
         raise CheckpointError(f"{path}: {err}") from None
-    return load_foreign(path, state_dict)
+    return load_foreign(path, chosen)
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[key] is b[key] for key in a)
 
 
 def load_foreign(path: Path, state_dict: dict) -> tuple[nn.Module, GeneratorSpec]:
