@@ -302,4 +302,4 @@ def demo(
         result = run_demo(out, steps=steps or DEMO_STEPS, device=device, reporter=RichReporter())
         say(f"input | output | target grid of held-out photos: {result.grid}")
 
-    run_guarded(action)
+    run_guarded(action, to_continue="run the same command again")  # the demo goes on from its checkpoint

@@ -77,9 +77,10 @@ def print_error(message: str) -> None:
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
-def run_guarded(action):
+def run_guarded(action, to_continue: str = "run the same command with --resume"):
     """Run `action`, turning the user's mistakes into a message and an exit code, not a traceback;
-    the codec libraries' own messages are dropped (one line per bad file is ours to print)."""
+    the codec libraries' own messages are dropped (one line per bad file is ours to print).
+    `to_continue`: what a stopped training run says to do next."""
     try:
         with codec_noise_filtered():
             return action()
@@ -89,7 +90,7 @@ def run_guarded(action):
         fail(str(err), 1)
     except TrainingStopped as stop:
         _told["interrupted"] = True
-        say(f"{stop}; a checkpoint was written: run the same command with --resume to continue")
+        say(f"{stop}; a checkpoint was written: {to_continue} to continue")
         raise typer.Exit(128 + stop.signum)
     except KeyboardInterrupt:
         say_interrupted()

@@ -227,3 +227,24 @@ def test_an_empty_argument_is_a_usage_error_not_the_current_folder(arguments, tm
     assert stopped.value.code == 2
     assert "empty" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command, advice", [(["demo"], "run the same command again to continue"),
+                                             (["train", "pix2pix", "--data", "."], "run the same command with --resume to continue")])
+def test_a_stopped_run_says_how_to_continue_it(tmp_path, monkeypatch, command, advice):
+    """The demo continues by itself and refuses --resume."""
+    import signal
+
+    from img2img import api, demo
+    from img2img.gan.loop import TrainingStopped
+
+    def stopped(*args, **kwargs):
+        raise TrainingStopped(signal.SIGINT, 5)
+
+    monkeypatch.setattr(demo, "run_demo", stopped)
+    monkeypatch.setattr(api, "train", stopped)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train").mkdir()
+    result = runner.invoke(app, command)
+    assert result.exit_code == 130
+    assert result.stderr.strip().endswith(advice), result.stderr
