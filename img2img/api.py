@@ -82,9 +82,9 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
         distributed.teardown()
         return run_dir
     recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
-    if world.world_size > 1:
-        reporter.message(f"{world_size} processes x batch {cfg.batch_size} x {cfg.grad_accum} "
-                         f"accumulated = effective batch {effective_batch}")
+    if world.world_size > 1 or cfg.grad_accum > 1:
+        reporter.message(f"{world_size} process{'es' if world_size > 1 else ''} x batch {cfg.batch_size} x "
+                         f"{cfg.grad_accum} accumulated = effective batch {effective_batch}")
     with ExitStack() as hold:
         if world.is_main:
             with writing(run_dir):

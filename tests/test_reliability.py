@@ -480,6 +480,15 @@ def test_a_resume_with_other_network_settings_is_refused_and_leaves_the_run_as_i
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == finished
 
 
+def test_accumulated_micro_batches_print_the_effective_batch(paired_photos, tmp_path):
+    said = DamageAt(0, None)
+    cfg = make_config("pix2pix", tiny_run("pix2pix", copy_photos(paired_photos, tmp_path / "data"), tmp_path / "run",
+                                          steps=1))
+    cfg.batch_size, cfg.grad_accum = 2, 3
+    api.train(cfg, reporter=said)
+    assert "1 process x batch 2 x 3 accumulated = effective batch 6" in said.messages
+
+
 def _another_value(option, value):
     if isinstance(value, bool):
         return not value
