@@ -109,3 +109,17 @@ def test_command_line_run_validates_samples_exports_and_translates(unpaired, hel
 
     refused = runner.invoke(app, [*args[:8], "--out", str(tmp_path / "bad"), "--netG", "unet_128"])
     assert refused.exit_code == 2 and "ResNet generator" in flat(refused.output)
+
+
+@pytest.mark.parametrize("mode", ["cut", "fastcut"])
+@pytest.mark.parametrize("given", [{}, {"lambda_nce": 2.0, "nce_idt": False, "flip_equivariance": True}])
+def test_the_saved_config_holds_what_the_mode_decided(tmp_path, mode, given):
+    """config.yaml says what ran: null for the mode's settings said nothing."""
+    from img2img.config import load_config, save_config
+    from img2img.tasks.cut import MODES
+
+    cfg = make_config("cut", {**TINY, "mode": mode, **given})
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = load_config(tmp_path / "config.yaml")
+    for key, default in MODES[mode].items():
+        assert getattr(saved, key) == given.get(key, default)

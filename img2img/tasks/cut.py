@@ -79,11 +79,9 @@ class CUTConfig(TranslationConfig):
         super().check()
         if self.val_b and not self.val_a:
             raise ConfigError("--val-b holds the targets of --val-a: give --val-a too")
-
-    def mode_settings(self) -> dict:
-        """lambda_nce, nce_idt and flip_equivariance: the flags where given, else the mode's."""
-        return {key: default if getattr(self, key) is None else getattr(self, key)
-                for key, default in MODES[self.mode].items()}
+        for key, default in MODES[self.mode].items():  # resolved here, so config.yaml says what ran
+            if getattr(self, key) is None:
+                setattr(self, key, default)
 
 
 @register
@@ -107,8 +105,7 @@ class CUT(Task):
         heads = PatchHeads(generator.feature_channels(self.layers), cfg.netf_nc)
         nets = {"G": generator, "F": heads, "D": init_weights(build_discriminator(cfg, in_ch=3), "xavier")}
         self.nets = {name: net.to(device) for name, net in nets.items()}
-        settings = cfg.mode_settings()
-        self.lambda_nce, self.with_idt, self.flip = settings["lambda_nce"], settings["nce_idt"], settings["flip_equivariance"]
+        self.lambda_nce, self.with_idt, self.flip = cfg.lambda_nce, cfg.nce_idt, cfg.flip_equivariance
         self.phases = [Phase("D", ("D",), self.d_loss), *penalty_phases(cfg, ("D",), self.d_inputs),
                        Phase("G", ("G", "F"), self.g_loss)]
         if data:
