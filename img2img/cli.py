@@ -61,7 +61,7 @@ def translate(
     devices: Optional[str] = typer.Option(None, "--devices", help="Shard the files over several devices: cuda:0,cuda:1 or all."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images (or tiles) per forward pass (default: 8 on GPU, 1 on CPU)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Process large images in tiles of this many input pixels."),
-    tile_overlap: int = typer.Option(32, "--tile-overlap", help="Pixels shared by neighbouring tiles, cross-faded."),
+    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Pixels shared by neighbouring tiles, cross-faded (default: 32, at most a quarter of the tile)."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Resize inputs so the shorter side has this many pixels."),
     ext: Optional[str] = typer.Option(None, "--ext", help="Output format: png, jpg, webp, bmp, tif (default: the input's)."),
     amp: str = typer.Option("auto", "--amp", help=AMP_HELP),

@@ -79,6 +79,9 @@ class Result:
         return record
 
 
+TILE_OVERLAP = 32  # pixels shared by neighbouring tiles, cross-faded
+
+
 @dataclass
 class Options:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -88,13 +91,17 @@ class Options:
     overwrite: bool = False
     ext: str | None = None  # output format ("png" or ".png"); None keeps the input's
     tile: int | None = None  # tile side in input pixels; None: whole images
-    tile_overlap: int = 32
+    tile_overlap: int | None = None  # None: TILE_OVERLAP, at most a quarter of the tile
     resize: int | None = None  # resize so the shorter side has this many pixels
     amp: str = "auto"  # config.AMP_CHOICES
     compile: bool = False
     workers: int | None = None
     writers: int | None = None  # encoding threads; None: per device (device.default_writers)
     max_memory: int | None = None  # bytes of image data; None: what the system has free
+
+    def overlap(self, tile: int) -> int:
+        """Pixels shared by neighbouring tiles of side `tile`."""
+        return min(TILE_OVERLAP, tile // 4) if self.tile_overlap is None else self.tile_overlap
 
     def __post_init__(self) -> None:
         """The checks the CLI and the API share: a bad option is a usage error, named by its flag."""
@@ -104,7 +111,7 @@ class Options:
                 raise InputError(f"--ext {self.ext[1:]}: choose one of png, jpg, webp, bmp, tif")
         if self.tile is not None and self.tile < 16:
             raise InputError(f"--tile {self.tile}: tiles must be at least 16 px")
-        if self.tile is not None and not 0 <= self.tile_overlap * 2 < self.tile:
+        if self.tile is not None and self.tile_overlap is not None and not 0 <= self.tile_overlap * 2 < self.tile:
             raise InputError(f"--tile-overlap {self.tile_overlap} must be at least 0 and less than half of --tile {self.tile}")
         for flag, value in (("--batch-size", self.batch_size), ("--resize", self.resize)):
             if value is not None and value < 1:
@@ -615,7 +622,7 @@ def _translate_tiled(translator: Translator, item: dict, job: Job, out_dir: Path
         return
     try:
         batch = min(state["batch"], state["tile_batch"])
-        for top, rgb in blend_strips(translator, region, (height, width), tile, options.tile_overlap, batch):
+        for top, rgb in blend_strips(translator, region, (height, width), tile, options.overlap(tile), batch):
             bottom = top + rgb.shape[1]
             output.write(to_pixels(rgb, alpha_rows.rows(top, bottom) if alpha_rows else None, layout))
     except (ImageError, WriteError) as err:  # the encoder failed (e.g. a full disk): this file alone

@@ -230,3 +230,11 @@ def test_a_failing_encoder_fails_that_file_alone_and_leaves_nothing(sr_models, t
     errors = {r.job.source.name: r.error for r in results}
     assert "File too large" in errors["a.png"] and errors["b.png"] is None
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.png"]
+
+
+@pytest.mark.parametrize("tile, overlap", [(16, 4), (64, 16), (128, 32), (512, 32)])
+def test_the_default_overlap_fits_every_tile_the_flag_allows(tile, overlap):
+    """--tile 64 alone was refused: the default overlap of 32 is half of it."""
+    assert infer.Options(tile=tile).overlap(tile) == overlap
+    with pytest.raises(infer.InputError, match="--tile-overlap"):
+        infer.Options(tile=tile, tile_overlap=tile // 2)
