@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import warnings
 from contextlib import contextmanager, suppress
@@ -81,9 +82,10 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
                     opset_version=opset, dynamo=False,
                 )
             except Exception as err:  # the exporter's messages can hold the whole traced graph
-                reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-                raise ExportError(f"{model}: the ONNX exporter failed at --opset {opset} ({reason[:300]}); "
-                                  "the default, 17, suits every architecture img2img builds") from None
+                advice = ("the default, 17, suits every architecture img2img builds" if opset != 17 else
+                          "an operation of this architecture that the exporter cannot write")
+                raise ExportError(f"{model}: the ONNX exporter failed at --opset {opset} ({_short(err)}); "
+                                  f"{advice}") from None
         check_graph(temp, wrapper, channels, spec)
         write_bytes_atomic(Path(out), temp.read_bytes())
     finally:
@@ -104,7 +106,9 @@ def check_graph(path: Path, wrapper: UnitRangeGenerator, channels: int, spec: Ge
         return
     side = max(37, wrapper.min_size + 5)
     translate = UnitRangeGenerator(wrapper.module, spec, multiple=int(getattr(wrapper.module, "multiple", 1)))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    quiet = onnxruntime.SessionOptions()
+    quiet.log_severity_level = 4  # its errors are ours to report, in one line, not its log on stderr
+    session = onnxruntime.InferenceSession(str(path), quiet, providers=["CPUExecutionProvider"])
     for height, width in ((side, side + 8), (3, 5)):  # the second one smaller than any network's minimum
         image = torch.rand(1, channels, height, width)
         with torch.inference_mode():
@@ -113,13 +117,24 @@ def check_graph(path: Path, wrapper: UnitRangeGenerator, channels: int, spec: Ge
             got = session.run(None, {"image": image.numpy()})[0]
             gap = float(abs(got - expected).max()) if got.shape == expected.shape else float("inf")
         except Exception as err:
-            gap, reason = float("inf"), next(iter(str(err).splitlines()), type(err).__name__)[:200]
+            gap, reason = float("inf"), _short(err)
         else:
             reason = f"{gap:.3g} from PyTorch's result"
         if gap > 1e-3:
             raise ExportError(f"the exported {spec.arch} graph does not give translate's result at {height}x{width} "
                               f"px ({reason}): its forward pass pads or computes with image sizes in ways ONNX "
                               "tracing cannot follow; nothing was written")
+
+
+def _short(err: Exception, limit: int = 160) -> str:
+    """The first sentence of an error's first line, cut at a word: the exporter's and onnxruntime's
+    messages run on (node names, advice to file an issue)."""
+    line = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    node = re.search(r"while running (\w+) node", line)  # onnxruntime: which operation failed
+    if node:
+        return f"onnxruntime failed in a {node.group(1)} node"
+    sentence = line.split(". ")[0]
+    return sentence if len(sentence) <= limit else sentence[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 @contextmanager
