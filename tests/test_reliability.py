@@ -21,7 +21,7 @@ import yaml
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from helpers import flat, save_tiny_generator
+from helpers import CrashAt, flat, save_tiny_generator
 from img2img import api
 from img2img.cli import app
 from img2img.config import Option, ConfigError, config_class, make_config, option_of, resolve, save_config
@@ -478,6 +478,19 @@ def test_a_resume_with_other_network_settings_is_refused_and_leaves_the_run_as_i
                                   "(or --epochs) to go on")
     assert not any("resuming from" in message for message in again.messages)
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == finished
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_resumed_run_logs_each_step_once(task, paired_photos, tmp_path):
+    """Steps logged after the checkpoint a resume goes on from are trained, and logged, again."""
+    values = {**tiny_run(task, copy_photos(paired_photos, tmp_path / "data"), tmp_path / "run", steps=8),
+              "log_every": 1, "save_every": 4}
+    with pytest.raises(KeyboardInterrupt):
+        api.train(make_config(task, values), reporter=CrashAt(6))  # steps 1-5 logged, checkpoint at 4
+    api.train(make_config(task, values), resume=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in records if "img_per_s" in r]
+    assert logged == list(range(1, 9))
 
 
 def test_accumulated_micro_batches_print_the_effective_batch(paired_photos, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from img2img.config import ConfigError
-from img2img.data.images import Image, write_image, writing
+from img2img.data.images import Image, write_bytes_atomic, write_image, writing
 from img2img.gan import checkpoint
 from img2img.progress import Reporter
 
@@ -93,6 +93,22 @@ class Recorder:
         info = " ".join(f"{k.removeprefix('loss_')} {v:.3g}" for k, v in record.items() if k.startswith("loss"))
         self.reporter.update(trainer.step, f"{info} | {record['img_per_s'] or 0:.1f} img/s")
         self.append(record)
+
+    def forget_after(self, step: int) -> None:
+        """Leave out of log.jsonl what was logged after `step`, the checkpoint a resumed run goes
+        on from: those steps are trained again, and logged again (a torn last line goes too)."""
+        path = self.run_dir / "log.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        write_bytes_atomic(path, "".join(f"{line}\n" for line in kept).encode())
 
     def append(self, record: dict) -> None:
         """One line of log.jsonl, mirrored to TensorBoard when asked."""
