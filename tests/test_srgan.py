@@ -313,3 +313,19 @@ def test_lazy_windows_of_a_decoded_photo_convert_to_what_the_whole_photo_gives(p
     assert np.array_equal(np.asarray(lazy[key]), whole[key])
     assert np.array_equal(np.asarray(lazy[outer][key]), whole[outer][key])
     assert lazy[outer][key].shape == whole[outer][key].shape
+
+
+def test_each_stage_decays_its_learning_rate_over_its_own_steps():
+    """A GAN stage after a pixel stage of half the run or more started already decaying and never
+    trained at --lr; BasicSR trains it as a run of its own."""
+    from img2img.gan.loop import Trainer
+    from img2img.progress import Silent
+    from img2img.tasks import TASKS
+
+    cfg = make_config("srgan", {"steps": 20, "pretrain_steps": 15, "scale": 2, "size": 16, "netG": "srvgg",
+                                "n_blocks": 1, "ngf": 4, "ndf": 4, "netD": "unet", "perceptual": "none", "device": "cpu"})
+    trainer = Trainer(TASKS["srgan"](cfg, torch.device("cpu"), Silent(), data=False), cfg, torch.device("cpu"),
+                      total_steps=20, reporter=Silent())
+    pixel, gan = trainer.schedulers["G_pixel"].lr_lambdas[0], trainer.schedulers["G"].lr_lambdas[0]
+    assert [pixel(step) for step in (0, 7, 11)] == [1.0, 1.0, 0.5]  # constant for 7 of 15, then to 0
+    assert [gan(step) for step in (15, 17, 18)] == pytest.approx([1.0, 1.0, 2 / 3])  # constant for 2 of 5, then to 0

@@ -102,10 +102,12 @@ def set_requires_grad(nets: Mapping[str, nn.Module], trained: tuple[str, ...]) -
         net.requires_grad_(name in trained)
 
 
-def linear_decay(total_steps: int, decay_start: float) -> Callable[[int], float]:
-    """Constant LR, then linear decay to 0 over the rest (the reference's 'linear' policy)."""
-    constant = int(total_steps * decay_start)
-    remaining = max(1, total_steps - constant)
+def linear_decay(first_step: int, end_step: int, decay_start: float) -> Callable[[int], float]:
+    """Constant LR, then linear decay to 0 over the rest (the reference's 'linear' policy), over
+    the steps a phase runs: an SR GAN stage after a long pixel stage starts at its full LR, as
+    BasicSR's separate GAN run does."""
+    constant = first_step + int((end_step - first_step) * decay_start)
+    remaining = max(1, end_step - constant)
 
     def factor(step: int) -> float:
         return 1.0 - max(0, step - constant) / remaining
@@ -182,7 +184,7 @@ class Trainer:
                                fused=True if cuda else None)
         self.optimizers[phase.name] = opt
         self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
-            opt, linear_decay(self.total_steps, self.cfg.decay_start))
+            opt, linear_decay(phase.first_step, phase.last_step or self.total_steps, self.cfg.decay_start))
         self.scalers[phase.name] = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     # ---- one step ---------------------------------------------------------------------
