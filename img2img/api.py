@@ -125,6 +125,7 @@ def _train(cfg: BaseConfig, task, trainer, recorder, state: dict | None, world, 
     try:
         with stop_on_signals(trainer):
             trainer.run(batches, recorder, task.sample_batch)
+        distributed.barrier(world)  # the processes leave together: one that left early aborted at exit
     finally:
         distributed.teardown()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,6 +59,12 @@ def test_two_processes_equal_one_process_with_the_combined_batch(paired_photos, 
         output_gap = float((ddp(images) - one(images)).abs().max())
     print(f"2 x batch 2 vs 1 x batch 4 after 4 steps: weights differ by {worst:.2e}, outputs by {output_gap:.2e}")
     assert worst < 2e-5 and output_gap < 5e-4
+    # The logged losses are the whole batch's (rank 0's half alone differed visibly).
+    ddp_log, one_log = ([json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()
+                         if '"img_per_s"' in line][-1] for run in ("ddp", "single"))
+    losses = [key for key in one_log if key.startswith("loss")]
+    assert losses and all(abs(ddp_log[key] - one_log[key]) <= 1e-4 * max(1.0, abs(one_log[key])) for key in losses), \
+        {key: (ddp_log[key], one_log[key]) for key in losses}
 
     # The checkpoint of a DDP run translates like any other.
     out = img2img("translate", "--model", tmp_path / "ddp", paired_photos["test_a"], tmp_path / "translated")

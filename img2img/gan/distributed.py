@@ -103,6 +103,18 @@ def any_true(world: World, value: bool) -> bool:
     return bool(flag.item())
 
 
+def mean_over_processes(world: World, values: dict[str, float]) -> dict[str, float]:
+    """Each value's mean over the processes that have it: the losses each process saw on its own
+    share of the batch (rank 0's alone said little of the others')."""
+    if not world.distributed:
+        return values
+    gathered: list[dict | None] = [None] * world.world_size
+    dist.all_gather_object(gathered, values)
+    keys = dict.fromkeys(key for each in gathered for key in each)
+    return {key: sum(each[key] for each in gathered if key in each) / sum(key in each for each in gathered)
+            for key in keys}
+
+
 LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
 
 

@@ -308,7 +308,8 @@ class Trainer:
     def pop_metrics(self) -> dict:
         """The means of the metrics since the last call, with LRs and throughput."""
         elapsed = time.perf_counter() - self.window_start
-        record = {"step": self.step, **{k: sum(v) / len(v) for k, v in self.window.items() if v}}
+        means = {k: sum(v) / len(v) for k, v in self.window.items() if v}
+        record = {"step": self.step, **distributed.mean_over_processes(self.world, means)}
         record["lr"] = {name: s.get_last_lr()[0] for name, s in self.schedulers.items()}
         record["img_per_s"] = self.window_images / elapsed if elapsed > 0 else None
         record["time"] = time.time()
