@@ -79,7 +79,8 @@ def test_pixel_loss_training_beats_bicubic_on_held_out_photographs(photos, tmp_p
     photographs it never saw."""
     cfg = make_config("srgan", {"hr": str(photos["train"]), "val_hr": str(photos["val"]), "out": str(tmp_path / "run"),
                                 "netG": netG, "ngf": ngf, "size": 48, "batch_size": 8, "steps": steps,
-                                "pretrain_steps": steps, "workers": 0, "device": "cpu"})
+                                "pretrain_steps": steps, "workers": 0, "device": "cpu",
+                                **({"grow_ch": ngf // 2} if netG == "rrdbnet" else {})})
     start = time.process_time()
     run = api.train(cfg)
     seconds = time.process_time() - start
@@ -234,6 +235,20 @@ def test_init_starts_from_an_earlier_generator_of_the_same_architecture(photos, 
 
     with pytest.raises(ConfigError, match="--netG msrresnet --ngf 8 --n-blocks 1 --scale 2"):
         api.train(tiny(photos, tmp_path / "wide", init=str(first), ngf=16))
+
+
+def test_init_takes_a_basicsr_rrdbnet_of_any_width_and_growth(photos, tmp_path):
+    """BasicSR keeps 32 growth channels at any num_feat; the growth was tied to half of --ngf."""
+    from img2img.nets import registry
+
+    hparams = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 16, "num_block": 1, "num_grow_ch": 8, "scale": 2}
+    torch.save({"params_ema": registry.build("rrdbnet", **hparams).state_dict()}, tmp_path / "net_g.pth")
+    rrdb = {"netG": "rrdbnet", "ngf": 16, "n_blocks": 1, "init": str(tmp_path / "net_g.pth"), "pretrain_lr": 0.0,
+            "steps": 1, "pretrain_steps": 1}
+    with pytest.raises(ConfigError, match="pass --netG rrdbnet --ngf 16 --n-blocks 1 --grow-ch 8 --scale 2"):
+        api.train(tiny(photos, tmp_path / "default_growth", **rrdb))
+    run = api.train(tiny(photos, tmp_path / "growth_8", **rrdb, grow_ch=8))
+    assert load_generator(run)[1].hparams["num_grow_ch"] == 8
 
 
 def test_resume_across_the_stage_boundary_gives_the_same_weights(photos, tmp_path):

@@ -251,6 +251,7 @@ OUR_EXPORTS = [
     ("srvgg", {"num_feat": 8, "num_conv": 2, "upscale": 2, "act_type": "prelu"}, "Compact"),
     ("rrdbnet", {"num_feat": 64, "num_block": 1, "num_grow_ch": 32, "scale": 4}, "ESRGAN"),
     ("rrdbnet", {"num_feat": 64, "num_block": 1, "num_grow_ch": 32, "scale": 2}, "ESRGAN"),
+    ("rrdbnet", {"num_feat": 16, "num_block": 1, "num_grow_ch": 32, "scale": 4}, "ESRGAN"),  # --ngf 16, default growth
 ]
 
 

@@ -53,6 +53,8 @@ class SRGANConfig(BaseConfig):
     netG: str = opt("msrresnet", "msrresnet, rrdbnet or srvgg.", panel="Networks", choices=tuple(DEFAULT_DEPTH))
     n_blocks: int | None = opt(None, "Generator depth.", panel="Networks", min=1,
                                default_text="16 msrresnet, 23 rrdbnet, 32 srvgg")
+    grow_ch: int = opt(32, "RRDBNet growth channels (BasicSR's num_grow_ch; spandrel loads 32 alone).",
+                       panel="Networks", min=1)
     netD: str = opt("vgg", "vgg (ESRGAN; any --size) or unet (Real-ESRGAN, spectral norm).",
                     panel="Networks", choices=("vgg", "unet"))
     init: str | None = opt(None, "Start G from this generator (ours, a run folder, or BasicSR .pth).",
@@ -103,9 +105,7 @@ def generator_arch(cfg: SRGANConfig) -> tuple[str, dict]:
         return "srvgg", {**io, "num_feat": cfg.ngf, "num_conv": depth, "upscale": cfg.scale, "act_type": "prelu"}
     if cfg.scale not in (2, 4):
         raise ConfigError(f"--netG rrdbnet upscales x2 or x4, not x{cfg.scale}; use --netG msrresnet or srvgg for x3")
-    # Growth channels are half the width, as in every released RRDBNet (64 / 32).
-    return "rrdbnet", {**io, "scale": cfg.scale, "num_feat": cfg.ngf, "num_block": depth,
-                       "num_grow_ch": max(1, cfg.ngf // 2)}
+    return "rrdbnet", {**io, "scale": cfg.scale, "num_feat": cfg.ngf, "num_block": depth, "num_grow_ch": cfg.grow_ch}
 
 
 def build_discriminator(cfg: SRGANConfig) -> nn.Module:
@@ -120,7 +120,8 @@ def init_flags(arch: str, hparams: dict) -> str:
     """The srgan flags that build this generator, for error messages."""
     depth = hparams.get("num_block", hparams.get("num_conv"))
     scale = hparams.get("upscale", hparams.get("scale"))
-    return f"--netG {arch} --ngf {hparams['num_feat']} --n-blocks {depth} --scale {scale}"
+    growth = f" --grow-ch {hparams['num_grow_ch']}" if "num_grow_ch" in hparams else ""
+    return f"--netG {arch} --ngf {hparams['num_feat']} --n-blocks {depth}{growth} --scale {scale}"
 
 
 def load_init(G: nn.Module, arch: str, hparams: dict, path: str) -> None:
