@@ -212,3 +212,40 @@ def test_the_degradation_settings_are_real_esrgans(setting):
 
     assert (getattr(REALESRGAN.first, setting), getattr(REALESRGAN.second, setting)) == PUBLISHED[setting]
     assert REALESRGAN.final_sinc_prob == 0.8
+
+
+def _matlab_imresize(image: np.ndarray, scale: float) -> np.ndarray:
+    """MATLAB's imresize (bicubic, antialiased), one axis at a time, written from its definition:
+    the reference for our resize (BasicSR makes its LR images and baselines with it)."""
+    def cubic(x):
+        x = np.abs(x)
+        return np.where(x <= 1, 1.5 * x**3 - 2.5 * x**2 + 1, np.where(x <= 2, -0.5 * x**3 + 2.5 * x**2 - 4 * x + 2, 0))
+
+    def along(a, axis):
+        size = a.shape[axis]
+        out = int(round(size * scale))
+        width = 4 / scale if scale < 1 else 4
+        u = np.arange(1, out + 1) / scale + 0.5 * (1 - 1 / scale)
+        left = np.floor(u - width / 2)
+        taps = left[:, None] + np.arange(int(np.ceil(width)) + 2)[None]
+        weights = cubic((u[:, None] - taps) * min(scale, 1)) * min(scale, 1)
+        weights /= weights.sum(axis=1, keepdims=True)
+        index = (taps - 1).astype(int) % (2 * size)  # 'symmetric' borders
+        index = np.where(index < size, index, 2 * size - 1 - index)
+        return np.moveaxis(np.einsum("ot,ot...->o...", weights, np.moveaxis(a, axis, 0)[index]), 0, axis)
+
+    return along(along(image, 0), 1)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("shrink", [True, False], ids=["down", "up"])
+def test_the_bicubic_resize_is_matlabs_borders_included(scale, shrink):
+    """PyTorch's kernel is cut short at the borders (8 grey levels from MATLAB's there, before)."""
+    from img2img.data.degrade import matlab_bicubic
+
+    rng = np.random.default_rng(scale)
+    image = rng.random((12 * scale if shrink else 9, 15 * scale if shrink else 11, 3))
+    ours = matlab_bicubic(torch.from_numpy(image).permute(2, 0, 1)[None].float(), scale, shrink)[0].permute(1, 2, 0)
+    reference = _matlab_imresize(image, 1 / scale if shrink else scale)
+    assert ours.shape == reference.shape
+    assert np.abs(ours.numpy() - reference).max() < 1e-5

@@ -85,10 +85,33 @@ def quantize8(image: np.ndarray) -> np.ndarray:
 
 
 def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
-    height, width = hr.shape[0] // scale, hr.shape[1] // scale
+    """H x W x C -> H // scale x W // scale x C, as MATLAB's imresize (BasicSR's LR images)."""
     x = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32)).permute(2, 0, 1)[None]
-    lr = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-    return lr[0].permute(1, 2, 0).clamp(0, 1).numpy()
+    return matlab_bicubic(x, scale, shrink=True)[0].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def matlab_bicubic(x: torch.Tensor, scale: int, shrink: bool) -> torch.Tensor:
+    """N x C x H x W resized by an integer `scale` as MATLAB's imresize does it (bicubic, a = -0.5,
+    antialiased when shrinking; a shrunk image loses the rows and columns past a multiple of the
+    scale). PyTorch's antialiased kernel is the same, but cut short at the borders, where MATLAB
+    mirrors the image: padded by the kernel's reach first, the two agree everywhere."""
+    if shrink:
+        x = x[..., : x.shape[-2] // scale * scale, : x.shape[-1] // scale * scale]
+    reach = 2 * scale if shrink else 2  # input pixels the kernel spans on each side
+    padded = _mirrored(_mirrored(x, reach, -1), reach, -2)
+    height, width = x.shape[-2:]
+    size = (height // scale + 4, width // scale + 4) if shrink else ((height + 4) * scale, (width + 4) * scale)
+    margin = 2 if shrink else 2 * scale  # output pixels made from the padding
+    y = F.interpolate(padded, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return y[..., margin:-margin, margin:-margin]
+
+
+def _mirrored(x: torch.Tensor, reach: int, dim: int) -> torch.Tensor:
+    """`x` extended by `reach` on both sides of `dim`, mirrored with the edge repeated (MATLAB's
+    'symmetric'), as often as needed when `reach` exceeds the image."""
+    length = x.shape[dim]
+    index = torch.arange(-reach, length + reach, device=x.device) % (2 * length)
+    return x.index_select(dim, torch.where(index < length, index, 2 * length - 1 - index))
 
 
 # ---- kernels ------------------------------------------------------------------------------

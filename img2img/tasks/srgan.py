@@ -24,7 +24,7 @@ from torch import nn
 from img2img import metrics
 from img2img.config import BaseConfig, ConfigError, opt
 from img2img.data import sr_data
-from img2img.data.degrade import DEGRADATIONS
+from img2img.data.degrade import DEGRADATIONS, matlab_bicubic
 from img2img.gan import checkpoint, losses
 from img2img.gan.checkpoint import GeneratorSpec
 from img2img.gan.loop import Nets, Phase, Task
@@ -149,8 +149,8 @@ def notes(cfg: SRGANConfig, reporter: Reporter) -> None:
 
 
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    # antialias=True selects PyTorch's PIL-style kernel (a = -0.5, MATLAB's), the usual baseline.
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    """The baseline SR papers and BasicSR measure against: MATLAB's bicubic upscale."""
+    return matlab_bicubic(lr, scale, shrink=False).clamp(0, 1)
 
 
 # ---- the task ----------------------------------------------------------------------------
