@@ -79,6 +79,7 @@ class Result:
         return record
 
 
+OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".exr", ".tga")  # read or written elsewhere
 TILE_OVERLAP = 32  # pixels shared by neighbouring tiles, cross-faded
 
 
@@ -139,12 +140,15 @@ class OutputPlan:
     folder: Path  # results go to folder / job.relative
     jobs: list[Job]
     to_file: bool  # OUTPUT is one file, in a folder that is the user's, not ours
+    left_out: list[Path] = field(default_factory=list)  # files of a folder INPUT that are no images by name
 
 
 def plan_outputs(source: str, output: Path, stdin: TextIO | None = None, ext: str | None = None) -> OutputPlan:
     """Where each result goes, for OUTPUT a folder or (see names_a_file) a file."""
     if not names_a_file(source, output):
-        outputs = OutputPlan(output, collect_jobs(source, output, stdin, ext), to_file=False)
+        refuse_a_folder_named_like_an_image(source, output)
+        left_out: list[Path] = []
+        outputs = OutputPlan(output, collect_jobs(source, output, stdin, ext, left_out), to_file=False, left_out=left_out)
     elif ext and ext != output.suffix.lower():
         raise InputError(f"--ext {ext[1:]} and OUTPUT {output} name different formats: give one of them")
     else:
@@ -173,15 +177,29 @@ def refuse_shared_outputs(outputs: OutputPlan) -> None:
                          "or translate them into separate OUTPUT folders")
 
 
-def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: str | None = None) -> list[Job]:
-    """INPUT as a file, a folder (recursive) or '-' (newline- or NUL-separated paths on stdin)."""
-    jobs = _collect(source, Path(out_dir), stdin)
+def refuse_a_folder_named_like_an_image(source: str, output: Path) -> None:
+    """OUTPUT out.png for a folder or a list of inputs, or out.gif for one: not made a folder."""
+    suffix = output.suffix.lower()
+    if output.is_dir() or suffix not in (*IMAGE_EXTENSIONS, *OTHER_IMAGE_SUFFIXES):
+        return
+    if suffix in OTHER_IMAGE_SUFFIXES and Path(source).is_file():
+        raise InputError(f"OUTPUT {output}: img2img writes png, jpg, webp, bmp and tif, not {suffix[1:]}")
+    what = "INPUT is a list of paths" if source == "-" else f"INPUT {source} is a folder"
+    raise InputError(f"OUTPUT {output} is named like an image, but {what}, so OUTPUT is a folder of results: "
+                     "name that folder without an image extension")
+
+
+def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: str | None = None,
+                 left_out: list[Path] | None = None) -> list[Job]:
+    """INPUT as a file, a folder (recursive) or '-' (newline- or NUL-separated paths on stdin);
+    `left_out` receives the files of a folder that are no images by name."""
+    jobs = _collect(source, Path(out_dir), stdin, left_out)
     if ext:
         jobs = [Job(j.source, j.relative.with_suffix(ext)) for j in jobs]
     return jobs
 
 
-def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
+def _collect(source: str, out_dir: Path, stdin: TextIO | None, left_out: list[Path] | None) -> list[Job]:
     if source == "-":
         text = (stdin or sys.stdin).read()
         # NUL-separated (find -print0) where a NUL appears: no path holds one; else one path a line.
@@ -208,7 +226,10 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None) -> list[Job]:
         if out_resolved == path.resolve():
             raise InputError(f"OUTPUT {out_dir} is the INPUT folder: the results would replace or mix with the "
                              "images they come from; choose another OUTPUT")
-        files = [p for p in list_images(path) if out_resolved not in p.resolve().parents]
+        others: list[Path] = []
+        files = [p for p in list_images(path, others) if out_resolved not in p.resolve().parents]
+        if left_out is not None:
+            left_out += [p for p in others if out_resolved not in p.resolve().parents]
         if not files:
             raise InputError(f"{path}: no images found in this folder (png, jpg, webp, bmp, tif)")
         return [Job(p, p.relative_to(path)) for p in files]
@@ -342,6 +363,9 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
     if note := amp_note(options.device, options.amp):
         reporter.message(note)
+    if outputs.left_out:
+        reporter.message(f"left out {len(outputs.left_out)} file(s) that are no images by their names "
+                         f"(png, jpg, webp, bmp, tif), e.g. {outputs.left_out[0]}")
     prepare_output(outputs)
     return run_jobs(translator, outputs.jobs, outputs.folder, options, reporter, on_result)
 

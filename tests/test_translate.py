@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -390,3 +391,29 @@ def test_a_one_channel_model_sees_the_luma_of_colour_images(tmp_path):
         got = cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert got.ndim == 2 or np.ptp(got, axis=2).max() == 0, name  # gray out
         assert np.abs((got if got.ndim == 2 else got[..., 0]) - expected).max() <= 0.51, name
+
+
+@pytest.mark.parametrize("source, output, message", [
+    ("folder", "out.png", "is named like an image, but INPUT .* is a folder"),
+    ("-", "out.jpg", "is named like an image, but INPUT is a list of paths"),
+    ("file", "out.gif", "img2img writes png, jpg, webp, bmp and tif, not gif"),
+])
+def test_an_output_named_like_an_image_is_never_made_a_folder(models, tmp_path, source, output, message):
+    image = photo(tmp_path / "in" / "a.png", 16, 16)
+    given = {"folder": str(tmp_path / "in"), "-": "-", "file": str(image)}[source]
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), given,
+                                 str(tmp_path / output)], input=f"{image}\n")
+    assert result.exit_code == 2 and re.search(message, flat(result.stderr)), result.stderr
+    assert not (tmp_path / output).exists()
+
+
+def test_files_of_a_folder_that_are_no_images_are_named(models, tmp_path):
+    photo(tmp_path / "in" / "a.png", 16, 16)
+    (tmp_path / "in" / "anim.gif").write_bytes(b"GIF89a")
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    (tmp_path / "in" / ".DS_Store").write_bytes(b"x")  # hidden: never worth a word
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), str(tmp_path / "in"),
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 0, result.stderr
+    assert f"left out 2 file(s) that are no images by their names (png, jpg, webp, bmp, tif), e.g. {tmp_path}/in/anim.gif" \
+        in flat(result.stderr)

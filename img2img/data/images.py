@@ -58,18 +58,25 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, others: list[Path] | None = None) -> list[Path]:
     """All image files below `folder`, recursively, in a stable order. Not searched: hidden
     folders (.git, .thumbnails, ...) and Synology's @eaDir thumbnails; not taken: macOS's "._"
     metadata files, which carry the image's name. A link to nowhere is taken, so that reading
-    it names it (a file that vanished), rather than passing over it in silence."""
+    it names it (a file that vanished), rather than passing over it in silence. `others`, where
+    given, receives the files left out for their names (x.gif, notes.txt; hidden ones aside)."""
     found = []
     for root, folders, files in os.walk(folder):
         folders[:] = [name for name in folders if not name.startswith(".") and name != "@eaDir"]
         for name in files:
             path = Path(root, name)
-            if is_image_file(path) and not name.startswith("._") and (path.is_file() or path.is_symlink()):
+            if not (path.is_file() or path.is_symlink()):
+                continue
+            if is_image_file(path) and not name.startswith("._"):
                 found.append(path)
+            elif others is not None and not name.startswith("."):
+                others.append(path)
+    if others is not None:
+        others.sort()
     return sorted(found)
 
 
