@@ -59,7 +59,7 @@ def translate(
     bn_mode: BnMode = typer.Option(BnMode.eval, "--bn-mode", help="eval: running statistics; train: the reference test script's default."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     devices: Optional[str] = typer.Option(None, "--devices", help="Shard the files over several devices: cuda:0,cuda:1 or all."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images (or tiles) per forward pass (default: 8 on GPU, 1 on CPU)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images (or tiles) per forward pass (default: on a GPU 32 of 256x256 or as many pixels, 16 tiles; on a CPU 1)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Process large images in tiles of this many input pixels."),
     tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Pixels shared by neighbouring tiles, cross-faded (default: 32, at most a quarter of the tile)."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Resize inputs so the shorter side has this many pixels."),
