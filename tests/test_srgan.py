@@ -344,3 +344,16 @@ def test_each_stage_decays_its_learning_rate_over_its_own_steps():
     pixel, gan = trainer.schedulers["G_pixel"].lr_lambdas[0], trainer.schedulers["G"].lr_lambdas[0]
     assert [pixel(step) for step in (0, 7, 11)] == [1.0, 1.0, 0.5]  # constant for 7 of 15, then to 0
     assert [gan(step) for step in (15, 17, 18)] == pytest.approx([1.0, 1.0, 2 / 3])  # constant for 2 of 5, then to 0
+
+
+def test_the_gan_stage_updates_g_before_d_as_basicsr():
+    """BasicSR's SRGAN/ESRGAN/Real-ESRGAN models step G against the D of the last step, then D
+    on this step's output (it matters for the relativistic losses, which see D(real) in G's loss)."""
+    from img2img.progress import Silent
+    from img2img.tasks import TASKS
+
+    cfg = make_config("srgan", {"steps": 4, "pretrain_steps": 2, "scale": 2, "size": 16, "netG": "srvgg",
+                                "n_blocks": 1, "ngf": 4, "ndf": 4, "netD": "unet", "perceptual": "none",
+                                "r1": 0.1, "device": "cpu"})
+    task = TASKS["srgan"](cfg, torch.device("cpu"), Silent(), data=False)
+    assert [phase.name for phase in task.phases if phase.active(2)][:2] == ["G", "D"]

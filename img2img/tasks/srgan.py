@@ -2,8 +2,8 @@
 
 One run has two stages, as in the papers:
   1. steps [0, pretrain_steps): L1 pixel loss only, the PSNR-oriented generator;
-  2. steps [pretrain_steps, steps): a D update on the detached output, then a G update on
-     lambda_pixel * L1 + lambda_perceptual * VGG19 features + lambda_gan * GAN loss.
+  2. steps [pretrain_steps, steps): a G update on lambda_pixel * L1 + lambda_perceptual *
+     VGG19 features + lambda_gan * GAN loss, then a D update on the detached output (BasicSR's order).
 `--init` starts G from an earlier generator instead (e.g. a PSNR-oriented model), and the EMA
 of G's weights is what the generator file holds. Images are [0, 1] throughout; validation
 reports PSNR/SSIM on Y next to the bicubic upscale of the same LR images.
@@ -185,10 +185,11 @@ class SRGAN(Task):
         self.phases = []
         if cfg.gan_stage_runs():  # a pixel-loss-only run neither builds nor checks a D
             self.nets["D"] = build_discriminator(cfg).to(device)
-            self.phases = [Phase("D", ("D",), self.d_loss, first_step=start),
+            # BasicSR's order: G against the D of the last step, then D on this step's output.
+            self.phases = [Phase("G", ("G",), self.g_loss, first_step=start),
+                           Phase("D", ("D",), self.d_loss, first_step=start),
                            *penalty_phases(cfg, ("D",), lambda s: {"D": (s["hr"], s["sr"].detach())},
-                                           first_step=start),
-                           Phase("G", ("G",), self.g_loss, first_step=start)]
+                                           first_step=start)]
         if start > 0:
             self.phases.insert(0, Phase("G_pixel", ("G",), self.pixel_loss, last_step=start, lr=cfg.pretrain_lr))
         self.validates = True
