@@ -415,16 +415,3 @@ def test_a_cut_off_image_is_still_truncated(tmp_path, encoding):
         (tmp_path / f"x{suffix}").write_bytes(data[:end] + bytes(100))
         with pytest.raises(ImageError, match="truncated"):
             read_image(tmp_path / f"x{suffix}")
-
-
-@pytest.mark.parametrize("side", [48, 100, 286])
-def test_the_training_resize_is_the_references_pil_bicubic(side):
-    """pytorch-CycleGAN-and-pix2pix resizes with PIL's bicubic; OpenCV's, not antialiased when
-    shrinking, was 0.75 to 9 grey levels off on average (up to 147). PIL rounds to 8 bits after
-    each pass, in fixed point: a few levels here and there, 0.3 on average."""
-    from skimage import data as photos
-
-    photo = np.ascontiguousarray(photos.astronaut()[::3, ::3][:side, :side])
-    reference = np.asarray(PILImage.fromarray(photo).resize((64, 64), PILImage.BICUBIC)).astype(np.float32)
-    ours = images.bicubic_square(photo.astype(np.float32) / 255, 64) * 255
-    assert np.abs(ours - reference).mean() < 0.4 and np.abs(ours - reference).max() < 8

@@ -19,7 +19,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image as PILImage
 
 from img2img.data import quiet  # noqa: F401  (silences OpenCV's logger in every process that decodes)
@@ -294,12 +293,8 @@ def read_rgb_resized(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]
 
 
 def bicubic_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """The reference's resize of a training image, to size x size: PIL's bicubic (a = -0.5,
-    antialiased when shrinking), which PyTorch's antialiased kernel reproduces; OpenCV's
-    (a = -0.75) was up to 4 grey levels off."""
-    chw = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-    resized = F.interpolate(chw, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    return resized[0].permute(1, 2, 0).clamp(0, 1).numpy()
+    """The reference's resize of a training image: bicubic, to size x size."""
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 @dataclass
