@@ -268,3 +268,14 @@ def test_without_spandrel_the_message_names_the_extra(tmp_path, monkeypatch):
     torch.save({"attention.qkv.weight": torch.zeros(12, 4)}, tmp_path / "transformer.pth")
     with pytest.raises(CheckpointError, match=r'1 other layers.*pip install "img2img\[zoo\]"'):
         load_generator(tmp_path / "transformer.pth")
+
+
+@pytest.mark.parametrize("act_type", ["prelu", "relu", "leakyrelu"])
+def test_info_says_when_an_srvgg_activation_was_guessed(tmp_path, act_type):
+    """ReLU and LeakyReLU leave no weights: such a file is read as LeakyReLU, and info says so."""
+    hparams = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "upscale": 2, "act_type": act_type}
+    torch.save({"params": registry.build("srvgg", **hparams).state_dict()}, tmp_path / "compact.pth")
+    result = runner.invoke(app, ["info", str(tmp_path / "compact.pth"), "--json"])
+    assert result.exit_code == 0, result.output
+    source = json.loads(result.stdout)["source"]
+    assert ("read as LeakyReLU" in source) == (act_type != "prelu"), source

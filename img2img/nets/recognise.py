@@ -128,7 +128,9 @@ def _candidates(sd: Tensors) -> Iterable[Recognised]:
     for arch_name in registry.names("generator"):
         arch = registry.get(arch_name)
         if arch.infer is not None and (hparams := arch.infer(sd)) is not None:
-            yield Recognised(arch_name, hparams, _drop_instance_stats(sd), "img2img / reference")
+            guess = arch.guessed(hparams)
+            yield Recognised(arch_name, hparams, _drop_instance_stats(sd),
+                             "img2img / reference" + (f" ({guess})" if guess else ""))
     for layout, convert in RRDB_LAYOUTS.items():
         if (converted := convert(sd)) is not None:
             yield Recognised("rrdbnet", converted[0], converted[1], layout)

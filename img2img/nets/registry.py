@@ -24,6 +24,8 @@ class Arch:
     infer: Callable[[StateDict], dict | None] | None
     pixel_range: str  # "-1,1" (pix2pix/CycleGAN family) or "0,1" (SR family)
     kind: str  # "generator" or "discriminator"
+    # What `infer` had to guess for these hparams ("" where nothing), said where a file is read.
+    guessed: Callable[[dict], str] = lambda hparams: ""
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -35,13 +37,14 @@ def register(
     pixel_range: str = "-1,1",
     kind: str = "generator",
     infer: Callable[[StateDict], dict | None] | None = None,
+    guessed: Callable[[dict], str] | None = None,
 ):
     """Decorator registering `build(**hparams) -> nn.Module` under `name`."""
 
     def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _ARCHS:
             raise ValueError(f"architecture {name!r} registered twice")
-        _ARCHS[name] = Arch(name, build, infer, pixel_range, kind)
+        _ARCHS[name] = Arch(name, build, infer, pixel_range, kind, *([guessed] if guessed else []))
         return build
 
     return wrap

@@ -381,6 +381,12 @@ def infer_srvgg(sd) -> dict | None:
     }
 
 
-@register("srvgg", pixel_range="0,1", infer=infer_srvgg)
+def _guessed_activation(hparams: dict) -> str:
+    if hparams["act_type"] == "prelu":
+        return ""
+    return "no PReLU weights: a ReLU or LeakyReLU network, read as LeakyReLU; the two give other outputs"
+
+
+@register("srvgg", pixel_range="0,1", infer=infer_srvgg, guessed=_guessed_activation)
 def build_srvgg(**hparams) -> SRVGGNetCompact:
     return SRVGGNetCompact(**hparams)
