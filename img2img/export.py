@@ -64,6 +64,7 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
         import onnx  # noqa: F401
     except ImportError:
         raise ExportError(f"ONNX export needs the onnx extra: {install_hint('onnx')}") from None
+    refuse_to_replace(Path(model), Path(out))
     module, spec = load_generator(Path(model), direction)
     wrapper = UnitRangeGenerator(module.float().eval(), spec).eval()
     channels = int(getattr(module, "in_channels", 0) or spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
@@ -92,6 +93,16 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
         with suppress(OSError):  # a read-only folder holds no temporary to remove, and says so
             temp.unlink(missing_ok=True)
     return spec
+
+
+def refuse_to_replace(model: Path, out: Path) -> None:
+    """OUT never replaces the model it exports, nor a file that is no ONNX graph (a photo, a
+    run's config.yaml): translate refuses to write over its input, and so does export."""
+    if out.exists() and out.resolve() == model.resolve():
+        raise ConfigError(f"OUT {out} is the --model file: the export would replace the generator; give another "
+                          "path, e.g. model.onnx")
+    if out.exists() and out.suffix.lower() != ".onnx":
+        raise ConfigError(f"OUT {out} exists and is no .onnx file: the export would replace it; give a .onnx path")
 
 
 def check_graph(path: Path, wrapper: UnitRangeGenerator, channels: int, spec: GeneratorSpec) -> None:

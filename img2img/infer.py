@@ -182,10 +182,11 @@ def refuse_a_folder_named_like_an_image(source: str, output: Path) -> None:
     suffix = output.suffix.lower()
     if output.is_dir() or suffix not in (*IMAGE_EXTENSIONS, *OTHER_IMAGE_SUFFIXES):
         return
+    shown = one_line(str(output))
     if suffix in OTHER_IMAGE_SUFFIXES and Path(source).is_file():
-        raise InputError(f"OUTPUT {output}: img2img writes png, jpg, webp, bmp and tif, not {suffix[1:]}")
-    what = "INPUT is a list of paths" if source == "-" else f"INPUT {source} is a folder"
-    raise InputError(f"OUTPUT {output} is named like an image, but {what}, so OUTPUT is a folder of results: "
+        raise InputError(f"OUTPUT {shown}: img2img writes png, jpg, webp, bmp and tif, not {suffix[1:]}")
+    what = "INPUT is a list of paths" if source == "-" else f"INPUT {one_line(source)} is a folder"
+    raise InputError(f"OUTPUT {shown} is named like an image, but {what}, so OUTPUT is a folder of results: "
                      "name that folder without an image extension")
 
 
@@ -363,9 +364,12 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
     if note := amp_note(options.device, options.amp):
         reporter.message(note)
+    if translator.one_by_one and options.tile:
+        reporter.message("note: --bn-mode train normalises what the network sees at once, here each tile by its "
+                         "own statistics: the tiles differ from the whole image's result, and seams may show")
     if outputs.left_out:
         reporter.message(f"left out {len(outputs.left_out)} file(s) that are no images by their names "
-                         f"(png, jpg, webp, bmp, tif), e.g. {outputs.left_out[0]}")
+                         f"(png, jpg, webp, bmp, tif), e.g. {one_line(str(outputs.left_out[0]))}")
     prepare_output(outputs)
     return run_jobs(translator, outputs.jobs, outputs.folder, options, reporter, on_result)
 

@@ -342,7 +342,7 @@ def test_each_stage_decays_its_learning_rate_over_its_own_steps():
     trainer = Trainer(TASKS["srgan"](cfg, torch.device("cpu"), Silent(), data=False), cfg, torch.device("cpu"),
                       total_steps=20, reporter=Silent())
     pixel, gan = trainer.schedulers["G_pixel"].lr_lambdas[0], trainer.schedulers["G"].lr_lambdas[0]
-    assert [pixel(step) for step in (0, 7, 11)] == [1.0, 1.0, 0.5]  # constant for 7 of 15, then to 0
+    assert [pixel(step) for step in (0, 7, 11, 18)] == [1.0, 1.0, 0.5, 0.0]  # constant for 7 of 15, then to 0 (not below)
     assert [gan(step) for step in (15, 17, 18)] == pytest.approx([1.0, 1.0, 2 / 3])  # constant for 2 of 5, then to 0
 
 

@@ -417,3 +417,27 @@ def test_files_of_a_folder_that_are_no_images_are_named(models, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert f"left out 2 file(s) that are no images by their names (png, jpg, webp, bmp, tif), e.g. {tmp_path}/in/anim.gif" \
         in flat(result.stderr)
+
+
+@pytest.mark.parametrize("out", ["g.safetensors", "photo.png", "config.yaml"])
+def test_export_never_replaces_the_model_or_a_file_that_is_no_onnx_graph(models, tmp_path, out):
+    import shutil
+
+    shutil.copy(models / "resnet.safetensors", tmp_path / "g.safetensors")
+    photo(tmp_path / "photo.png", 8, 8)
+    (tmp_path / "config.yaml").write_text("steps: 1\n")
+    before = (tmp_path / out).read_bytes()
+    result = runner.invoke(app, ["export", str(tmp_path / out), "--model", str(tmp_path / "g.safetensors")])
+    assert result.exit_code == 2 and "the export would replace" in result.stderr, result.stderr
+    assert (tmp_path / out).read_bytes() == before
+
+
+def test_a_newline_in_output_or_left_out_names_stays_on_one_line(models, tmp_path):
+    photo(tmp_path / "in" / "a.png", 16, 16)
+    (tmp_path / "in" / "a\nb.txt").write_text("x")
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), str(tmp_path / "in"),
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 0 and "a\\nb.txt" in result.stderr
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), str(tmp_path / "in"),
+                                 str(tmp_path / "out\ndir.png")])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr

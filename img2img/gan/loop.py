@@ -109,8 +109,8 @@ def linear_decay(first_step: int, end_step: int, decay_start: float) -> Callable
     constant = first_step + int((end_step - first_step) * decay_start)
     remaining = max(1, end_step - constant)
 
-    def factor(step: int) -> float:
-        return 1.0 - max(0, step - constant) / remaining
+    def factor(step: int) -> float:  # 0 after the phase's last step (an idle optimizer, logged)
+        return max(0.0, 1.0 - max(0, step - constant) / remaining)
 
     return factor
 

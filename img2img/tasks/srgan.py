@@ -65,7 +65,7 @@ class SRGANConfig(BaseConfig):
     pretrain_lr: float = opt(2e-4, "Learning rate of the pixel-loss stage (--learning-rate is the GAN stage's).",
                              min=0)
     gan_loss: str = opt("vanilla", "vanilla, ragan (relativistic average), rpgan (relativistic pairing), lsgan or "
-                        "hinge.", panel="Losses", choices=("vanilla", "ragan", "rpgan", "lsgan", "hinge"))
+                        "hinge.", panel="Losses", choices=("vanilla", "ragan", "rpgan", "lsgan", "hinge"), kept=True)
     perceptual: str = opt("vgg19", "vgg19 or none.", panel="Losses", choices=("vgg19", "none"))
     perceptual_weights: str | None = opt(None, "torchvision's vgg19-dcbb9e9d.pth.", panel="Losses", path=True,
                                          default_text="the torch hub cache")
