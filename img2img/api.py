@@ -75,12 +75,12 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     trainer = Trainer(task, cfg, device, total_steps, reporter, world)
     if state is not None and (problem := trainer.mismatch(state)):
         raise ConfigError(_unresumable(run_dir, cfg, problem))
-    notes = [] if state is None else _resume_notes(state, state_path, run_dir, cfg, world_size, total_steps,
-                                                   effective_batch)
     if state is not None and int(state["step"]) >= total_steps:  # the run folder is left as it is
-        reporter.message(notes[-1])
+        reporter.message(f"the run is at step {state['step']} of {total_steps} already: nothing to train; give a "
+                         "larger --steps (or --epochs) to go on")
         distributed.teardown()
         return run_dir
+    notes = [] if state is None else _resume_notes(state, state_path, run_dir, cfg, world_size, effective_batch)
     recorder = Recorder(run_dir, cfg, reporter, world.is_main, task.default_best_metric)
     if world.world_size > 1 or cfg.grad_accum > 1:
         reporter.message(f"{world_size} process{'es' if world_size > 1 else ''} x batch {cfg.batch_size} x "
@@ -220,16 +220,13 @@ def _load_resume_state(ckpt_dir: Path) -> tuple[dict, Path]:
 
 
 def _resume_notes(state: dict, path: Path, run_dir: Path, cfg: BaseConfig, world_size: int,
-                  total_steps: int, effective_batch: int) -> list[str]:
+                  effective_batch: int) -> list[str]:
     """What a resume tells the user: where it goes on from, and what differs from the saved run
     (read before config.yaml is written again)."""
     notes = [f"resuming from {path} (step {state['step']})"]
     if (before := _saved_batch(run_dir)) not in (None, effective_batch):
         notes.append(f"the run was trained with an effective batch of {before}; it goes on with {effective_batch} "
                      f"({world_size} process(es) x batch {cfg.batch_size} x {cfg.grad_accum} accumulated)")
-    if int(state["step"]) >= total_steps:
-        notes.append(f"the run is at step {state['step']} of {total_steps} already: nothing to train; give a "
-                     "larger --steps (or --epochs) to go on")
     return notes
 
 

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +187,9 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
     if header.format == "TIFF" and header.orientation != 1:
         data = tiff_upright(data)  # the orientation is applied below, once, whatever the decoder does
     layout = tiff_layout(data) if header.format == "TIFF" else None
+    via_tifffile = layout is not None and _needs_tifffile(layout)
     try:
-        if layout is not None and _needs_tifffile(layout):
+        if via_tifffile:
             pixels = _tiff_planes(path, data, layout)
         elif header.format == "TIFF" and header.mode in _ALPHA_MODES and header.sample_bits == 8:
             pixels = _tiff_with_alpha(data)
@@ -203,9 +205,10 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
     fix = _EXIF_FIXES.get(header.orientation)
     if fix is not None:
         pixels = fix(pixels)
-    if layout is not None and layout.alpha == 1 and pixels.dtype in (np.uint8, np.uint16) \
-            and (pixels.dtype == np.uint16 or _needs_tifffile(layout)):
-        pixels = _unpremultiplied(pixels)  # Pillow gives 8-bit ones straight already
+    # Associated alpha: tifffile and OpenCV at 16 bits give the colours as stored; Pillow, which
+    # decodes the 8-bit ones, gives them straight already.
+    if layout is not None and layout.alpha == 1 and (via_tifffile or pixels.dtype == np.uint16):
+        pixels = _unpremultiplied(pixels)
     if pixels.dtype == np.uint8:
         bits, scale = 8, 255.0
     elif pixels.dtype == np.uint16:
@@ -387,13 +390,20 @@ def _encode_png_gray_alpha(la: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     if la.dtype == np.uint8:
         PILImage.fromarray(la, mode="LA").save(buffer, format="PNG")
-        return buffer.getvalue()
+    else:
+        write_png_rows(buffer, la.shape[1], la.shape[0], Layout("GA", 16), la)
+    return buffer.getvalue()
+
+
+def write_png_rows(handle, width: int, height: int, layout: Layout, rows: Iterable[np.ndarray],
+                   compression: int | None = None) -> None:
+    """A PNG of any layout through pypng, rows as they come (H x W x C integers in file order)."""
     import png
 
-    height, width = la.shape[:2]
-    writer = png.Writer(width, height, greyscale=True, alpha=True, bitdepth=16)
-    writer.write_packed(buffer, (row.astype(">u2").tobytes() for row in la))  # PNG is big-endian
-    return buffer.getvalue()
+    writer = png.Writer(width, height, greyscale=layout.channels[0] == "G", alpha=layout.channels[-1] == "A",
+                        bitdepth=layout.bits, compression=compression)
+    big_endian = ">u2" if layout.bits == 16 else "u1"  # PNG stores 16-bit samples big-endian
+    writer.write_packed(handle, (row.astype(big_endian).tobytes() for row in rows))
 
 
 def _encode_tiff_with_alpha(pixels: np.ndarray) -> bytes:

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from img2img.data.header import ImageError
-from img2img.data.images import TEMP_SUFFIX, Layout, publish, temporary_prefix, to_opencv, writing
+from img2img.data.images import TEMP_SUFFIX, Layout, publish, temporary_prefix, to_opencv, write_png_rows, writing
 
 STREAMED = (".png", ".tif", ".tiff")
 TIFF_TILE = 256  # TIFF tiles (compressed one by one): rows are gathered this many at a time
@@ -82,13 +82,8 @@ class StripWriter:
     # ---- encoders that take rows as they come (run on the encoder thread) -----------------
 
     def _encode_png(self, strips: Iterator[np.ndarray], handle) -> None:
-        import png
-
-        channels = self.layout.channels
-        writer = png.Writer(self.width, self.height, greyscale=channels[0] == "G", alpha=channels[-1] == "A",
-                            bitdepth=self.layout.bits, compression=PNG_COMPRESSION)
-        big_endian = ">u2" if self.layout.bits == 16 else "u1"  # PNG stores 16-bit samples big-endian
-        writer.write_packed(handle, (row.astype(big_endian).tobytes() for strip in strips for row in strip))
+        write_png_rows(handle, self.width, self.height, self.layout, (row for strip in strips for row in strip),
+                       PNG_COMPRESSION)
 
     def _encode_tiff(self, strips: Iterator[np.ndarray], handle) -> None:
         import tifffile
