@@ -272,15 +272,37 @@ def resolve(task: str, recipe: str | Path | None = None, overrides: Mapping[str,
         if saved.task != task:
             raise ConfigError(f"--resume: {run_dir} holds a {saved.task} run: use `img2img train {saved.task}`")
         check_kept(saved, values, run_dir)
+        if recipe:
+            _check_recipe_agrees(recipe, _recipe_values(recipe, task), saved, values, run_dir)
         return make_config(task, values, saved.to_dict())
-    recipe_values: dict[str, Any] = {}
-    if recipe:
-        from img2img import recipes
+    return make_config(task, values, _recipe_values(recipe, task) if recipe else {})
 
-        recipe_task, recipe_values = recipes.load(str(recipe), task)
-        if recipe_task != task:
-            raise ConfigError(f"--recipe {recipe} is a {recipe_task} recipe: use `img2img train {recipe_task}`")
-    return make_config(task, values, recipe_values)
+
+def _recipe_values(recipe: str | Path, task: str) -> dict[str, Any]:
+    from img2img import recipes
+
+    recipe_task, recipe_values = recipes.load(str(recipe), task)
+    if recipe_task != task:
+        raise ConfigError(f"--recipe {recipe} is a {recipe_task} recipe: use `img2img train {recipe_task}`")
+    return recipe_values
+
+
+def _check_recipe_agrees(recipe: str | Path, recipe_values: Mapping[str, Any], saved: BaseConfig,
+                         values: Mapping[str, Any], run_dir: Path) -> None:
+    """A resumed run goes on with its config.yaml, not the recipe's settings: the same command
+    again plus --resume passes; a recipe that would change the run is refused, not ignored."""
+    cls = type(saved)
+    length_given = any(values.get(key) is not None for key in ("steps", "epochs"))
+    for key, value in recipe_values.items():
+        option = option_of(cls, key)
+        if option is not None and option.path and value:
+            value = os.path.abspath(value)
+        overridden = values.get(key) is not None or (length_given and key in ("steps", "epochs"))
+        if not overridden and value != getattr(saved, key):
+            flag = flag_of(key, option)
+            raise ConfigError(f"--resume: --recipe {recipe} sets {_as_typed(flag, value)}, and the run in {run_dir} "
+                              f"has {_as_typed(flag, getattr(saved, key))}; a resumed run goes on with its own "
+                              "config.yaml and the flags given: leave --recipe out")
 
 
 def check_kept(saved: BaseConfig, values: Mapping[str, Any], run_dir: Path) -> None:

@@ -125,3 +125,16 @@ def test_resume_starts_from_the_saved_config_and_old_flat_configs_still_load(tmp
     assert cfg.ngf == 8 and cfg.steps == 9
     with pytest.raises(ConfigError, match="holds a cyclegan run"):
         resolve("pix2pix", overrides={"out": str(run)}, resume=True)
+
+
+def test_a_recipe_given_with_resume_must_agree_with_the_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    started = resolve("pix2pix", "facades", {"out": str(run), "steps": 7})
+    (run / "config.yaml").write_text(yaml.safe_dump(started.to_dict()))
+    again = {"out": str(run), "steps": 7}  # the command that started the run, plus --resume
+    assert resolve("pix2pix", "facades", again, resume=True).steps == 7
+    with pytest.raises(ConfigError, match="--recipe maps sets --direction AtoB.*leave --recipe out"):
+        resolve("pix2pix", "maps", again, resume=True)
+    with pytest.raises(ConfigError, match="a cyclegan recipe"):
+        resolve("pix2pix", "horse2zebra", again, resume=True)
