@@ -19,6 +19,7 @@ from img2img.data.quiet import codec_noise_filtered
 from img2img.gan.checkpoint import CheckpointError
 from img2img.gan.loop import TrainingStopped
 from img2img.infer import InputError
+from img2img.launch import exit_code
 
 # soft_wrap: a message is never cut inside a word, URL or path, on a terminal or in a log file.
 console = Console(stderr=True, soft_wrap=True)
@@ -92,20 +93,21 @@ def run_guarded(action, to_continue: str = "run the same command with --resume")
         _told["interrupted"] = True
         say(f"{stop}; a checkpoint was written: {to_continue} to continue")
         raise typer.Exit(128 + stop.signum)
-    except KeyboardInterrupt:
-        say_interrupted()
-        raise typer.Exit(130)
+    except KeyboardInterrupt as stop:
+        say_interrupted(stop)
+        raise typer.Exit(exit_code(stop))
 
 
 _told = {"interrupted": False}
 
 
-def say_interrupted() -> None:
-    """'interrupted', once: Ctrl-C can land in our handler or, between them, in the command line
-    library's, which exits 130 without a word (img2img.launch adds it there)."""
+def say_interrupted(stop: KeyboardInterrupt | None = None) -> None:
+    """'interrupted' (or 'stopped by SIGTERM'), once: Ctrl-C can land in our handler or, between
+    them, in the command line library's, which exits 130 without a word (img2img.launch adds it
+    there)."""
     if not _told["interrupted"]:
         _told["interrupted"] = True
-        say("interrupted")
+        say(getattr(stop, "message", "interrupted"))
 
 
 def list_and_exit(what: str, problems: list[str]) -> None:

@@ -1,10 +1,25 @@
 """The `img2img` command's entry point: Ctrl-C while the command is still importing its
-libraries (a second or more for torch) ends it quietly, as it does once the command runs."""
+libraries (a second or more for torch) ends it quietly, as it does once the command runs, and
+SIGTERM (`kill`, a batch system's stop) ends it as Ctrl-C does, with its own exit code."""
 
+import signal
 import sys
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is: every clean-up that Ctrl-C runs (temporary files,
+    workers) runs for it too. Training replaces the handler with its own (a checkpoint first)."""
+
+    exit_code = 128 + signal.SIGTERM
+    message = "stopped by SIGTERM"
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if (problem := empty_argument(sys.argv[1:])) is not None:
             from img2img.console import print_error
@@ -14,21 +29,25 @@ def main() -> None:
         from img2img.cli import app
 
         app()
-    except KeyboardInterrupt:
-        _say_interrupted()
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as stop:
+        _say_interrupted(stop)
+        raise SystemExit(exit_code(stop)) from None
     except SystemExit as stop:
-        if stop.code == 130:
-            _say_interrupted()
+        if stop.code in (130, Terminated.exit_code):
+            _say_interrupted(Terminated() if stop.code == Terminated.exit_code else KeyboardInterrupt())
         raise
 
 
-def _say_interrupted() -> None:
+def exit_code(stop: KeyboardInterrupt) -> int:
+    return getattr(stop, "exit_code", 130)
+
+
+def _say_interrupted(stop: KeyboardInterrupt) -> None:
     say_interrupted = getattr(sys.modules.get("img2img.console"), "say_interrupted", None)
     if say_interrupted is None:  # Ctrl-C while the libraries were still importing
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write(getattr(stop, "message", "interrupted") + "\n")
     else:
-        say_interrupted()
+        say_interrupted(stop)
 
 
 def empty_argument(arguments: list[str]) -> str | None:

@@ -706,3 +706,29 @@ def test_a_run_folder_being_trained_is_refused_to_a_second_command(paired_photos
     result = runner.invoke(app, args)  # the lock is free again
     assert result.exit_code == 0, result.output
     assert load_generator(run)[1].step == (4 if second == "--resume" else 2)
+
+
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_a_signal_mid_translate_leaves_whole_files_and_says_so(model, tmp_path, sig, code, said):
+    """`kill` or a batch system's stop while results are written: each file on disk is whole,
+    no temporary is left, one line says why it stopped, and the exit code is the signal's."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for index in range(400):
+        PILImage.fromarray(rgb(96 + index % 5, 128)).save(source / f"{index:03d}.png", compress_level=0)
+    process = subprocess.Popen([sys.executable, "-m", "img2img", "translate", "--model", str(model), str(source), str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.png"))) < 5:
+        time.sleep(0.02)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1] == said and "Traceback" not in stderr
+    written = sorted(out.iterdir())
+    assert 5 <= len(written) < 400, "the signal came after the run had ended: more images are needed"
+    for path in written:
+        assert path.suffix == ".png", f"left behind: {path.name}"
+        index = int(path.stem)
+        assert images.read_image(path).size == (96 + index % 5, 128)
