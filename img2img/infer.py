@@ -364,6 +364,8 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
     if note := amp_note(options.device, options.amp):
         reporter.message(note)
+    if spec.guessed:
+        reporter.message(f"note: {model}: {spec.guessed}")
     if translator.one_by_one and options.tile:
         reporter.message("note: --bn-mode train normalises what the network sees at once, here each tile by its "
                          "own statistics: the tiles differ from the whole image's result, and seams may show")

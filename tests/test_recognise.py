@@ -271,11 +271,17 @@ def test_without_spandrel_the_message_names_the_extra(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("act_type", ["prelu", "relu", "leakyrelu"])
-def test_info_says_when_an_srvgg_activation_was_guessed(tmp_path, act_type):
-    """ReLU and LeakyReLU leave no weights: such a file is read as LeakyReLU, and info says so."""
+def test_info_and_translate_say_when_an_srvgg_activation_was_guessed(tmp_path, act_type):
+    """ReLU and LeakyReLU leave no weights: such a file is read as LeakyReLU, and info and
+    translate say so."""
     hparams = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "upscale": 2, "act_type": act_type}
     torch.save({"params": registry.build("srvgg", **hparams).state_dict()}, tmp_path / "compact.pth")
     result = runner.invoke(app, ["info", str(tmp_path / "compact.pth"), "--json"])
     assert result.exit_code == 0, result.output
     source = json.loads(result.stdout)["source"]
     assert ("read as LeakyReLU" in source) == (act_type != "prelu"), source
+    cv2.imwrite(str(tmp_path / "in.png"), np.full((6, 7, 3), 90, np.uint8))
+    result = runner.invoke(app, ["translate", "--model", str(tmp_path / "compact.pth"), str(tmp_path / "in.png"),
+                                 str(tmp_path / "out.png")])
+    assert result.exit_code == 0, result.output
+    assert ("read as LeakyReLU" in result.output) == (act_type != "prelu"), result.output

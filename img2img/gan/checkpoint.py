@@ -52,6 +52,7 @@ class GeneratorSpec:
     config: dict = field(default_factory=dict)
     source: str = "img2img"  # or the foreign layout it was read from
     details: dict = field(default_factory=dict)  # what spandrel says of a community model
+    guessed: str = ""  # what a foreign file does not say and was assumed (translate says so)
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "format_version": FORMAT_VERSION})
@@ -111,7 +112,8 @@ def load_foreign(path: Path, state_dict: dict) -> tuple[nn.Module, GeneratorSpec
         arch = registry.get(found.arch)
         module = loaded_module(found.arch, found.hparams, found.state_dict, path, found.module)
         spec = GeneratorSpec(arch=found.arch, hparams=found.hparams, pixel_range=arch.pixel_range,
-                             scale=int(getattr(module, "scale", 1)), source=f"foreign: {found.layout}")
+                             scale=int(getattr(module, "scale", 1)), source=f"foreign: {found.layout}",
+                             guessed=found.guessed)
         return module, spec
     try:
         loaded = zoo.load(state_dict)

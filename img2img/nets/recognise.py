@@ -50,6 +50,7 @@ class Recognised:
     state_dict: Tensors  # in our key names, ready for load_state_dict(strict=True)
     layout: str  # where the layout comes from, for `info`
     module: nn.Module | None = None  # built by the check that accepted it; weights not yet loaded
+    guessed: str = ""  # what the file does not say and was assumed, for `info` and `translate`
 
 
 class NotAStateDict(ValueError):
@@ -130,7 +131,7 @@ def _candidates(sd: Tensors) -> Iterable[Recognised]:
         if arch.infer is not None and (hparams := arch.infer(sd)) is not None:
             guess = arch.guessed(hparams)
             yield Recognised(arch_name, hparams, _drop_instance_stats(sd),
-                             "img2img / reference" + (f" ({guess})" if guess else ""))
+                             "img2img / reference" + (f" ({guess})" if guess else ""), guessed=guess)
     for layout, convert in RRDB_LAYOUTS.items():
         if (converted := convert(sd)) is not None:
             yield Recognised("rrdbnet", converted[0], converted[1], layout)
