@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import flat
 from img2img import hints
 from img2img.cli import app
 from img2img.export import export_onnx
@@ -150,8 +151,10 @@ def test_data_check_searches_folders_as_training_does(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(tmp_path / name), np.full((16, 16, 3), 100, np.uint8))
     (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (tmp_path / "notes.txt").write_text("not an image")
     result = runner.invoke(app, ["data", "check", str(tmp_path)])
     assert result.exit_code == 1 and f"{tmp_path}: 2 images" in result.stderr
+    assert f"1 other file(s) ignored, e.g. {tmp_path / 'notes.txt'}" in flat(result.stderr)
     assert f"{tmp_path / 'gone.png'}: no such file" in result.stderr and "._a.png" not in result.stderr.split("ignored")[0]
 
 

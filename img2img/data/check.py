@@ -31,8 +31,9 @@ def scan_folder(folder: Path, decode: bool = False) -> Report:
     require_folder(folder)
     report = Report(folder)
     headers = {}
-    images = list_images(folder)  # what training reads: hidden folders and ._ files left out, broken links in
-    report.skipped = sorted(set(p for p in folder.rglob("*") if p.is_file()) - set(images))
+    # What training reads: hidden folders and ._ files left out, broken links in; the files
+    # left out for their names are listed (hidden ones, .DS_Store and the like, are not).
+    images = list_images(folder, report.skipped)
     for path in images:
         report.files += 1
         try:
