@@ -216,9 +216,11 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None, left_out: list[Pa
         paths = [path for real, path in resolved.items() if out_resolved not in real.parents]
         if not paths:
             raise InputError(f"every path on standard input lies inside OUTPUT {out_dir}: choose another OUTPUT")
-        # Keep the layout below the paths' common folder, as for a folder INPUT.
-        root = Path(os.path.commonpath([str(p.absolute().parent) for p in paths]))
-        return [Job(p, p.absolute().relative_to(root)) for p in paths]
+        # Keep the layout below the paths' common folder, as for a folder INPUT; spelt without
+        # '..' (a/../b is b), which would otherwise lead a result out of OUTPUT, onto an input.
+        spelt = {p: Path(os.path.normpath(p.absolute())) for p in paths}
+        root = Path(os.path.commonpath([str(absolute.parent) for absolute in spelt.values()]))
+        return [Job(p, absolute.relative_to(root)) for p, absolute in spelt.items()]
     path = Path(source)
     if path.is_file():
         return [Job(path, Path(path.name))]

@@ -214,6 +214,20 @@ def test_stdin_takes_a_path_listed_twice_once_and_leaves_out_earlier_results(mod
     assert not (shots / "out" / "out").exists()
 
 
+@pytest.mark.parametrize("listed", [["../a/x.png", "y.png"], ["sub/../../a/x.png", "y.png"], ["../a/x.png"]])
+def test_stdin_paths_with_dot_dot_are_written_inside_output_never_onto_an_input(models, tmp_path, monkeypatch, listed):
+    x, y = photo(tmp_path / "a" / "x.png", 16, 16), photo(tmp_path / "b" / "y.png", 16, 20)
+    (tmp_path / "b" / "sub").mkdir()
+    before = x.read_bytes(), y.read_bytes()
+    monkeypatch.chdir(tmp_path / "b")
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--overwrite", "-",
+                                 "../out"], input="\n".join(listed))
+    assert result.exit_code == 0, result.output
+    assert (x.read_bytes(), y.read_bytes()) == before
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png") if p not in (x, y))
+    assert written == (["out/a/x.png", "out/b/y.png"] if len(listed) == 2 else ["out/x.png"])
+
+
 def test_json_lines_on_stdout_and_failures_named_with_exit_code_1(models, tmp_path):
     photo(tmp_path / "in" / "good.png", 16, 20)
     photo(tmp_path / "in" / "sub" / "good2.jpg", 18, 22)
