@@ -732,3 +732,24 @@ def test_a_signal_mid_translate_leaves_whole_files_and_says_so(model, tmp_path, 
         assert path.suffix == ".png", f"left behind: {path.name}"
         index = int(path.stem)
         assert images.read_image(path).size == (96 + index % 5, 128)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("layout", ["img2img", "foreign"])
+def test_a_generator_with_non_finite_weights_is_refused_not_written_as_black_images(tmp_path, value, layout):
+    module = registry.build("srvgg", num_feat=4, num_conv=2, upscale=2)
+    with torch.no_grad():
+        next(module.parameters())[0] = value
+    if layout == "img2img":
+        model = tmp_path / "g.safetensors"
+        save_generator(model, module, GeneratorSpec(arch="srvgg", hparams={"num_feat": 4, "num_conv": 2, "upscale": 2},
+                                                    pixel_range="0,1", scale=2))
+    else:
+        model = tmp_path / "g.pth"
+        torch.save({"params": module.state_dict()}, model)
+    PILImage.fromarray(rgb()).save(tmp_path / "a.png")
+    for command in (["translate", "--model", str(model), str(tmp_path / "a.png"), str(tmp_path / "out")],
+                    ["info", str(model)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1 and "NaN or infinite values" in flat(result.stderr), result.output
+    assert not (tmp_path / "out").exists()

@@ -75,6 +75,21 @@ def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, Gene
     if direction not in ("AtoB", "BtoA"):
         raise ValueError(f"direction {direction!r}: choose 'AtoB' or 'BtoA'")
     path = resolve_generator_path(Path(path), direction)
+    module, spec = _load(path, direction)
+    _refuse_non_finite(module, path)
+    return module, spec
+
+
+def _refuse_non_finite(module: nn.Module, path: Path) -> None:
+    """NaN or infinite weights (a run that diverged, a damaged file) make every output black or
+    undefined: refused here, once, rather than written as a folder of black images."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: the weights hold NaN or infinite values ({name}), so every output would "
+                                  "be black or undefined; use an earlier checkpoint of the run")
+
+
+def _load(path: Path, direction: str) -> tuple[nn.Module, GeneratorSpec]:
     if path.suffix not in (".safetensors", *TORCH_SUFFIXES):
         raise CheckpointError(f"{path}: not a generator file; give a .safetensors file written by img2img, "
                               f"a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}) or a run folder")
