@@ -124,5 +124,20 @@ def plan(need: Need, tile: int, batch: int, buffered: bool, whole_limit: int, bu
                         f"({format_size(limit)})")
     if estimate > limit:
         messages.append(f"images of {size} are estimated to need {format_size(estimate)}, more than "
-                        f"{name} ({format_size(limit)}), even one tile at a time; try a smaller --tile")
+                        f"{name} ({format_size(limit)}), even one tile at a time; "
+                        + _advice(need, tile, buffered and not on_disk, limit, name))
     return Plan(batch, on_disk, whole_limit, estimate, messages)
+
+
+SMALLEST_TILE = 64
+
+
+def _advice(need: Need, tile: int, buffered: bool, limit: int, name: str) -> str:
+    """A smaller tile only where one fits: the decoded input and the output rows being written
+    cost the same at any tile size."""
+    for smaller in (tile // 2, tile // 4, tile // 8):
+        if smaller >= SMALLEST_TILE and need.tiled(smaller, 1, buffered) <= limit:
+            return f"--tile {smaller} would fit"
+    more = "raise --max-memory" if name == "--max-memory" else "free some memory"
+    return (f"no tile size fits (the image and the rows being written alone take about "
+            f"{format_size(need.tiled(SMALLEST_TILE, 1, buffered))}): {more}")
