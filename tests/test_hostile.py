@@ -169,6 +169,13 @@ def test_a_small_pixel_limit_is_stated_in_pixels(tmp_path, monkeypatch):
         images.read_image(path)
 
 
+def test_just_over_the_limit_the_counts_are_exact_not_rounded_to_the_same(tmp_path):
+    path = tmp_path / "forged.png"
+    path.write_bytes(forged_png(16001, 16001))
+    with pytest.raises(header.ImageError, match=r"is 256,032,001 pixels, over the limit of 256,000,000 \("):
+        images.read_image(path)
+
+
 @pytest.mark.parametrize("variant", ["webp_animated", "tif_pages", "apng"])
 def test_animated_and_multi_page_files_give_their_first_frame(tmp_path, variant):
     from hostile import ENCODERS

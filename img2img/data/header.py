@@ -126,9 +126,11 @@ def _check(path: Path, data: bytes) -> Header:
         if width <= 0 or height <= 0:
             raise ImageError(f"{path}: the {image_format} header is corrupt (its {what} is {width}x{height} px)")
         if width * height > max_pixels():
+            count, limit = _pixels(width * height), _pixels(max_pixels())
+            if count == limit:  # rounded to the same megapixels: the exact counts say which is larger
+                count, limit = f"{width * height:,} pixels", f"{max_pixels():,}"
             raise ImageError(
-                f"{path}: {width}x{height} ({what}) is {_pixels(width * height)}, over the limit of "
-                f"{_pixels(max_pixels())} (a guard against decompression bombs); if you trust the file, raise it "
+                f"{path}: {width}x{height} ({what}) is {count}, over the limit of {limit} (a guard against decompression bombs); if you trust the file, raise it "
                 f"with --max-pixels or {MAX_PIXELS_VARIABLE}")
     return _with_details(path, data, Header(image_format, sizes[0][1], sizes[0][2], False, 1))
 
