@@ -10,6 +10,7 @@ tiled with feathered blending. Every output is written atomically (temp file + r
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from img2img.data import workers as worker_processes
 from img2img.data.header import ImageError, check_image, failure, one_line
 from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, WriteError, decode_image,
                                  is_image_file, is_stale_temporary, list_images, output_layout,
-                                 quantise_on_device, stack_rgb, to_pixels, write_image, writing)
+                                 quantise_on_device, stack_rgb, temporary_prefix, to_pixels, write_image, writing)
 from img2img.data.strips import StripWriter, streams
 from img2img.config import AMP_CHOICES
 from img2img.device import amp_note, default_workers, default_writers
@@ -387,7 +388,8 @@ def prepare_output(outputs: OutputPlan) -> None:
         with tempfile.TemporaryFile(dir=outputs.folder):
             pass
     if outputs.to_file:
-        ours = list(outputs.folder.glob(f".{outputs.jobs[0].relative.name}.*{TEMP_SUFFIX}*"))
+        prefix = temporary_prefix(outputs.folder / outputs.jobs[0].relative).rsplit(".", 1)[0]
+        ours = list(outputs.folder.glob(f"{glob.escape(prefix)}.*{TEMP_SUFFIX}*"))
     else:
         ours = list(outputs.folder.rglob(f"*{TEMP_SUFFIX}*"))
     for path in ours:

@@ -210,6 +210,25 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.jpg"]
 
 
+@pytest.mark.parametrize("stem", ["a" * 250, "\u732b" * 83], ids=["250 ASCII", "83 CJK (249 bytes)"])
+@pytest.mark.parametrize("writer", ["whole", "rows"])
+@pytest.mark.parametrize("suffix", IMAGE_EXTENSIONS)
+def test_any_name_the_file_system_takes_is_written(tmp_path, suffix, writer, stem):
+    """A temporary's name adds a pid, a random part and suffixes to the file's: cut to fit."""
+    path = tmp_path / f"{stem}{suffix}"
+    while len(os.fsencode(path.name)) > 255:
+        path = path.with_name(path.stem[:-1] + suffix)
+    path.write_bytes(b"")  # the name itself is one the file system takes
+    path.unlink()
+    if writer == "whole":
+        write_image(path, Image(rgb=torch.rand(3, 4, 6), alpha=None, gray=False, bits=8))
+    else:
+        rows = StripWriter(path, 4, 6, Layout("RGB", 8))
+        rows.write(np.zeros((4, 6, 3), np.uint8))
+        rows.close()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name] and read_image(path).size == (4, 6)
+
+
 POSIX_MODES = pytest.mark.skipif(os.name != "posix", reason="file permissions are POSIX modes")
 
 

@@ -451,8 +451,16 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             raise
 
 
+TEMP_NAME_BYTES = 150  # of the file's name in its temporary's: the rest (pid, random part, suffixes) fits NAME_MAX
+
+
 def temporary_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}-"
+    """The start of a temporary's name for `path`; a long name is cut, so that a file whose
+    name the file system takes also gets a temporary."""
+    name = path.name
+    while len(os.fsencode(name)) > TEMP_NAME_BYTES:
+        name = name[:-1]
+    return f".{name}.{os.getpid()}-"
 
 
 def is_stale_temporary(path: Path) -> bool:
