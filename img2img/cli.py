@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from img2img.cli_train import MAX_PIXELS_HELP, add_train_command
 from img2img.config import AMP_HELP, ConfigError, require_folder
-from img2img.console import RichReporter, console, fail, list_and_exit, run_guarded, say
+from img2img.console import RichReporter, console, fail, list_and_exit, run_guarded, say, to_stdout
 from img2img.data.header import set_max_pixels
 from img2img.tasks import TASKS
 
@@ -85,7 +85,7 @@ def translate(
 
     def print_json(result) -> None:
         if json_output:
-            typer.echo(json.dumps(result.to_json()))
+            to_stdout(json.dumps(result.to_json()))
 
     def action():
         if max_pixels:
@@ -165,9 +165,9 @@ def info(
     def action():
         for record in describe_generators(path):
             if json_output:
-                typer.echo(json.dumps(record))
+                to_stdout(json.dumps(record))
                 continue
-            typer.echo("\n".join(f"{key:>12} {value}" for key, value in record.items()))
+            to_stdout("\n".join(f"{key:>12} {value}" for key, value in record.items()))
 
     run_guarded(action)
 
@@ -198,7 +198,7 @@ def eval_command(
         for line in describe_unmatched(result) + result.warnings:
             console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
         if json_output:
-            typer.echo(json.dumps(result.to_json()))
+            to_stdout(json.dumps(result.to_json()))
         else:
             _print_means(result)
         list_and_exit("image(s) could not be measured", result.failures)
@@ -232,7 +232,7 @@ def report_command(
             console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         if tensorboard:
             say(f"TensorBoard events: {export_tensorboard(run_dir)}")
-        typer.echo(str(report.path))
+        to_stdout(str(report.path))
 
     run_guarded(action)
 
@@ -244,10 +244,10 @@ def show_recipes(name: Optional[str] = typer.Argument(None, help="A recipe to pr
 
     def action():
         if name:
-            typer.echo(recipes.text(name), nl=False)
+            to_stdout(recipes.text(name), end="")
             return
         for recipe in recipes.names():
-            typer.echo(f"{recipe:<24} {recipes.summary(recipe)}")
+            to_stdout(f"{recipe:<24} {recipes.summary(recipe)}")
 
     run_guarded(action)
 

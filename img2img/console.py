@@ -4,6 +4,8 @@ traceback."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import typer
@@ -23,8 +25,35 @@ from img2img.launch import exit_code
 
 # soft_wrap: a message is never cut inside a word, URL or path, on a terminal or in a log file.
 console = Console(stderr=True, soft_wrap=True)
+class OutputError(Exception):
+    """Standard output, where results for programs go, is full, closed or failing."""
+
+
+class ReaderGone(Exception):
+    """The program reading standard output has ended (`| head -1`)."""
+
+
 USAGE_ERRORS = (ConfigError, InputError)
-FAILURES = (DataError, CheckpointError, ImageError, WriteError)
+FAILURES = (DataError, CheckpointError, ImageError, WriteError, OutputError)
+
+
+def to_stdout(text: str, end: str = "\n") -> None:
+    """A result for programs, on stdout, flushed as it comes (a pipeline reads each line when it
+    is made). Where nothing can take it, the command ends: quietly when the reader has gone, as
+    Unix tools do, else with a message, never a traceback."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        raise OutputError("standard output is closed, so the results cannot be written: redirect it to a file "
+                          "(> results.txt) or to /dev/null")
+    try:
+        sys.stdout.write(text + end)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The interpreter flushes stdout again at exit: to /dev/null, where that cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise ReaderGone from None
+    except OSError as err:
+        raise OutputError(f"standard output could not be written ({err.strerror or err}), so the command "
+                          "stopped there") from None
 
 
 class RichReporter:
@@ -89,6 +118,8 @@ def run_guarded(action, to_continue: str = "run the same command with --resume")
         fail(str(err), 2)
     except FAILURES as err:
         fail(str(err), 1)
+    except ReaderGone:
+        raise typer.Exit(128 + 13)  # SIGPIPE's exit status, as a shell reports a tool it ended
     except TrainingStopped as stop:
         _told["interrupted"] = True
         say(f"{stop}; a checkpoint was written: {to_continue} to continue")

@@ -753,3 +753,41 @@ def test_a_generator_with_non_finite_weights_is_refused_not_written_as_black_ima
         result = runner.invoke(app, command)
         assert result.exit_code == 1 and "NaN or infinite values" in flat(result.stderr), result.output
     assert not (tmp_path / "out").exists()
+
+
+def _command(model: Path, source: Path, name: str) -> list[str]:
+    return {"translate --json": ["translate", "--model", str(model), "--json", str(source), str(source.parent / "out")],
+            "info --json": ["info", str(model), "--json"], "recipes": ["recipes"]}[name]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("name", ["translate --json", "info --json", "recipes"])
+def test_a_full_stdout_is_a_message_and_exit_1_not_a_traceback(model, tmp_path, name):
+    (tmp_path / "in").mkdir()
+    PILImage.fromarray(rgb()).save(tmp_path / "in" / "a.png")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "img2img", *_command(model, tmp_path / "in", name)], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "standard output could not be written (No space left on device)" in flat(done.stderr)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="closes file descriptor 1 of the child")
+def test_a_closed_stdout_is_a_message_not_results_lost_in_silence(model, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "img2img", "info", str(model), "--json"], stderr=subprocess.PIPE,
+                          text=True, timeout=120, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 1 and "standard output is closed" in flat(done.stderr), done.stderr
+
+
+def test_a_reader_that_goes_away_ends_translate_quietly_with_sigpipes_status(model, tmp_path):
+    """`img2img translate --json ... | head -1`: no message, no traceback, exit 141, whole files."""
+    (tmp_path / "in").mkdir()
+    for index in range(200):  # many more than are done between the first line and the close
+        PILImage.fromarray(rgb(20 + index % 40, 30)).save(tmp_path / "in" / f"{index:03d}.png")
+    process = subprocess.Popen([sys.executable, "-m", "img2img", *_command(model, tmp_path / "in", "translate --json")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(process.stdout.readline())["input"].endswith("000.png")
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in stderr and "error" not in stderr, stderr
+    assert all(images.read_image(path).size[1] == 30 for path in (tmp_path / "out").iterdir())
