@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -62,6 +63,20 @@ def test_a_malicious_pickle_is_refused_and_runs_nothing(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="refused to load"):
         load_generator(tmp_path / "evil.pth")
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_pickle_protocol_the_safe_loader_cannot_read_is_named(tmp_path, protocol, zipped):
+    state = registry.build("resnet", ngf=4, n_blocks=1).state_dict()
+    torch.save(state, tmp_path / "net.pth", pickle_protocol=protocol, _use_new_zipfile_serialization=zipped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own note on the protocol stays out of the user's terminal
+        if protocol <= 3:
+            assert load_generator(tmp_path / "net.pth")[1].arch == "resnet"
+        else:
+            with pytest.raises(CheckpointError, match=f"saved with pickle protocol {protocol}.*default protocol"):
+                load_generator(tmp_path / "net.pth")
 
 
 def test_basicsr_wrappers_and_ddp_prefixes_are_unwrapped(tmp_path):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,8 +219,16 @@ def safe_torch_load(path: Path) -> Any:
     if not (head == b"PK" or head[:1] == b"\x80"):  # neither torch.save's zip nor its legacy pickle
         raise CheckpointError(UNREADABLE.format(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol other than its own
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if (protocol := _pickle_protocol(path)) > 3:
+            raise CheckpointError(
+                f"{path}: refused to load: it was saved with pickle protocol {protocol}, which PyTorch's safe loader "
+                "does not read (it reads torch.save's default, 2), and a pickle that cannot be checked could run "
+                "code. If you trust its source, save it again with torch.save's default protocol or as "
+                ".safetensors.") from None
         if "Weights only load failed" in str(err):
             raise CheckpointError(
                 f"{path}: refused to load: the file contains Python objects other than tensors and "
@@ -228,6 +238,21 @@ def safe_torch_load(path: Path) -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
     except Exception:  # truncated or foreign files fail in many ways, whose texts mean nothing to a user
         raise CheckpointError(UNREADABLE.format(path)) from None
+
+
+def _pickle_protocol(path: Path) -> int:
+    """The protocol of the file's pickle (0 where unknown): byte 2 of torch.save's data.pkl in
+    its zip, or of a legacy file's first pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+                head = archive.open(name).read(2)
+        else:
+            head = path.read_bytes()[:2]
+    except (OSError, StopIteration, zipfile.BadZipFile):
+        return 0
+    return head[1] if len(head) == 2 and head[0] == 0x80 else 0
 
 
 def _first_line(err: Exception) -> str:
