@@ -206,6 +206,18 @@ def _tiff_loop(data: bytes) -> bytes:
     return data[: ifd + 2 + 12 * count] + struct.pack(order + "I", ifd) + data[ifd + 6 + 12 * count :]
 
 
+def _tiff_tag_past_end(data: bytes) -> bytes:
+    """StripByteCounts' values said to lie past the end of the file (Pillow warns and skips it)."""
+    order = "<" if data[:2] == b"II" else ">"
+    buffer = bytearray(data)
+    ifd = _tiff_ifds(data)[0]
+    (count,) = struct.unpack_from(order + "H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack_from(order + "H", data, entry)[0] == 279:
+            struct.pack_into(order + "HHII", buffer, entry, 279, 4, 64, len(data) + 4096)
+    return bytes(buffer)
+
+
 def _bmp_set_size(data: bytes, width: int, height: int) -> bytes:
     return data[:18] + struct.pack("<ii", width, height) + data[26:]
 
@@ -267,6 +279,7 @@ STRUCTURAL: dict[str, tuple[tuple[str, ...], Callable[[bytes, random.Random], by
     "jpeg_oversized_segment": (("jpg",), lambda d, r: _jpeg_segment_length(d, r, 0xFFFF)),
     "webp_zero_chunk": (("webp_lossy", "webp_lossless"), lambda d, r: _webp_chunk_size(d, 0)),
     "webp_oversized_chunk": (("webp_lossy", "webp_alpha"), lambda d, r: _webp_chunk_size(d, 0xFFFFFFF0)),
+    "tiff_tag_past_end": (("tif", "tif_pages"), lambda d, r: _tiff_tag_past_end(d)),
 }
 
 

@@ -64,6 +64,7 @@ def clean_run(corpus, model, tmp_path_factory) -> Callable[[str], Path]:
 
 def check_translation(corpus: Corpus, clean: Path, out: Path, stdout: str, stderr: str, code: int) -> None:
     assert code == 1 and "Traceback" not in stderr
+    assert "Warning" not in stderr and "warn(" not in stderr, stderr  # a library's, naming no file
     records = {Path(r["input"]).name: r for r in map(json.loads, stdout.splitlines())}
     assert sorted(records) == sorted(p.name for p in corpus.files)  # every input accounted for
     for name, record in records.items():

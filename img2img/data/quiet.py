@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from typing import Iterator
 
 import cv2
@@ -27,6 +28,9 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # read at import by the pro
 # nodes, air-gapped clusters), a UserWarning in every loader process.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+# Pillow warns of the damaged tags it skips ("Tag data larger than file"), naming no file; the
+# decode that follows succeeds or fails on its own, and a failure is ours to name.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 # libpng's default handlers prefix "libpng"; libjpeg's warnings (jerror.h, JWRN_*) have fixed
 # texts; OpenCV's logger writes "[ WARN:0@1.2]"-style prefixes; libtiff "TIFFFunction: ...";
