@@ -229,6 +229,21 @@ def test_any_name_the_file_system_takes_is_written(tmp_path, suffix, writer, ste
     assert [p.name for p in tmp_path.iterdir()] == [path.name] and read_image(path).size == (4, 6)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_links_to_folders_are_followed_each_folder_once(tmp_path):
+    shots = tmp_path / "elsewhere" / "shots"
+    shots.mkdir(parents=True)
+    (shots / "a.png").write_bytes(b"")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "b.png").write_bytes(b"")
+    (data / "shots").symlink_to(shots)  # a data set assembled from links
+    (data / "again").symlink_to(shots)  # the same folder twice
+    (data / "up").symlink_to(data)  # a loop
+    found = [p.relative_to(data).as_posix() for p in images.list_images(data)]
+    assert found == ["again/a.png", "b.png"]  # the first link by name
+
+
 POSIX_MODES = pytest.mark.skipif(os.name != "posix", reason="file permissions are POSIX modes")
 
 

@@ -64,10 +64,17 @@ def list_images(folder: Path, others: list[Path] | None = None) -> list[Path]:
     folders (.git, .thumbnails, ...) and Synology's @eaDir thumbnails; not taken: macOS's "._"
     metadata files, which carry the image's name. A link to nowhere is taken, so that reading
     it names it (a file that vanished), rather than passing over it in silence. `others`, where
-    given, receives the files left out for their names (x.gif, notes.txt; hidden ones aside)."""
+    given, receives the files left out for their names (x.gif, notes.txt; hidden ones aside).
+    Links to folders are followed (data sets are often assembled from them), each folder once."""
     found = []
-    for root, folders, files in os.walk(folder):
-        folders[:] = [name for name in folders if not name.startswith(".") and name != "@eaDir"]
+    seen: set[tuple[int, int]] = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        here = os.stat(root)
+        if (here.st_dev, here.st_ino) in seen:  # a link back up, or a second link to one folder
+            folders[:] = []
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        folders[:] = sorted(name for name in folders if not name.startswith(".") and name != "@eaDir")
         for name in files:
             path = Path(root, name)
             if not (path.is_file() or path.is_symlink()):
