@@ -244,6 +244,16 @@ def test_links_to_folders_are_followed_each_folder_once(tmp_path):
     assert found == ["again/a.png", "b.png"]  # the first link by name
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".jpg"])
+def test_cmyk_files_read_as_their_colours_without_an_alpha(tmp_path, suffix):
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    PILImage.fromarray(rgb).convert("CMYK").save(tmp_path / f"cmyk{suffix}", quality=100)
+    image = read_image(tmp_path / f"cmyk{suffix}")
+    expected = np.asarray(PILImage.open(tmp_path / f"cmyk{suffix}").convert("RGB"), np.float32) / 255
+    assert image.alpha is None and not image.gray
+    assert np.abs(image.rgb.permute(1, 2, 0).numpy() - expected).max() <= 2 / 255
+
+
 POSIX_MODES = pytest.mark.skipif(os.name != "posix", reason="file permissions are POSIX modes")
 
 

@@ -209,6 +209,8 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
     del data
     if pixels is None or pixels.size == 0 or (pixels.ndim == 3 and pixels.shape[2] > 4):
         raise ImageError(f"{path}: the {header.format or 'image'} data is corrupt and cannot be decoded")
+    if layout is not None and layout.photometric == 5 and layout.samples == 4 and pixels.shape[-1] == 4:
+        pixels = pixels[..., :3]  # CMYK, converted by libtiff to colour plus an alpha that the file has not
     fix = _EXIF_FIXES.get(header.orientation)
     if fix is not None:
         pixels = fix(pixels)
