@@ -254,6 +254,21 @@ def test_cmyk_files_read_as_their_colours_without_an_alpha(tmp_path, suffix):
     assert np.abs(image.rgb.permute(1, 2, 0).numpy() - expected).max() <= 2 / 255
 
 
+@pytest.mark.parametrize("bits", [1, 8, 16])
+def test_a_gray_png_with_a_transparent_level_reads_as_gray_and_alpha(tmp_path, bits):
+    levels = np.random.default_rng(bits).integers(0, 4, (6, 9))
+    top = (1 << bits) - 1
+    pixels = (levels * top // 3).astype(np.uint16 if bits == 16 else np.uint8)
+    clear = int(pixels[0, 0])
+    if bits == 1:
+        PILImage.fromarray(pixels.astype(bool)).save(tmp_path / "g.png", transparency=clear)
+    else:
+        PILImage.fromarray(pixels).save(tmp_path / "g.png", transparency=clear)
+    image = read_image(tmp_path / "g.png")
+    assert image.gray and image.alpha is not None
+    assert torch.equal(image.alpha[0] == 0, torch.from_numpy(pixels == clear))
+
+
 POSIX_MODES = pytest.mark.skipif(os.name != "posix", reason="file permissions are POSIX modes")
 
 

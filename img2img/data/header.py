@@ -228,6 +228,24 @@ def _png_ends(data) -> bool:
     return False
 
 
+def png_gray_transparent(data) -> int | None:
+    """The gray level a gray PNG (colour type 0) declares transparent in its tRNS chunk, on the
+    8 or 16-bit scale it is decoded to; None for other PNGs. Decoders give such a file as gray
+    without alpha: its transparent pixels would turn opaque."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 29 or data[25] != 0:
+        return None
+    depth, offset = data[24], 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if kind in (b"IDAT", b"IEND"):  # tRNS comes before the image data
+            return None
+        if kind == b"tRNS" and length >= 2 and offset + 10 <= len(data):
+            level = struct.unpack_from(">H", data, offset + 8)[0]
+            return level if depth == 16 else level * 255 // ((1 << depth) - 1)
+        offset += 12 + length
+    return None
+
+
 # ---- declared sizes, per format: [(what, width, height), ...], the image first ----------
 
 

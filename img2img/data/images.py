@@ -23,7 +23,8 @@ import torch
 from PIL import Image as PILImage
 
 from img2img.data import quiet  # noqa: F401  (silences OpenCV's logger in every process that decodes)
-from img2img.data.header import ImageError, TiffLayout, check_image, one_line, read_bytes, tiff_layout, tiff_upright
+from img2img.data.header import (ImageError, TiffLayout, check_image, one_line, png_gray_transparent, read_bytes,
+                                 tiff_layout, tiff_upright)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 TEMP_SUFFIX = ".img2img-tmp"  # files being written; a SIGKILL can leave one behind
@@ -195,6 +196,7 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
         data = tiff_upright(data)  # the orientation is applied below, once, whatever the decoder does
     layout = tiff_layout(data) if header.format == "TIFF" else None
     via_tifffile = layout is not None and _needs_tifffile(layout)
+    clear = png_gray_transparent(data) if header.format == "PNG" else None
     try:
         if via_tifffile:
             pixels = _tiff_planes(path, data, layout)
@@ -209,6 +211,9 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
     del data
     if pixels is None or pixels.size == 0 or (pixels.ndim == 3 and pixels.shape[2] > 4):
         raise ImageError(f"{path}: the {header.format or 'image'} data is corrupt and cannot be decoded")
+    if clear is not None and pixels.ndim == 2:
+        opaque = np.iinfo(pixels.dtype).max
+        pixels = np.dstack([pixels, np.where(pixels == clear, 0, opaque).astype(pixels.dtype)])
     if layout is not None and layout.photometric == 5 and layout.samples == 4 and pixels.shape[-1] == 4:
         pixels = pixels[..., :3]  # CMYK, converted by libtiff to colour plus an alpha that the file has not
     fix = _EXIF_FIXES.get(header.orientation)
