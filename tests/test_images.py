@@ -269,6 +269,26 @@ def test_a_gray_png_with_a_transparent_level_reads_as_gray_and_alpha(tmp_path, b
     assert torch.equal(image.alpha[0] == 0, torch.from_numpy(pixels == clear))
 
 
+@pytest.mark.parametrize("writer", ["whole", "rows"])
+@pytest.mark.parametrize("gray", [False, True])
+def test_an_image_with_alpha_written_as_jpeg_is_flattened_onto_white(tmp_path, gray, writer):
+    """JPEG holds no alpha: the colours under a transparent pixel are no part of the picture."""
+    rgb = torch.full((3, 16, 16), 0.2)
+    alpha = torch.zeros(1, 16, 16)
+    alpha[:, :, 8:] = 1.0
+    path = tmp_path / "x.jpg"
+    if writer == "whole":
+        write_image(path, Image(rgb=rgb, alpha=alpha, gray=gray, bits=8))
+    else:
+        layout = images.output_layout(".jpg", gray, True, 8)
+        rows = StripWriter(path, 16, 16, layout)
+        rows.write(images.to_pixels(rgb, alpha, layout))
+        rows.close()
+    back = read_image(path)
+    assert back.gray == gray and back.alpha is None
+    assert back.rgb[:, :, :6].min() > 0.97 and (back.rgb[:, :, 10:] - 0.2).abs().max() < 0.03
+
+
 POSIX_MODES = pytest.mark.skipif(os.name != "posix", reason="file permissions are POSIX modes")
 
 

@@ -320,6 +320,7 @@ class Layout:
 
     channels: str  # "RGB", "RGBA", "G" or "GA" (what the file holds, in file order)
     bits: int  # 8 or 16
+    flatten: bool = False  # the image has an alpha the format cannot hold: composited onto white
 
     @property
     def dtype(self) -> type:
@@ -331,6 +332,8 @@ def output_layout(suffix: str, gray: bool, alpha: bool, bits: int) -> Layout:
     suffix = suffix.lower()
     if bits == 16 and suffix in (".jpg", ".jpeg", ".webp", ".bmp"):
         bits = 8  # these formats hold 8 bits only
+    if alpha and suffix in (".jpg", ".jpeg"):  # as image editors save a transparent image as JPEG
+        return Layout("G" if gray else "RGB", bits, flatten=True)
     if gray and alpha:  # WebP holds no gray + alpha: colour + alpha there
         return Layout("GA" if suffix in (".png", ".tif", ".tiff") else "RGBA", bits)
     if gray:
@@ -344,7 +347,7 @@ CHUNK_ROWS = 64  # rows converted at a time: the float temporaries stay small
 def quantise_on_device(layout: Layout) -> bool:
     """Whether an output in `layout` can leave the GPU as 8-bit RGB: a quarter of the float
     transfer, and the writer threads skip the conversion (to_pixels takes either)."""
-    return layout.bits == 8 and layout.channels in ("RGB", "RGBA")
+    return layout.bits == 8 and layout.channels in ("RGB", "RGBA") and not layout.flatten
 
 
 def to_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, layout: Layout) -> np.ndarray:
@@ -361,8 +364,11 @@ def to_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, layout: Layout) -> 
     for top in range(0, height, CHUNK_ROWS):
         rows = slice(top, top + CHUNK_ROWS)
         part = rgb[:, rows].clamp(0, 1)
+        if alpha is not None and layout.flatten:
+            opacity = alpha[:, rows].clamp(0, 1)
+            part = part * opacity + (1 - opacity)
         planes = [part.mean(0, keepdim=True)] if layout.channels[0] == "G" else [part]
-        if alpha is not None:
+        if alpha is not None and layout.channels[-1] == "A":
             planes.append(alpha[:, rows].clamp(0, 1))
         hwc = torch.cat(planes).permute(1, 2, 0).cpu().numpy()
         out[rows] = np.rint(hwc * scale).astype(layout.dtype)
