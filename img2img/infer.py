@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from img2img import memory
 from img2img.data import workers as worker_processes
-from img2img.data.header import ImageError, check_image, failure, one_line
+from img2img.data.header import ImageError, check_image, failure, max_pixels, one_line
 from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, WriteError, decode_image,
                                  is_image_file, is_stale_temporary, list_images, output_layout,
                                  quantise_on_device, stack_rgb, temporary_prefix, to_pixels, write_image, writing)
@@ -279,10 +279,24 @@ class DecodeDataset(Dataset):
         return {"index": index, "image": image, "decode_ms": (time.perf_counter() - start) * 1000}
 
 
+def resized(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(height, width) with the shorter side `shorter` pixels long, the aspect kept."""
+    factor = shorter / max(1, min(size))
+    return max(1, round(size[0] * factor)), max(1, round(size[1] * factor))
+
+
+def refuse_oversized_resize(jobs: list[Job], sizes: list[tuple[int, int]], shorter: int) -> None:
+    """--resize is the user's choice for every image: one that makes an image larger than the
+    pixel limit is a usage error before any work, not an allocation failure per file."""
+    for job, size in zip(jobs, sizes):
+        height, width = resized(size, shorter)
+        if min(size) and height * width > max_pixels():  # (0, 0): unreadable, which decoding reports
+            raise InputError(f"--resize {shorter} makes {one_line(str(job.source))} {width}x{height} px, over the "
+                             f"limit of {max_pixels():,} pixels: choose a smaller --resize (or raise --max-pixels)")
+
+
 def resize_shorter_side(image: Image, pixels: int) -> Image:
-    height, width = image.size
-    factor = pixels / min(height, width)
-    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    size = resized(image.size, pixels)
     resize = lambda t: F.interpolate(t[None], size=size, mode="bicubic", antialias=True)[0].clamp(0, 1)
     alpha = None if image.alpha is None else resize(image.alpha)
     return Image(rgb=resize(image.rgb), alpha=alpha, gray=image.gray, bits=image.bits)
@@ -433,6 +447,8 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
     workers = default_workers(device) if options.workers is None else options.workers
     writers = options.writers or default_writers(device)
     sizes = [header_size(job.source) for job in jobs]
+    if options.resize:
+        refuse_oversized_resize(jobs, sizes, options.resize)
     batch_size = options.batch_size or default_batch_size(device, options.tile, max(h * w for h, w in sizes))
     plan = _plan_memory(translator, jobs, sizes, options, batch_size)
     for message in plan.messages:
@@ -528,8 +544,7 @@ def _plan_memory(translator: Translator, jobs: list[Job], sizes: list[tuple[int,
     largest = max(range(len(jobs)), key=lambda i: sizes[i][0] * sizes[i][1])
     height, width = sizes[largest]
     if options.resize and min(height, width):
-        factor = options.resize / min(height, width)
-        height, width = round(height * factor), round(width * factor)
+        height, width = resized((height, width), options.resize)
     need = memory.Need(height, width, translator.scale, memory.widest_layer(translator.module))
     suffix = jobs[largest].relative.suffix
     return memory.plan(need, options.tile or AUTO_TILE, batch_size, not streams(suffix), whole_limit,

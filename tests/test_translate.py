@@ -455,3 +455,16 @@ def test_a_newline_in_output_or_left_out_names_stays_on_one_line(models, tmp_pat
     result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), str(tmp_path / "in"),
                                  str(tmp_path / "out\ndir.png")])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_resize_keeps_the_aspect_and_a_resize_over_the_pixel_limit_is_refused_before_any_work(models, tmp_path,
+                                                                                              monkeypatch):
+    photo(tmp_path / "in" / "wide.png", 10, 30)
+    args = ["translate", "--model", str(models / "resnet.safetensors"), str(tmp_path / "in"), str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--resize", "20"])
+    assert result.exit_code == 0 and read_image(tmp_path / "out" / "wide.png").size == (20, 60), result.output
+    written = (tmp_path / "out" / "wide.png").read_bytes()
+    monkeypatch.setenv("IMG2IMG_MAX_PIXELS", "1000")
+    result = runner.invoke(app, [*args, "--overwrite", "--resize", "20"])
+    assert result.exit_code == 2 and "--resize 20 makes" in result.stderr and "60x20 px" in flat(result.stderr)
+    assert (tmp_path / "out" / "wide.png").read_bytes() == written  # no work began
