@@ -20,6 +20,7 @@ from img2img.data.images import WriteError
 from img2img.data.quiet import codec_noise_filtered
 from img2img.gan.checkpoint import CheckpointError
 from img2img.gan.loop import TrainingStopped
+from img2img.gan.record import TrainingDiverged
 from img2img.infer import InputError
 from img2img.launch import exit_code
 
@@ -34,7 +35,7 @@ class ReaderGone(Exception):
 
 
 USAGE_ERRORS = (ConfigError, InputError)
-FAILURES = (DataError, CheckpointError, ImageError, WriteError, OutputError)
+FAILURES = (DataError, CheckpointError, ImageError, WriteError, OutputError, TrainingDiverged)
 
 
 def to_stdout(text: str, end: str = "\n") -> None:

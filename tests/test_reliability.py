@@ -349,6 +349,29 @@ def test_sigint_and_sigterm_write_a_checkpoint_and_exit(paired_photos, tmp_path,
     assert len(states) == 1 and int(states[0].stem.removeprefix("state_step")) >= 3
 
 
+def test_losses_that_stay_non_finite_after_a_checkpoint_stop_the_run_instead_of_looping(paired_photos, tmp_path,
+                                                                                         monkeypatch):
+    from img2img.gan import losses, record
+
+    calls = {"n": 0}
+    real_g_loss = losses.g_loss
+
+    def nan_from_step_12(kind, fake, real=None):
+        calls["n"] += 1
+        loss = real_g_loss(kind, fake, real)
+        return loss * float("nan") if calls["n"] >= 13 else loss
+
+    monkeypatch.setattr(losses, "g_loss", nan_from_step_12)
+    cfg = make_config("pix2pix", {"a": str(paired_photos["a"]), "b": str(paired_photos["b"]), "out": str(tmp_path / "run"),
+                                  "steps": 30, "save_every": 10, "size": 32, "netG": "unet_32", "ngf": 4, "ndf": 4,
+                                  "workers": 0})
+    with pytest.raises(record.TrainingDiverged, match="after step 20 again and again, down to x0.0625.*lower --lr"):
+        api.train(cfg)
+    assert calls["n"] < 100
+    states = sorted((tmp_path / "run" / "checkpoints").glob("state_step*.pt"))
+    assert [p.name for p in states] == ["state_step00000010.pt", "state_step00000020.pt"]
+
+
 def test_repeated_non_finite_losses_roll_back_with_a_lower_learning_rate(paired_photos, tmp_path, monkeypatch):
     from img2img.gan import losses
 

@@ -58,11 +58,19 @@ def held(run_dir: Path):
         handle.close()
 
 
+MAX_ROLLBACKS = 4  # to one checkpoint, each at half the learning rate before: down to 1/16
+
+
+class TrainingDiverged(Exception):
+    """Non-finite losses that no roll-back to the newest checkpoint cures."""
+
+
 class Recorder:
     """Writes what a Trainer has done into the run folder, at the steps the config asks."""
 
     def __init__(self, run_dir: Path, cfg, reporter: Reporter, is_main: bool = True, best_metric: str | None = None):
         self.run_dir, self.cfg, self.reporter, self.is_main = Path(run_dir), cfg, reporter, is_main
+        self.rollbacks_to: dict[int, int] = {}  # checkpoint step -> roll-backs to it
         self.best_metric = cfg.best_metric or best_metric
         self.tensorboard = TensorBoardWriter(run_dir) if cfg.tensorboard and is_main else None
 
@@ -177,11 +185,19 @@ class Recorder:
             checkpoint.save_generator(self.run_dir / "checkpoints" / f"{prefix}{stem}.safetensors", modules[net_name], spec)
 
     def roll_back(self, trainer) -> None:
-        """Back to the newest checkpoint with half the learning rate."""
+        """Back to the newest checkpoint with half the learning rate; a run that keeps failing
+        from the same checkpoint, whatever the rate, is stopped rather than looped forever."""
         found = checkpoint.load_latest_state(self.run_dir / "checkpoints")
         failed_at = trainer.step
         if found is not None:
             trainer.load_state_dict(found[0])
+            self.rollbacks_to[trainer.step] = self.rollbacks_to.get(trainer.step, 0) + 1
+            if self.rollbacks_to[trainer.step] > MAX_ROLLBACKS:
+                raise TrainingDiverged(
+                    f"the losses turn non-finite after step {trainer.step} again and again, down to "
+                    f"x{trainer.lr_scale:g} of the learning rate: the networks in that checkpoint have diverged "
+                    "(or the data hold NaN or infinite values). Start a new run with a lower --lr; "
+                    f"{self.run_dir} is left as it is")
         trainer.set_lr_scale(trainer.lr_scale * 0.5)
         where = f"rolled back to step {trainer.step}" if found else "no checkpoint to roll back to yet"
         self.reporter.message(f"repeated non-finite losses up to step {failed_at}: {where}; "
