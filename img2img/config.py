@@ -88,7 +88,7 @@ class BaseConfig:
     r2: float = opt(0.0, "Zero-centred R2 penalty on D's gradient at fakes, weight gamma (0: off).", panel="Losses", min=0)
     reg_every: int = opt(16, "Lazy regularisation: R1/R2 every N steps, scaled by N.", panel="Losses", min=1)
     ema: float = opt(0.0, "EMA decay of the generators' weights, exported instead of them; 0: off.", min=0, max=0.99999)
-    seed: int = opt(0, "Random seed.", min=0, max=2**32 - 1)
+    seed: int = opt(0, "Random seed.", min=0, max=2**32 - 1, kept=True)
     save_every: int = opt(1000, "Checkpoint every N steps.", panel="Run folder", min=1)
     sample_every: int | None = opt(None, "Sample grid every N steps.", panel="Run folder", cli=False, min=1,
                                    default_text="--save-every")

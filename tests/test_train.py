@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from img2img import api
 from img2img.cli import app
-from img2img.config import ConfigError, make_config
+from img2img.config import ConfigError, make_config, resolve
 from img2img.data.datasets import DataError
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Silent
@@ -200,3 +200,26 @@ def test_tensorboard_mirrors_the_log_while_training(paired_photos, tmp_path):
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert (run / "report.html").is_file()  # written when training ends
+
+
+def test_optimiser_settings_and_ema_given_with_resume_are_used_and_the_seed_is_kept(paired_photos, tmp_path):
+    run = tmp_path / "run"
+    api.train(tiny_config(paired_photos, run, steps=4, save_every=2))
+    messages = []
+
+    class Recorder(Silent):
+        def message(self, text):
+            messages.append(text)
+
+    args = {"a": str(paired_photos["a"]), "b": str(paired_photos["b"]), "out": str(run), "steps": 6, "lr": 1e-3,
+            "ema": 0.9}
+    api.train(resolve("pix2pix", overrides=args, sets=["beta1=0.9"], resume=True), resume=True, reporter=Recorder())
+    assert any("--ema 0.9: the run kept no average of G so far; it starts from the weights of step 4" in m
+               for m in messages), messages
+    state = torch.load(run / "checkpoints" / "state_step00000006.pt", weights_only=True)
+    for name, optimizer in state["optimizers"].items():
+        assert [group["betas"] for group in optimizer["param_groups"]] == [(0.9, 0.999)]
+        assert state["schedulers"][name]["base_lrs"] == [1e-3]
+    assert "G" in state["ema"]
+    with pytest.raises(ConfigError, match="trained with --seed 3"):
+        resolve("pix2pix", overrides={**args, "seed": 0}, resume=True)

@@ -389,15 +389,23 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         for group, objects in (("nets", self.raw), ("optimizers", self.optimizers),
-                               ("schedulers", self.schedulers), ("scalers", self.scalers),
-                               ("ema", self.ema)):
+                               ("schedulers", self.schedulers), ("scalers", self.scalers)):
             for name, obj in objects.items():
                 obj.load_state_dict(state[group][name])
+        for name, ema in self.ema.items():
+            if name in state.get("ema", {}):
+                ema.load_state_dict(state["ema"][name])
+            else:  # --ema given on resuming a run without it: the average starts here, warm-up and all
+                self.reporter.message(f"--ema {self.cfg.ema}: the run kept no average of {name} so far; it starts "
+                                      f"from the weights of step {self.step}")
         self.task.load_state_dict(state.get("task", {}))
         set_rng_state(state["rng"])
         self.best = state.get("best")
-        if state.get("lr_scale", 1.0) != 1.0:
-            self.set_lr_scale(float(state["lr_scale"]))
+        # The optimiser settings given now (--lr, --set beta1=...), as --resume promises for its flags.
+        self.set_lr_scale(float(state.get("lr_scale", 1.0)))
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["betas"] = (self.cfg.beta1, self.cfg.beta2)
         saved, now = state.get("data_size"), self.data_size()
         if None not in (saved, now) and saved != now:
             # The sampler's permutations depend on the count: say why this is no exact resume.

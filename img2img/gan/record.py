@@ -188,9 +188,10 @@ class Recorder:
         """Back to the newest checkpoint with half the learning rate; a run that keeps failing
         from the same checkpoint, whatever the rate, is stopped rather than looped forever."""
         found = checkpoint.load_latest_state(self.run_dir / "checkpoints")
-        failed_at = trainer.step
+        failed_at, lr_scale = trainer.step, trainer.lr_scale
         if found is not None:
-            trainer.load_state_dict(found[0])
+            trainer.load_state_dict(found[0])  # with the scale saved then, which may be larger
+            trainer.lr_scale = min(lr_scale, trainer.lr_scale)
             self.rollbacks_to[trainer.step] = self.rollbacks_to.get(trainer.step, 0) + 1
             if self.rollbacks_to[trainer.step] > MAX_ROLLBACKS:
                 raise TrainingDiverged(
