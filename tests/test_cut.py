@@ -27,6 +27,23 @@ TINY = {"size": 32, "load_size": 36, "netG": "resnet_2blocks", "ngf": 4, "ndf": 
         "workers": 0, "device": "cpu", "seed": 3}
 
 
+@pytest.mark.parametrize("task", ["cut", "cyclegan"])
+def test_a_domain_with_fewer_images_than_the_sample_grid_shows(unpaired, tmp_path, task):
+    import shutil
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(unpaired["b"].iterdir())[:2]:
+        shutil.copy(path, few / path.name)
+    values = {"a": str(unpaired["a"]), "b": str(few), "steps": 2, "sample_every": 1, "out": str(tmp_path / "run"),
+              **({k: v for k, v in TINY.items() if k in ("size", "load_size", "ngf", "ndf", "workers", "device")}),
+              "netG": "resnet_2blocks"}
+    api.train(make_config(task, values))
+    grid = read_image(tmp_path / "run" / "samples" / "step_00000002.png")
+    if task == "cut":  # a row per sample, as many as the smaller domain has
+        assert grid.size[0] == 2 * 32
+
+
 def test_resume_after_a_crash_gives_the_same_networks_as_a_straight_run(unpaired, tmp_path, one_thread):
     # FastCUT's flips, the patch draws, rpgan with lazy R1/R2 and the EMA all take part.
     values = {"a": str(unpaired["a"]), "b": str(unpaired["b"]), "steps": 6, "batch_size": 2, "save_every": 3,

@@ -654,6 +654,41 @@ def test_a_data_folder_gone_during_training_saves_the_run_and_resume_finishes_it
     assert load_generator(tmp_path / "run")[1].step == 30
 
 
+def corrupt_pixels(path: Path) -> None:
+    """A PNG whose header reads and whose image data does not decode (CRCs kept valid), so that
+    it passes the scan before training and fails where it is first decoded."""
+    import struct
+    import zlib
+
+    data = bytearray(cv2.imencode(".png", rgb(40, 40))[1].tobytes())
+    at = data.find(b"IDAT")
+    length = struct.unpack(">I", data[at - 4 : at])[0]
+    for index in range(at + 6, at + 4 + length - 2, 3):
+        data[index] ^= 0xFF
+    data[at + 4 + length : at + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[at : at + 4 + length])))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_an_undecodable_first_image_is_left_out_of_samples_and_validation_not_the_run(task, paired_photos, tmp_path):
+    """The sample grid and the validation set take the first images of a folder: one that does
+    not decode is passed over and named, as training passes over it."""
+    data = copy_photos(paired_photos, tmp_path / "data")
+    for side in ("A", "B"):
+        first = sorted((data / side).iterdir())[0]
+        corrupt_pixels(first)
+    reporter = DamageAt(0, None)
+    values = tiny_run(task, data, tmp_path / "run", steps=2) | {"sample_every": 1}
+    if task in ("pix2pix", "cyclegan"):
+        values |= {"val_a": str(data / "A"), "val_b": str(data / "B")}
+    api.train(make_config(task, values), reporter=reporter)
+    assert load_generator(tmp_path / "run")[1].step == 2
+    named = [m for m in reporter.messages if "the PNG data is corrupt" in m]
+    assert named and all(str(data) in m for m in named), reporter.messages
+    assert any("(left out of the sample grid)" in m for m in named), named
+    assert list((tmp_path / "run" / "samples").glob("*.png"))
+
+
 def crash_on(crashing: Path, monkeypatch) -> None:
     """Make the codec kill its process on the file `crashing`, as a segfault on a crafted file
     does. Forked processes (loader workers, the check's decoders) inherit the patch."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -210,6 +210,25 @@ class SeededSampler(Sampler):
 
     def __len__(self) -> int:  # endless; the loop counts steps
         return 2**62
+
+
+T = TypeVar("T")
+
+
+def first_readable(load: Callable[[Any], T], candidates: Iterable, count: int, unreadable: list[str],
+                   what: str) -> list[T]:
+    """`load` of the first `count` candidates that can be read, for the fixed sample and
+    validation batches: a file that does not decode is passed over, as training passes over it,
+    and named in `unreadable` (with `what` it was left out of)."""
+    loaded: list[T] = []
+    for candidate in candidates:
+        if len(loaded) == count:
+            break
+        try:
+            loaded.append(load(candidate))
+        except ImageError as err:
+            unreadable.append(f"{err} (left out of {what})")
+    return loaded
 
 
 class SkipUnreadable(Dataset):

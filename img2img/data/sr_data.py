@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import ConfigError, require_folder
-from img2img.data.datasets import (DataError, checked_size, image_size, partner_problems, raise_problems, scan_images,
-                                   to_tensor)
+from img2img.data.datasets import (DataError, checked_size, first_readable, image_size, partner_problems, raise_problems,
+                                   scan_images, to_tensor)
 from img2img.data.degrade import degrade
 from img2img.data.header import ImageError
 from img2img.data.images import Decoded, decode_image, files_by_stem
@@ -301,12 +301,15 @@ def validation_images(items: Sequence[SRItem], scale: int, degradation: str,
 
 
 def sample_batch(items: Sequence[SRItem], fallback: Sequence[SRItem], size: int, scale: int,
-                 degradation: str) -> dict:
-    """Centre crops of the first SAMPLE_COUNT images big enough for a --size patch."""
+                 degradation: str, unreadable: list[str]) -> dict | None:
+    """Centre crops of the first SAMPLE_COUNT readable images big enough for a --size patch
+    (None: none reads)."""
     def big_enough(item: SRItem) -> bool:
         return min(image_size(item.hr)) >= size
 
-    chosen = [item for item in items if big_enough(item)][:SAMPLE_COUNT] or list(fallback[:SAMPLE_COUNT])
+    chosen = [item for item in items if big_enough(item)] or list(fallback)
     dataset = SRDataset(chosen, size, scale, degradation, train=False)
-    samples = [dataset[i] for i in range(len(dataset))]
+    samples = first_readable(dataset.__getitem__, range(len(dataset)), SAMPLE_COUNT, unreadable, "the sample grid")
+    if not samples:
+        return None
     return {"lr": torch.stack([s["lr"] for s in samples]), "hr": torch.stack([s["hr"] for s in samples])}

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import require_folder
-from img2img.data.datasets import paired_augmentation, scan_images, to_tensor
+from img2img.data.datasets import first_readable, paired_augmentation, scan_images, to_tensor
 from img2img.data.images import read_rgb_resized
 
 
@@ -68,8 +68,11 @@ class UnpairedDataset(Dataset):
         return self.transform(image=rgb)["image"]
 
 
-def stack_samples(dataset: UnpairedDataset, count: int) -> dict[str, torch.Tensor]:
-    """The first `count` images of each domain, unaugmented: a fixed batch for sample grids."""
-    a = [to_tensor(dataset.load(path, 0), "-1,1") for path in dataset.files_a[:count]]
-    b = [to_tensor(dataset.load(path, 0), "-1,1") for path in dataset.files_b[:count]]
-    return {"A": torch.stack(a), "B": torch.stack(b)}
+def stack_samples(dataset: UnpairedDataset, count: int, unreadable: list[str],
+                  what: str = "the sample grid") -> dict[str, torch.Tensor] | None:
+    """The first `count` readable images of each domain, unaugmented: a fixed batch for sample
+    grids and validation (None when a domain has none that reads)."""
+    load = lambda path: to_tensor(dataset.load(path, 0), "-1,1")  # noqa: E731
+    a = first_readable(load, dataset.files_a, count, unreadable, what)
+    b = first_readable(load, dataset.files_b, count, unreadable, what)
+    return {"A": torch.stack(a), "B": torch.stack(b)} if a and b else None

@@ -74,6 +74,11 @@ class Task(ABC):
     dataset: Any = None  # the training set, indexed by (index, seed)
     sample_batch: dict | None = None  # a fixed batch for the sample grids
 
+    @property
+    def unreadable(self) -> list[str]:
+        """Files left out of the fixed sample and validation batches; the loop names them once."""
+        return self.__dict__.setdefault("_unreadable", [])
+
     def forward(self, nets: Nets, batch: dict) -> dict:
         """The step's shared computation (e.g. the fakes), handed to every phase's loss."""
         return batch
@@ -151,6 +156,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(device, cfg.amp)
         if note := amp_note(device, cfg.amp):
             reporter.message(note)
+        for message in task.unreadable:
+            reporter.message(f"skipped {message}")
         self.raw = dict(task.nets)
         if device.type == "cuda":
             for net in self.raw.values():

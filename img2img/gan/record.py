@@ -136,8 +136,10 @@ class Recorder:
         batch = trainer.to_device(batch)
         with trainer.evaluating(), trainer.autocast():
             columns = [c.float().clamp(0, 1) for c in trainer.task.sample_columns(trainer.plain, batch)]
-        # One row per sample: input | output | target (or the task's own columns).
-        grid = torch.cat([torch.cat([c[i] for c in columns], dim=2) for i in range(len(columns[0]))], dim=1)
+        # One row per sample: input | output | target (or the task's own columns); as many rows
+        # as the shortest column has (an unpaired task's domains may hold fewer images than asked).
+        rows = min(len(column) for column in columns)
+        grid = torch.cat([torch.cat([c[i] for c in columns], dim=2) for i in range(rows)], dim=1)
         write_image(self.run_dir / "samples" / f"step_{trainer.step:08d}.png",
                     Image(rgb=grid.cpu(), alpha=None, gray=False, bits=8))
 

@@ -115,7 +115,7 @@ class CUT(Task):
         cfg = self.cfg
         train_a, train_b, held_out, self.dataset = unpaired_training_data(cfg)
         self.sample_batch = stack_samples(UnpairedDataset(train_a, train_b, cfg.size, cfg.size, augment=False),
-                                          SAMPLE_COUNT)
+                                          SAMPLE_COUNT, self.unreadable)
         self.val_batch = self.validation_batch(held_out)
         self.validates = self.val_batch is not None
         self.default_best_metric = "val_l1" if cfg.val_b else None
@@ -126,15 +126,18 @@ class CUT(Task):
         holds partners paired by relative path and stem (a task with a known answer)."""
         cfg = self.cfg
         if cfg.val_a and cfg.val_b:
-            pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b), ("--val-a", "--val-b"))[:VAL_COUNT]
+            pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b), ("--val-a", "--val-b"))
             items = datasets.PairedDataset(pairs, cfg.size, cfg.size, augment=False)
-            rows = [items[i] for i in range(len(items))]
-            return {"A": torch.stack([r["A"] for r in rows]), "target": torch.stack([r["B"] for r in rows])}
+            rows = datasets.first_readable(items.__getitem__, range(len(items)), VAL_COUNT, self.unreadable,
+                                           "validation")
+            return {"A": torch.stack([r["A"] for r in rows]), "target": torch.stack([r["B"] for r in rows])} if rows else None
         root = Path(cfg.val_a) if cfg.val_a else (held_out[0] if held_out else None)
         if root is None:
             return None
         files = scan_domain(root, "--val-a")
-        return {"A": stack_samples(UnpairedDataset(files, files, cfg.size, cfg.size, augment=False), VAL_COUNT)["A"]}
+        batch = stack_samples(UnpairedDataset(files, files, cfg.size, cfg.size, augment=False), VAL_COUNT,
+                              self.unreadable, "validation")
+        return None if batch is None else {"A": batch["A"]}
 
     # ---- the step ----------------------------------------------------------------------------
 

@@ -122,12 +122,14 @@ class CycleGAN(Task):
         if held_out is not None:  # --data's testA/ and testB/: samples and validation
             held_out = scan_domain(held_out[0], "--data"), scan_domain(held_out[1], "--data")
         shown = held_out or (train_a, train_b)
-        self.sample_batch = stack_samples(UnpairedDataset(*shown, cfg.size, cfg.size, augment=False), SAMPLE_COUNT)
+        self.sample_batch = stack_samples(UnpairedDataset(*shown, cfg.size, cfg.size, augment=False), SAMPLE_COUNT,
+                                          self.unreadable)
         if cfg.val_a:
             held_out = scan_domain(Path(cfg.val_a), "--val-a"), scan_domain(Path(cfg.val_b), "--val-b")
         self.val_batch = None
         if held_out is not None:
-            self.val_batch = stack_samples(UnpairedDataset(*held_out, cfg.size, cfg.size, augment=False), VAL_COUNT)
+            self.val_batch = stack_samples(UnpairedDataset(*held_out, cfg.size, cfg.size, augment=False), VAL_COUNT,
+                                           self.unreadable, "validation")
         self.validates = self.val_batch is not None
 
     # ---- the step ----------------------------------------------------------------------------

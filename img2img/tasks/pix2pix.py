@@ -86,15 +86,16 @@ class Pix2Pix(Task):
             val_pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b), ("--val-a", "--val-b"))
         else:
             val_pairs = datasets.scan_validation_pairs(folder(cfg.data))
-        self.sample_batch = self.fixed_batch(val_pairs[:SAMPLE_COUNT] or pairs[:SAMPLE_COUNT])
-        self.val_batch = self.fixed_batch(val_pairs[:VAL_COUNT]) if val_pairs else None
+        self.sample_batch = self.fixed_batch(val_pairs or pairs, SAMPLE_COUNT, "the sample grid")
+        self.val_batch = self.fixed_batch(val_pairs, VAL_COUNT, "validation")
         self.validates = self.val_batch is not None
 
-    def fixed_batch(self, pairs: list[datasets.Pair]) -> dict:
-        """Pairs resized to the training crop, without augmentation: the same images every time."""
+    def fixed_batch(self, pairs: list[datasets.Pair], count: int, what: str) -> dict | None:
+        """The first `count` readable pairs resized to the training crop, without augmentation:
+        the same images every time (None: none reads)."""
         items = datasets.PairedDataset(pairs, self.cfg.size, self.cfg.size, direction=self.cfg.direction, augment=False)
-        rows = [items[i] for i in range(len(items))]
-        return {"A": torch.stack([x["A"] for x in rows]), "B": torch.stack([x["B"] for x in rows])}
+        rows = datasets.first_readable(items.__getitem__, range(len(items)), count, self.unreadable, what)
+        return {"A": torch.stack([x["A"] for x in rows]), "B": torch.stack([x["B"] for x in rows])} if rows else None
 
     # ---- the step ----------------------------------------------------------------------------
 

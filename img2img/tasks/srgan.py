@@ -212,7 +212,8 @@ class SRGAN(Task):
         else:
             self.reporter.message(f"validation: PSNR/SSIM on Y of the first {len(self.val_items)} training images "
                                   "(give --val-hr DIR for held-out ones)")
-        self.sample_batch = sr_data.sample_batch(self.val_items, items, cfg.size, cfg.scale, cfg.degradation)
+        self.sample_batch = sr_data.sample_batch(self.val_items, items, cfg.size, cfg.scale, cfg.degradation,
+                                                 self.unreadable)
         self.val_images: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # decoded on first use
 
     # ---- the step ----------------------------------------------------------------------------
