@@ -266,14 +266,15 @@ def resolve(task: str, recipe: str | Path | None = None, overrides: Mapping[str,
     cls = config_class(task)
     values = {**(overrides or {}), **parse_overrides(sets or [], cls)}
     if resume:
-        run_dir = Path(values.get("out") or f"runs/{task}")
+        recipe_values = _recipe_values(recipe, task) if recipe else {}
+        run_dir = Path(values.get("out") or recipe_values.get("out") or f"runs/{task}")
         saved = load_config(run_dir / "config.yaml", missing=f"--resume: {run_dir} holds no config.yaml, "
                                                             "so there is no run to resume there")
         if saved.task != task:
             raise ConfigError(f"--resume: {run_dir} holds a {saved.task} run: use `img2img train {saved.task}`")
         check_kept(saved, values, run_dir)
         if recipe:
-            _check_recipe_agrees(recipe, _recipe_values(recipe, task), saved, values, run_dir)
+            _check_recipe_agrees(recipe, recipe_values, saved, values, run_dir)
         return make_config(task, values, saved.to_dict())
     return make_config(task, values, _recipe_values(recipe, task) if recipe else {})
 

@@ -138,3 +138,6 @@ def test_a_recipe_given_with_resume_must_agree_with_the_run(tmp_path):
         resolve("pix2pix", "maps", again, resume=True)
     with pytest.raises(ConfigError, match="a cyclegan recipe"):
         resolve("pix2pix", "horse2zebra", again, resume=True)
+    own = tmp_path / "own.yaml"  # a recipe that names its run folder: --resume finds the run there
+    own.write_text(f"task: pix2pix\nout: {run}\nsteps: 7\ndirection: BtoA\n")
+    assert resolve("pix2pix", str(own), {}, resume=True).out == str(run)
