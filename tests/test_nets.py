@@ -127,3 +127,29 @@ def test_our_instance_norm_computes_what_pytorchs_does(affine):
     grad_ours, = torch.autograd.grad((y_ours * y_theirs.detach()).sum(), x)
     grad_theirs, = torch.autograd.grad((y_theirs * y_theirs.detach()).sum(), x)
     torch.testing.assert_close(grad_ours, grad_theirs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 4, 5])
+def test_the_patchgan_size_limit_is_where_the_network_stops_working(n_layers, norm):
+    from img2img.tasks.common import patchgan_min_size
+
+    net = registry.build("patchgan", in_ch=6, ndf=2, n_layers=n_layers, norm=norm).train()
+    for size in range(12, 3 * 2**n_layers + 9, 4):
+        try:
+            net(torch.zeros(1, 6, size, size))
+            works = True
+        except (ValueError, RuntimeError):
+            works = False
+        assert works == (size >= patchgan_min_size(n_layers)), size
+
+
+@pytest.mark.parametrize("task, flags", [("pix2pix", {"size": 16}), ("cyclegan", {"size": 16}),
+                                         ("cut", {"size": 16}), ("pix2pix", {"netD": "n_layers", "n_layers_d": 7})])
+def test_a_crop_too_small_for_the_patchgan_is_a_usage_error_naming_what_fits(task, flags, tmp_path):
+    from img2img.tasks import TASKS
+
+    cfg = make_config(task, {"a": str(tmp_path), "b": str(tmp_path), "netG": "resnet_1blocks", "ngf": 4, "ndf": 4,
+                             **flags})
+    with pytest.raises(ConfigError, match=f"--size {cfg.size} is too small for a PatchGAN.*--n-layers-d"):
+        TASKS[task](cfg, torch.device("cpu"), None, data=False)

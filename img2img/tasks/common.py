@@ -72,7 +72,23 @@ def build_discriminator(cfg: TranslationConfig, in_ch: int) -> nn.Module:
     if cfg.netD == "pixel":
         return registry.build("pixel", in_ch=in_ch, ndf=cfg.ndf, norm=cfg.norm)
     n_layers = cfg.n_layers_d if cfg.netD == "n_layers" else 3
+    if cfg.size < patchgan_min_size(n_layers):
+        raise ConfigError(_patchgan_too_deep(cfg.size, n_layers))
     return registry.build("patchgan", in_ch=in_ch, ndf=cfg.ndf, n_layers=n_layers, norm=cfg.norm)
+
+
+def patchgan_min_size(n_layers: int) -> int:
+    """The smallest crop a PatchGAN of `n_layers` judges: its n strides halve the image, then
+    two 4x4 convolutions take a pixel each; one output pixel must be left (and its last
+    normalisation must see more than one value)."""
+    return 3 * 2**n_layers
+
+
+def _patchgan_too_deep(size: int, n_layers: int) -> str:
+    fitting = max((n for n in range(1, n_layers) if patchgan_min_size(n) <= size), default=None)
+    other = f" or --netD n_layers --n-layers-d {fitting}" if fitting else " or --netD pixel"
+    return (f"--size {size} is too small for a PatchGAN of {n_layers} layers, which judges crops of "
+            f"{patchgan_min_size(n_layers)} px or more: give a larger --size{other}")
 
 
 def generator_spec(arch: str, hparams: dict, cfg: BaseConfig, direction: str) -> GeneratorSpec:
