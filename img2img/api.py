@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from img2img.config import (BaseConfig, ConfigError, flag_of, load_config, option_of, save_config,
                             with_absolute_paths)
-from img2img.data.images import writing
+from img2img.data.images import remove_stale_temporaries, writing
 from img2img.device import default_workers, resolve_device
 from img2img.gan import checkpoint
 from img2img.gan.checkpoint import load_generator  # noqa: F401  (part of the API)
@@ -90,6 +90,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
             with writing(run_dir):
                 run_dir.mkdir(parents=True, exist_ok=True)
             hold.enter_context(held(run_dir))  # before anything is written there
+            remove_stale_temporaries(run_dir)
             for note in notes:  # once the run is ours: not before another process's refusal
                 reporter.message(note)
             save_config(cfg, run_dir / "config.yaml", world_size=world_size, effective_batch_size=effective_batch)

@@ -10,7 +10,6 @@ tiled with feathered blending. Every output is written atomically (temp file + r
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import tempfile
@@ -28,9 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from img2img import memory
 from img2img.data import workers as worker_processes
 from img2img.data.header import ImageError, check_image, failure, max_pixels, one_line
-from img2img.data.images import (IMAGE_EXTENSIONS, TEMP_SUFFIX, Decoded, Image, WriteError, decode_image,
-                                 is_image_file, is_stale_temporary, list_images, output_layout,
-                                 quantise_on_device, stack_rgb, temporary_prefix, to_pixels, write_image, writing)
+from img2img.data.images import (IMAGE_EXTENSIONS, Decoded, Image, WriteError, decode_image, is_image_file,
+                                 list_images, output_layout, quantise_on_device, remove_stale_temporaries, stack_rgb,
+                                 to_pixels, write_image, writing)
 from img2img.data.strips import StripWriter, streams
 from img2img.config import AMP_CHOICES
 from img2img.device import amp_note, default_workers, default_writers
@@ -401,14 +400,7 @@ def prepare_output(outputs: OutputPlan) -> None:
         outputs.folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=outputs.folder):
             pass
-    if outputs.to_file:
-        prefix = temporary_prefix(outputs.folder / outputs.jobs[0].relative).rsplit(".", 1)[0]
-        ours = list(outputs.folder.glob(f"{glob.escape(prefix)}.*{TEMP_SUFFIX}*"))
-    else:
-        ours = list(outputs.folder.rglob(f"*{TEMP_SUFFIX}*"))
-    for path in ours:
-        if is_stale_temporary(path):  # its name tells which are ours, OpenCV's and buffers included
-            path.unlink(missing_ok=True)
+    remove_stale_temporaries(outputs.folder, outputs.jobs[0].relative.name if outputs.to_file else None)
 
 
 def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,

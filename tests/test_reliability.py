@@ -245,6 +245,22 @@ def test_stale_temporary_files_of_a_killed_run_are_removed(model, tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="whether a PID lives is asked with signal 0")
+def test_a_resumed_run_removes_the_temporaries_a_killed_checkpoint_write_left(paired_photos, tmp_path):
+    run = tmp_path / "run"
+    values = tiny_run("pix2pix", copy_photos(paired_photos, tmp_path / "data"), run, steps=2) | {"save_every": 2}
+    api.train(make_config("pix2pix", values))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale = [run / "checkpoints" / f".state_step00000004.pt.{dead}-a1b2c3d4{images.TEMP_SUFFIX}",
+             run / "checkpoints" / f".generator.safetensors.{dead}-e5f6g7h8{images.TEMP_SUFFIX}",
+             run / f".log.jsonl.{dead}-i9j0k1l2{images.TEMP_SUFFIX}"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    api.train(make_config("pix2pix", values | {"steps": 4}), resume=True)
+    assert not [path for path in stale if path.exists()]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="whether a PID lives is asked with signal 0")
 def test_temporaries_that_another_live_process_is_writing_are_left_alone(model, tmp_path):
     # `ls *.png | xargs -P 4 -n 1 img2img translate ... out/`: each start must spare the others' files.
     PILImage.fromarray(rgb()).save(tmp_path / "a.png")

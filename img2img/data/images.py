@@ -7,6 +7,7 @@ cannot do for colour images); header.py checks a file before it is decoded.
 from __future__ import annotations
 
 import errno
+import glob
 import io
 import os
 import re
@@ -481,6 +482,19 @@ def temporary_prefix(path: Path) -> str:
     while len(os.fsencode(name)) > TEMP_NAME_BYTES:
         name = name[:-1]
     return f".{name}.{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: Path, name: str | None = None) -> None:
+    """The temporaries that killed writers left (SIGKILL skips all clean-up): anywhere below
+    `folder`, or only those of its file `name`. Those of live writers stay (is_stale_temporary)."""
+    if name is not None:
+        prefix = temporary_prefix(folder / name).rsplit(".", 1)[0]
+        found = folder.glob(f"{glob.escape(prefix)}.*{TEMP_SUFFIX}*")
+    else:
+        found = folder.rglob(f"*{TEMP_SUFFIX}*")
+    for path in list(found):
+        if is_stale_temporary(path):  # its name tells which are ours, OpenCV's and buffers included
+            path.unlink(missing_ok=True)
 
 
 def is_stale_temporary(path: Path) -> bool:
