@@ -215,8 +215,12 @@ def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:
 
 def _load_resume_state(ckpt_dir: Path) -> tuple[dict, Path]:
     found = checkpoint.load_latest_state(ckpt_dir)
+    if found is None and not any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
+        raise ConfigError(f"--resume: {ckpt_dir.parent} holds no checkpoint yet (the run stopped before its first, "
+                          "--save-every): start it again without --resume")
     if found is None:
-        raise ConfigError(f"--resume: no readable training state in {ckpt_dir}")
+        raise ConfigError(f"--resume: none of the training states in {ckpt_dir} reads back whole; start a new run "
+                          "with another --out")
     return found
 
 

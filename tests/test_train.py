@@ -223,3 +223,17 @@ def test_optimiser_settings_and_ema_given_with_resume_are_used_and_the_seed_is_k
     assert "G" in state["ema"]
     with pytest.raises(ConfigError, match="trained with --seed 3"):
         resolve("pix2pix", overrides={**args, "seed": 0}, resume=True)
+
+
+def test_resuming_a_run_stopped_before_its_first_checkpoint_says_to_start_it_again(paired_photos, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = tiny_config(paired_photos, run, steps=2)
+    (run / "config.yaml").write_text("task: pix2pix\n")
+    with pytest.raises(ConfigError, match="holds no checkpoint yet.*start it again without --resume"):
+        api.train(cfg, resume=True)
+    api.train(cfg)  # as the message says
+    for state in (run / "checkpoints").glob("state_step*.pt"):
+        state.write_bytes(b"cut short")
+    with pytest.raises(ConfigError, match="none of the training states"):
+        api.train(tiny_config(paired_photos, run, steps=4), resume=True)
