@@ -45,6 +45,8 @@ def load(name_or_file: str, command_task: str | None = None) -> tuple[str, dict[
     if not isinstance(data, dict) or ("task" not in data and command_task is None):
         raise ConfigError(f"{path}: a recipe is a mapping of settings with a 'task' ({', '.join(configs())})")
     task = data.pop("task", command_task)
+    if data.get("steps") is not None and data.get("epochs") is not None:
+        raise ConfigError(f"{path}: steps and epochs both given: a run's length is one or the other")
     try:
         cls = config_class(str(task))
         return task, {key: check_value(key, value, cls) for key, value in data.items()}

@@ -82,3 +82,10 @@ def test_a_users_recipe_may_leave_the_task_to_the_command(task, tmp_path):
     with pytest.raises(ConfigError, match="with a 'task'") as refused:  # no command to take it from
         recipes.load(str(own))
     assert all(name in str(refused.value) for name in TASKS)  # every family, the next one too
+
+
+def test_a_recipe_with_both_steps_and_epochs_is_refused_as_the_flags_are(tmp_path):
+    own = tmp_path / "both.yaml"
+    own.write_text("task: pix2pix\nsteps: 5\nepochs: 3\n")
+    with pytest.raises(ConfigError, match="both.yaml: steps and epochs both given"):
+        recipes.load(str(own))
