@@ -283,7 +283,7 @@ def data_check(
             say(f"{report.folder}: {report.files} images; {formats or 'none readable'}; most common sizes {sizes or '-'}")
             if report.skipped:
                 say(f"  {len(report.skipped)} other file(s) ignored, e.g. {report.skipped[0]}")
-        list_and_exit("problem(s)", problems)
+        list_and_exit("problem(s)", list(dict.fromkeys(problems)))  # the pairing check names a bad file again
         say("no problems found")
 
     run_guarded(action)

@@ -192,6 +192,16 @@ def test_info_prints_both_generators_of_a_cyclegan_run_on_stdout(cyclegan_run):
     assert "G_AB.safetensors" in text.stdout and "G_BA.safetensors" in text.stdout
 
 
+def test_data_check_names_a_bad_file_of_a_pair_once(tmp_path):
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        cv2.imwrite(str(tmp_path / side / "x.png"), np.full((16, 16, 3), 100, np.uint8))
+    whole = (tmp_path / "a" / "x.png").read_bytes()
+    (tmp_path / "a" / "x.png").write_bytes(whole[: len(whole) // 2])
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "a"), "--b", str(tmp_path / "b")])
+    assert result.exit_code == 1 and flat(result.stderr).count("x.png: the file is truncated") == 1, result.stderr
+
+
 def test_data_check_takes_unpaired_domains(tmp_path):
     import cv2
     import numpy as np
