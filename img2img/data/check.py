@@ -119,7 +119,7 @@ def pairing_problems(a: Path, b: Path) -> list[str]:
     try:
         datasets.scan_paired(a, b)
     except datasets.DataError as err:
-        return str(err).splitlines()[1:]
+        return [line.strip() for line in str(err).splitlines()[1:]]
     return []
 
 
@@ -127,5 +127,5 @@ def aligned_problems(folder: Path) -> list[str]:
     try:
         datasets.scan_aligned(folder, "train")
     except datasets.DataError as err:
-        return str(err).splitlines()[1:]
+        return [line.strip() for line in str(err).splitlines()[1:]]
     return []
