@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from img2img.config import (BaseConfig, ConfigError, flag_of, load_config, option_of, save_config,
-                            with_absolute_paths)
+from img2img.config import (BaseConfig, ConfigError, configs, flag_of, load_config, make_config, option_of,
+                            save_config, with_absolute_paths)
 from img2img.data.images import remove_stale_temporaries, writing
 from img2img.device import default_workers, resolve_device
 from img2img.gan import checkpoint
@@ -46,6 +46,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     from img2img.gan.record import Recorder, held
     from img2img.tasks import TASKS
 
+    cfg = _checked(cfg)
     world = distributed.from_environment()
     reporter = (reporter or Silent()) if world.is_main else Silent()
     if not str(cfg.out).strip():
@@ -211,6 +212,16 @@ def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:
     return (f"--resume: the networks saved in {run_dir} are not the ones these settings build ({problem}). "
             f"Settings this command changes: {', '.join(changed) or 'none'}. Resume with the run's own network "
             "settings (leave those flags out); the run folder is unchanged")
+
+
+def _checked(cfg: BaseConfig) -> BaseConfig:
+    """A config built directly (`Pix2PixConfig(data=...)`) checked as make_config checks one,
+    its task named by its class."""
+    task = cfg.task or next((name for name, cls in configs().items() if type(cfg) is cls), "")
+    if not task:
+        raise ConfigError(f"{type(cfg).__name__} is no task's config: use one of "
+                          f"{', '.join(cls.__name__ for cls in configs().values())}, or resolve()")
+    return make_config(task, cfg.to_dict())
 
 
 def _load_resume_state(ckpt_dir: Path) -> tuple[dict, Path]:

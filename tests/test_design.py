@@ -141,3 +141,15 @@ def test_a_recipe_given_with_resume_must_agree_with_the_run(tmp_path):
     own = tmp_path / "own.yaml"  # a recipe that names its run folder: --resume finds the run there
     own.write_text(f"task: pix2pix\nout: {run}\nsteps: 7\ndirection: BtoA\n")
     assert resolve("pix2pix", str(own), {}, resume=True).out == str(run)
+
+
+def test_a_config_built_directly_trains_with_its_task_and_the_checks_of_make_config(paired_photos, tmp_path):
+    from img2img import api
+    from img2img.tasks.pix2pix import Pix2PixConfig
+
+    with pytest.raises(ConfigError, match="--load-size 20 is smaller than --size 32"):
+        api.train(Pix2PixConfig(a=str(paired_photos["a"]), b=str(paired_photos["b"]), size=32, load_size=20))
+    cfg = Pix2PixConfig(a=str(paired_photos["a"]), b=str(paired_photos["b"]), out=str(tmp_path / "run"), steps=1,
+                        size=32, netG="unet_32", ngf=4, ndf=4, workers=0)
+    assert api.train(cfg) == tmp_path / "run"
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["task"] == "pix2pix"
