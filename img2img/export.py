@@ -82,6 +82,8 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
                                   "output": {0: "batch", 2: "out_height", 3: "out_width"}},
                     opset_version=opset, dynamo=False,
                 )
+            except OSError:  # the file could not be written: `writing` says so, naming it
+                raise
             except Exception as err:  # the exporter's messages can hold the whole traced graph
                 advice = ("the default, 17, suits every architecture img2img builds" if opset != 17 else
                           "an operation of this architecture that the exporter cannot write")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -384,6 +385,21 @@ def test_an_opset_the_exporter_cannot_use_is_one_line_and_no_file(models, tmp_pa
                                  "--opset", str(opset)])
     assert result.exit_code == code and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout and not out.exists()
+
+
+@pytest.mark.parametrize("errno_code, said", [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left")])
+def test_an_export_that_cannot_be_written_says_so_not_that_the_architecture_failed(models, tmp_path, monkeypatch,
+                                                                                   errno_code, said):
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+
+    def refused(*args, **kwargs):
+        raise OSError(errno_code, os.strerror(errno_code), str(args[2]))
+
+    monkeypatch.setattr(torch.onnx, "export", refused)
+    out = tmp_path / "g.onnx"
+    result = runner.invoke(app, ["export", str(out), "--model", str(models / "resnet.safetensors")])
+    assert result.exit_code == 1 and f"{out}: could not be written: {said}" in flat(result.stderr), result.output
+    assert "architecture" not in result.stderr and not out.exists()
 
 
 def test_a_one_channel_model_sees_the_luma_of_colour_images(tmp_path):
