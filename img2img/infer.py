@@ -229,6 +229,9 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None, left_out: list[Pa
         if out_resolved == path.resolve():
             raise InputError(f"OUTPUT {out_dir} is the INPUT folder: the results would replace or mix with the "
                              "images they come from; choose another OUTPUT")
+        if out_resolved in path.resolve().parents:
+            raise InputError(f"INPUT {path} lies inside OUTPUT {out_dir}, where images are taken for earlier "
+                             "results: choose an OUTPUT outside it")
         others: list[Path] = []
         files = [p for p in list_images(path, others) if out_resolved not in p.resolve().parents]
         if left_out is not None:
