@@ -422,8 +422,12 @@ def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Op
     reporter.start(len(jobs), 0, "translating")
     todo = []
     for job in jobs:
-        if (out_dir / job.relative).exists() and not options.overwrite:
-            record(Result(job, out_dir / job.relative, skipped=True))
+        target = out_dir / job.relative
+        if target.is_dir():  # not a result of an earlier run, and nothing can be written there
+            record(Result(job, None, error=f"{one_line(str(target))} is a folder, so the result cannot be written "
+                                           "there: move it away"))
+        elif target.exists() and not options.overwrite:
+            record(Result(job, target, skipped=True))
         else:
             todo.append(job)
     try:

@@ -491,3 +491,13 @@ def test_an_input_folder_inside_output_is_named_as_such(models, tmp_path):
     result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), str(tmp_path / "in" / "sub"),
                                  str(tmp_path / "in")])
     assert result.exit_code == 2 and "lies inside OUTPUT" in flat(result.stderr), result.output
+
+
+def test_a_folder_where_a_result_goes_fails_that_image_not_skipped_as_done(models, tmp_path):
+    photo(tmp_path / "in" / "a.png", 16, 16)
+    photo(tmp_path / "in" / "b.png", 16, 16)
+    (tmp_path / "out" / "a.png").mkdir(parents=True)
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--json",
+                                 str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "a.png is a folder" in flat(result.stderr), result.output
+    assert read_image(tmp_path / "out" / "b.png").size == (16, 16)
