@@ -123,7 +123,8 @@ def run_guarded(action, to_continue: str = "run the same command with --resume")
         raise typer.Exit(128 + 13)  # SIGPIPE's exit status, as a shell reports a tool it ended
     except TrainingStopped as stop:
         _told["interrupted"] = True
-        say(f"{stop}; a checkpoint was written: {to_continue} to continue")
+        if os.environ.get("RANK", "0") == "0":  # one line for the run, not one per process
+            say(f"{stop}; a checkpoint was written: {to_continue} to continue")
         raise typer.Exit(128 + stop.signum)
     except KeyboardInterrupt as stop:
         say_interrupted(stop)

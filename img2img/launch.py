@@ -33,8 +33,8 @@ def main() -> None:
         _say_interrupted(stop)
         raise SystemExit(exit_code(stop)) from None
     except SystemExit as stop:
-        if stop.code in (130, Terminated.exit_code):
-            _say_interrupted(Terminated() if stop.code == Terminated.exit_code else KeyboardInterrupt())
+        if stop.code == 130:  # the command line library's silent Ctrl-C
+            _say_interrupted(KeyboardInterrupt())
         raise
 
 

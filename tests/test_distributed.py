@@ -103,6 +103,25 @@ def test_a_killed_rank_fails_clearly_and_the_run_resumes(paired_photos, tmp_path
     assert spec.step == 12
 
 
+def test_sigterm_to_the_launcher_stops_every_rank_with_one_message_and_143(paired_photos, tmp_path):
+    """A batch system stops the job (scancel, a preemption) by signalling the command it ran."""
+    data = ["--a", paired_photos["a"], "--b", paired_photos["b"]]
+    args = ["train", "pix2pix", *data, *NETS, "--out", tmp_path / "run", "--steps", 400, "--save-every", 200,
+            "--nproc-per-node", 2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    launcher = subprocess.Popen([sys.executable, "-m", "img2img", *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    log, deadline = tmp_path / "run" / "log.jsonl", time.time() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, stderr
+    assert stderr.count("stopped by SIGTERM") == 1 and "a checkpoint was written" in stderr, stderr
+    assert "distributed training failed" not in stderr and "Traceback" not in stderr
+    assert list((tmp_path / "run" / "checkpoints").glob("state_step*.pt"))
+
+
 @pytest.mark.parametrize("task, args", [
     ("cyclegan", ["--netG", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--pool-size", "4", "--size", "32",
                   "--load-size", "36"]),

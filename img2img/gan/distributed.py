@@ -13,6 +13,7 @@ the process group (NCCL on CUDA, gloo on CPU). Every trained network gets its ow
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -145,9 +146,16 @@ def relaunch(argv: list[str], nproc_per_node: int, nnodes: int, node_rank: int, 
     else:
         launcher += ["--standalone"]
     args = get_args_parser().parse_args([*launcher, "-m", "img2img", *argv])
+    # torchrun's agent logs each signal it passes on ("Received 15 death signal, ..."): the
+    # ranks say what happened to the run, once.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     try:
         run(args)
     except Exception as err:  # ChildFailedError: torchrun has already stopped the other ranks
+        if (signum := getattr(err, "sigval", None)) is not None:
+            # The launcher itself was signalled (SignalException): it passed the signal on, and
+            # rank 0 has said where the run stopped and how to go on.
+            return 128 + int(signum)
         sys.stderr.write(f"error: distributed training failed: {_summary(err)}\n"
                          "The run folder keeps its newest checkpoint: run the same command with --resume "
                          "to continue.\n")
