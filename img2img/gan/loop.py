@@ -294,7 +294,7 @@ class Trainer:
         except DataError as err:
             recorder.save(self)
             raise DataError(f"{workers.message(err)}\nthe run was saved at step {self.step}: run the same "
-                            "command with --resume once the data is back") from None
+                            "command with --resume to continue, once that is mended") from None
         for line in "\n".join(batch.pop("unreadable", ())).splitlines():
             if line and line not in self.unreadable:
                 self.unreadable.add(line)
