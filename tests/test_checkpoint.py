@@ -109,3 +109,10 @@ def test_the_api_refuses_a_direction_that_is_neither(tmp_path):
 
     with pytest.raises(ValueError, match="direction 'sideways': choose 'AtoB' or 'BtoA'"):
         load_generator(save_tiny_generator(tmp_path / "g.safetensors"), direction="sideways")
+
+
+def test_a_training_state_given_as_a_model_points_to_the_generator(tmp_path):
+    torch.save({"format": "img2img-train-state", "step": 3, "nets": {}}, tmp_path / "state_step00000003.pt")
+    with pytest.raises(CheckpointError, match="a training state, for --resume; the generator of that run is .*"
+                                              "generator.safetensors"):
+        load_generator(tmp_path / "state_step00000003.pt")

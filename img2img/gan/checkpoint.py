@@ -103,6 +103,9 @@ def _load(path: Path, direction: str) -> tuple[nn.Module, GeneratorSpec]:
             return loaded_module(spec.arch, spec.hparams, state_dict, path), spec
     else:
         state_dict = safe_torch_load(path)
+        if isinstance(state_dict, dict) and state_dict.get("format") == "img2img-train-state":
+            raise CheckpointError(f"{path}: a training state, for --resume; the generator of that run is "
+                                  f"{path.parent / 'generator.safetensors'} (or give the run folder)")
     try:
         chosen = recognise.unwrap(state_dict, direction)
         if direction == "BtoA" and _same_tensors(chosen, recognise.unwrap(state_dict, "AtoB")):
