@@ -143,8 +143,13 @@ def export(
     from img2img.export import ExportError, export_onnx
 
     def action():
+        from img2img.data.images import IMAGE_EXTENSIONS
+        from img2img.infer import OTHER_IMAGE_SUFFIXES
+
         if not out.name or out.is_dir():
             raise ConfigError(f"OUT {out} is a folder: give the file to write, e.g. model.onnx")
+        if out.suffix.lower() in (*IMAGE_EXTENSIONS, *OTHER_IMAGE_SUFFIXES, ".safetensors", ".pth", ".pt"):
+            raise ConfigError(f"OUT {out}: export writes an ONNX graph; name the file .onnx (e.g. {out.stem}.onnx)")
         try:
             spec = export_onnx(model, out, direction.value, opset)
         except ExportError as err:

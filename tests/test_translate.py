@@ -377,6 +377,13 @@ def test_export_to_a_folder_is_a_usage_error(models, tmp_path, monkeypatch, out)
     assert result.exit_code == 2 and "is a folder: give the file to write" in result.stderr, result.output
 
 
+@pytest.mark.parametrize("out", ["m2.png", "m2.JPG", "m2.safetensors", "m2.gif"])
+def test_export_to_a_name_of_another_kind_of_file_is_a_usage_error(models, tmp_path, out):
+    result = runner.invoke(app, ["export", str(tmp_path / out), "--model", str(models / "resnet.safetensors")])
+    assert result.exit_code == 2 and "name the file .onnx (e.g. m2.onnx)" in flat(result.stderr), result.output
+    assert not (tmp_path / out).exists()
+
+
 @pytest.mark.parametrize("opset, code, message", [(5, 2, "needs opset 11 or newer"), (99, 1, "failed at --opset 99")])
 def test_an_opset_the_exporter_cannot_use_is_one_line_and_no_file(models, tmp_path, opset, code, message):
     pytest.importorskip("onnx", reason="the onnx extra is not installed")
