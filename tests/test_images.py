@@ -494,3 +494,9 @@ def test_a_cut_off_image_is_still_truncated(tmp_path, encoding):
         (tmp_path / f"x{suffix}").write_bytes(data[:end] + bytes(100))
         with pytest.raises(ImageError, match="truncated"):
             read_image(tmp_path / f"x{suffix}")
+
+
+def test_a_file_where_a_folder_is_needed_is_named(tmp_path):
+    (tmp_path / "sub").write_text("a file, not a folder")
+    with pytest.raises(images.WriteError, match=r"could not be written: .*\(.*sub is a file, where a folder is needed\)"):
+        write_image(tmp_path / "sub" / "deeper" / "x.png", Image(rgb=torch.rand(3, 4, 4), alpha=None, gray=False, bits=8))

@@ -454,7 +454,14 @@ def writing(path: Path):
     except OSError as err:
         full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
         hint = ": free space there or write elsewhere" if full else ""
+        if err.errno in (errno.EEXIST, errno.ENOTDIR) and (blocking := _file_in_the_way(path)) is not None:
+            hint = f" ({blocking} is a file, where a folder is needed)"  # mkdir says "File exists"
         raise WriteError(f"{path}: could not be written: {err.strerror or err}{hint}", full) from None
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first folder of `path`'s that exists as a file, if any."""
+    return next((parent for parent in reversed(Path(path).parents) if parent.is_file()), None)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
