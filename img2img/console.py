@@ -26,6 +26,8 @@ from img2img.launch import exit_code
 
 # soft_wrap: a message is never cut inside a word, URL or path, on a terminal or in a log file.
 console = Console(stderr=True, soft_wrap=True)
+
+
 class OutputError(Exception):
     """Standard output, where results for programs go, is full, closed or failing."""
 

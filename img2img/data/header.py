@@ -130,8 +130,8 @@ def _check(path: Path, data: bytes) -> Header:
             if count == limit:  # rounded to the same megapixels: the exact counts say which is larger
                 count, limit = f"{width * height:,} pixels", f"{max_pixels():,}"
             raise ImageError(
-                f"{path}: {width}x{height} ({what}) is {count}, over the limit of {limit} (a guard against decompression bombs); if you trust the file, raise it "
-                f"with --max-pixels or {MAX_PIXELS_VARIABLE}")
+                f"{path}: {width}x{height} ({what}) is {count}, over the limit of {limit} (a guard against "
+                f"decompression bombs); if you trust the file, raise it with --max-pixels or {MAX_PIXELS_VARIABLE}")
     return _with_details(path, data, Header(image_format, sizes[0][1], sizes[0][2], False, 1))
 
 

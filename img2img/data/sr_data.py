@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import ConfigError, require_folder
-from img2img.data.datasets import (DataError, checked_size, first_readable, image_size, partner_problems, raise_problems,
-                                   scan_images, to_tensor)
+from img2img.data.datasets import (DataError, checked_size, first_readable, image_size, partner_problems,
+                                   raise_problems, scan_images, to_tensor)
 from img2img.data.degrade import degrade
 from img2img.data.header import ImageError
 from img2img.data.images import Decoded, decode_image, files_by_stem
