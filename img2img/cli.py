@@ -148,7 +148,9 @@ def export(
 
         if not out.name or out.is_dir():
             raise ConfigError(f"OUT {out} is a folder: give the file to write, e.g. model.onnx")
-        if out.suffix.lower() in (*IMAGE_EXTENSIONS, *OTHER_IMAGE_SUFFIXES, ".safetensors", ".pth", ".pt"):
+        other_kinds = (*IMAGE_EXTENSIONS, *OTHER_IMAGE_SUFFIXES, ".safetensors", ".pth", ".pt")
+        named_otherwise = out.suffix.lower() in other_kinds
+        if named_otherwise and not out.exists():  # an existing file: export_onnx says it would replace it
             raise ConfigError(f"OUT {out}: export writes an ONNX graph; name the file .onnx (e.g. {out.stem}.onnx)")
         try:
             spec = export_onnx(model, out, direction.value, opset)
