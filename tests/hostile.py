@@ -187,16 +187,21 @@ def _tiff_set_size(data: bytes, width: int, height: int, page: int = 0) -> bytes
     return bytes(buffer)
 
 
-def _tiff_huge_tile(data: bytes) -> bytes:
-    """RowsPerStrip rewritten as a TileWidth of 2^30 (and no TileLength)."""
+def _tiff_rewrite_entry(data: bytes, tag: int, new_tag: int, count: int, value: int) -> bytes:
+    """The first page's `tag` entry rewritten as `new_tag`, LONG x `count`, value `value`."""
     order = "<" if data[:2] == b"II" else ">"
     buffer = bytearray(data)
     ifd = _tiff_ifds(data)[0]
-    (count,) = struct.unpack_from(order + "H", data, ifd)
-    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-        if struct.unpack_from(order + "H", data, entry)[0] == 278:
-            struct.pack_into(order + "HHII", buffer, entry, 322, 4, 1, 2**30)
+    (entries,) = struct.unpack_from(order + "H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack_from(order + "H", data, entry)[0] == tag:
+            struct.pack_into(order + "HHII", buffer, entry, new_tag, 4, count, value)
     return bytes(buffer)
+
+
+def _tiff_huge_tile(data: bytes) -> bytes:
+    """RowsPerStrip rewritten as a TileWidth of 2^30 (and no TileLength)."""
+    return _tiff_rewrite_entry(data, 278, 322, 1, 2**30)
 
 
 def _tiff_loop(data: bytes) -> bytes:
@@ -208,14 +213,7 @@ def _tiff_loop(data: bytes) -> bytes:
 
 def _tiff_tag_past_end(data: bytes) -> bytes:
     """StripByteCounts' values said to lie past the end of the file (Pillow warns and skips it)."""
-    order = "<" if data[:2] == b"II" else ">"
-    buffer = bytearray(data)
-    ifd = _tiff_ifds(data)[0]
-    (count,) = struct.unpack_from(order + "H", data, ifd)
-    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-        if struct.unpack_from(order + "H", data, entry)[0] == 279:
-            struct.pack_into(order + "HHII", buffer, entry, 279, 4, 64, len(data) + 4096)
-    return bytes(buffer)
+    return _tiff_rewrite_entry(data, 279, 279, 64, len(data) + 4096)
 
 
 def _bmp_set_size(data: bytes, width: int, height: int) -> bytes:

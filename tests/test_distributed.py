@@ -77,13 +77,19 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def test_a_killed_rank_fails_clearly_and_the_run_resumes(paired_photos, tmp_path):
+def launch_two_processes(paired_photos, run: Path, save_every: int) -> subprocess.Popen:
+    """A long two-process pix2pix run through --nproc-per-node, to be stopped by the test."""
     data = ["--a", paired_photos["a"], "--b", paired_photos["b"]]
-    args = ["train", "pix2pix", *data, *NETS, "--out", tmp_path / "run", "--steps", 400, "--save-every", 2,
+    args = ["train", "pix2pix", *data, *NETS, "--out", run, "--steps", 400, "--save-every", save_every,
             "--nproc-per-node", 2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    launcher = subprocess.Popen([sys.executable, "-m", "img2img", *map(str, args)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, "-m", "img2img", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_a_killed_rank_fails_clearly_and_the_run_resumes(paired_photos, tmp_path):
+    data = ["--a", paired_photos["a"], "--b", paired_photos["b"]]
+    launcher = launch_two_processes(paired_photos, tmp_path / "run", save_every=2)
     deadline = time.time() + 120
     while not list((tmp_path / "run" / "checkpoints").glob("state_step*.pt")) and time.time() < deadline:
         time.sleep(0.2)
@@ -105,12 +111,7 @@ def test_a_killed_rank_fails_clearly_and_the_run_resumes(paired_photos, tmp_path
 
 def test_sigterm_to_the_launcher_stops_every_rank_with_one_message_and_143(paired_photos, tmp_path):
     """A batch system stops the job (scancel, a preemption) by signalling the command it ran."""
-    data = ["--a", paired_photos["a"], "--b", paired_photos["b"]]
-    args = ["train", "pix2pix", *data, *NETS, "--out", tmp_path / "run", "--steps", 400, "--save-every", 200,
-            "--nproc-per-node", 2]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    launcher = subprocess.Popen([sys.executable, "-m", "img2img", *map(str, args)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
+    launcher = launch_two_processes(paired_photos, tmp_path / "run", save_every=200)
     log, deadline = tmp_path / "run" / "log.jsonl", time.time() + 120
     while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline:
         time.sleep(0.2)
