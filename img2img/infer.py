@@ -131,8 +131,9 @@ class Options:
 def names_a_file(source: str, output: Path) -> bool:
     """One input file and an OUTPUT named like an image (out.png) that is not a folder: OUTPUT
     is that file. Otherwise OUTPUT is a folder."""
+    # os.path's checks answer False for a name the file system refuses (too long): writing says so.
     return (source != "-" and Path(source).is_file() and output.suffix.lower() in IMAGE_EXTENSIONS
-            and not output.is_dir())
+            and not os.path.isdir(output))
 
 
 @dataclass
@@ -423,10 +424,10 @@ def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Op
     todo = []
     for job in jobs:
         target = out_dir / job.relative
-        if target.is_dir():  # not a result of an earlier run, and nothing can be written there
+        if os.path.isdir(target):  # not a result of an earlier run, and nothing can be written there
             record(Result(job, None, error=f"{one_line(str(target))} is a folder, so the result cannot be written "
                                            "there: move it away"))
-        elif target.exists() and not options.overwrite:
+        elif os.path.exists(target) and not options.overwrite:  # False for a name too long: its write says so
             record(Result(job, target, skipped=True))
         else:
             todo.append(job)

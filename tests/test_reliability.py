@@ -865,3 +865,15 @@ def test_a_reader_that_goes_away_ends_translate_quietly_with_sigpipes_status(mod
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 141 and "Traceback" not in stderr and "error" not in stderr, stderr
     assert all(images.read_image(path).size[1] == 30 for path in (tmp_path / "out").iterdir())
+
+
+def test_losses_non_finite_before_any_checkpoint_stop_the_run_too(paired_photos, tmp_path, monkeypatch):
+    from img2img.gan import losses, record
+
+    real_g_loss = losses.g_loss
+    monkeypatch.setattr(losses, "g_loss", lambda kind, fake, real=None: real_g_loss(kind, fake, real) * float("nan"))
+    cfg = make_config("pix2pix", {"a": str(paired_photos["a"]), "b": str(paired_photos["b"]), "out": str(tmp_path / "run"),
+                                  "steps": 400, "save_every": 1000, "size": 32, "netG": "unet_32", "ngf": 4, "ndf": 4,
+                                  "workers": 0})
+    with pytest.raises(record.TrainingDiverged, match="before the first checkpoint again and again"):
+        api.train(cfg)

@@ -508,3 +508,12 @@ def test_a_folder_where_a_result_goes_fails_that_image_not_skipped_as_done(model
                                  str(tmp_path / "in"), str(tmp_path / "out")])
     assert result.exit_code == 1 and "a.png is a folder" in flat(result.stderr), result.output
     assert read_image(tmp_path / "out" / "b.png").size == (16, 16)
+
+
+def test_a_result_name_longer_than_the_file_system_takes_fails_that_image_alone(models, tmp_path):
+    photo(tmp_path / "in" / f"{'a' * 251}.png", 16, 16)  # 255 bytes; 256 as .webp
+    photo(tmp_path / "in" / "b.png", 16, 16)
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"), "--ext", "webp",
+                                 str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "File name too long" in flat(result.stderr), result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.webp"]

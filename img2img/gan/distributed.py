@@ -148,7 +148,9 @@ def relaunch(argv: list[str], nproc_per_node: int, nnodes: int, node_rank: int, 
     args = get_args_parser().parse_args([*launcher, "-m", "img2img", *argv])
     # torchrun's agent logs each signal it passes on ("Received 15 death signal, ..."): the
     # ranks say what happened to the run, once.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:  # each has its own level
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         run(args)
     except Exception as err:  # ChildFailedError: torchrun has already stopped the other ranks

@@ -194,13 +194,14 @@ class Recorder:
         if found is not None:
             trainer.load_state_dict(found[0])  # with the scale saved then, which may be larger
             trainer.lr_scale = min(lr_scale, trainer.lr_scale)
-            self.rollbacks_to[trainer.step] = self.rollbacks_to.get(trainer.step, 0) + 1
-            if self.rollbacks_to[trainer.step] > MAX_ROLLBACKS:
-                raise TrainingDiverged(
-                    f"the losses turn non-finite after step {trainer.step} again and again, down to "
-                    f"x{trainer.lr_scale:g} of the learning rate: the networks in that checkpoint have diverged "
-                    "(or the data hold NaN or infinite values). Start a new run with a lower --lr; "
-                    f"{self.run_dir} is left as it is")
+        target = trainer.step if found is not None else -1  # -1: no checkpoint yet, the run goes on as it is
+        self.rollbacks_to[target] = self.rollbacks_to.get(target, 0) + 1
+        if self.rollbacks_to[target] > MAX_ROLLBACKS:
+            where = f"after step {trainer.step}" if found is not None else "before the first checkpoint"
+            raise TrainingDiverged(
+                f"the losses turn non-finite {where} again and again, down to x{trainer.lr_scale:g} of the "
+                "learning rate: the networks have diverged (or the data hold NaN or infinite values). Start a new "
+                f"run with a lower --lr; {self.run_dir} is left as it is")
         trainer.set_lr_scale(trainer.lr_scale * 0.5)
         where = f"rolled back to step {trainer.step}" if found else "no checkpoint to roll back to yet"
         self.reporter.message(f"repeated non-finite losses up to step {failed_at}: {where}; "
