@@ -424,10 +424,11 @@ def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Op
     todo = []
     for job in jobs:
         target = out_dir / job.relative
-        if os.path.isdir(target):  # not a result of an earlier run, and nothing can be written there
+        exists = os.path.exists(target)  # one stat for a new result; False for a name too long: its write says so
+        if exists and os.path.isdir(target):  # not a result of an earlier run, and nothing can be written there
             record(Result(job, None, error=f"{one_line(str(target))} is a folder, so the result cannot be written "
                                            "there: move it away"))
-        elif os.path.exists(target) and not options.overwrite:  # False for a name too long: its write says so
+        elif exists and not options.overwrite:
             record(Result(job, target, skipped=True))
         else:
             todo.append(job)

@@ -197,9 +197,9 @@ class Recorder:
         target = trainer.step if found is not None else -1  # -1: no checkpoint yet, the run goes on as it is
         self.rollbacks_to[target] = self.rollbacks_to.get(target, 0) + 1
         if self.rollbacks_to[target] > MAX_ROLLBACKS:
-            where = f"after step {trainer.step}" if found is not None else "before the first checkpoint"
+            since = f"after step {trainer.step}" if found is not None else "before the first checkpoint"
             raise TrainingDiverged(
-                f"the losses turn non-finite {where} again and again, down to x{trainer.lr_scale:g} of the "
+                f"the losses turn non-finite {since} again and again, down to x{trainer.lr_scale:g} of the "
                 "learning rate: the networks have diverged (or the data hold NaN or infinite values). Start a new "
                 f"run with a lower --lr; {self.run_dir} is left as it is")
         trainer.set_lr_scale(trainer.lr_scale * 0.5)
