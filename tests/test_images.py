@@ -254,6 +254,37 @@ def test_cmyk_files_read_as_their_colours_without_an_alpha(tmp_path, suffix):
     assert np.abs(image.rgb.permute(1, 2, 0).numpy() - expected).max() <= 2 / 255
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("alpha", ["none", "unassociated", "associated"])
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+def test_cmyk_tiffs_of_every_depth_and_alpha_read_as_their_colours(tmp_path, bits, alpha, planar):
+    dtype = np.uint16 if bits == 16 else np.uint8
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(bits)
+    inks = rng.integers(0, top + 1, (7, 9, 4)).astype(dtype)
+    opacity = rng.integers(1, top + 1, (7, 9, 1)).astype(dtype)
+    samples = inks
+    if alpha == "associated":  # stored premultiplied, read back straight
+        samples = np.concatenate([np.rint(inks * (opacity / top)).astype(dtype), opacity], -1)
+    elif alpha == "unassociated":
+        samples = np.concatenate([inks, opacity], -1)
+    if planar == "separate":
+        samples = np.moveaxis(samples, -1, 0)
+    extra = {"none": [], "unassociated": [2], "associated": [1]}[alpha]
+    tifffile.imwrite(tmp_path / "cmyk.tif", samples, photometric="separated", planarconfig=planar, extrasamples=extra)
+    image = read_image(tmp_path / "cmyk.tif")
+    expected = (1 - inks[..., :3] / top) * (1 - inks[..., 3:] / top)
+    assert image.bits == bits and not image.gray
+    # Premultiplied inks lose precision where the pixel is nearly clear: compare where it is not.
+    seen = (opacity[..., 0] > top // 4) if alpha == "associated" else np.ones(opacity.shape[:2], bool)
+    tolerance = 3 / 255 if alpha == "associated" else 1 / 255
+    assert np.abs(image.rgb.permute(1, 2, 0).numpy() - expected)[seen].max() <= tolerance
+    if alpha == "none":
+        assert image.alpha is None
+    else:
+        assert np.array_equal(image.alpha[0].numpy(), opacity[..., 0] / np.float32(top))
+
+
 @pytest.mark.parametrize("bits", [1, 8, 16])
 def test_a_gray_png_with_a_transparent_level_reads_as_gray_and_alpha(tmp_path, bits):
     levels = np.random.default_rng(bits).integers(0, 4, (6, 9))

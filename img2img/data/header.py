@@ -356,6 +356,7 @@ _TIFF_PHOTOMETRIC = 262
 _TIFF_EXTRA_SAMPLES = 338
 _TIFF_PLANAR = 284
 _TIFF_SAMPLES = 277
+_TIFF_INKSET = 332
 
 
 def tiff_orientation(data) -> tuple[int, int | None]:
@@ -373,6 +374,8 @@ class TiffLayout:
     photometric: int | None  # 1 gray (black is zero), 2 RGB; others: palette, CMYK, YCbCr, ...
     separate: bool  # PlanarConfiguration 2: each channel stored as a plane of its own
     samples: int  # SamplesPerPixel
+    bits: int  # BitsPerSample (of the first sample)
+    inks: int  # InkSet of a separated (photometric 5) page: 1 CMYK, 2 other inks
 
 
 def tiff_layout(data) -> TiffLayout:
@@ -380,7 +383,9 @@ def tiff_layout(data) -> TiffLayout:
     photometric, _ = _first_page_short(data, _TIFF_PHOTOMETRIC)
     planar, _ = _first_page_short(data, _TIFF_PLANAR)
     samples, _ = _first_page_short(data, _TIFF_SAMPLES)
-    return TiffLayout(extra if extra in (1, 2) else 0, photometric, planar == 2, samples or 1)
+    bits, _ = _first_page_short(data, _TIFF_BITS)
+    inks, _ = _first_page_short(data, _TIFF_INKSET)
+    return TiffLayout(extra if extra in (1, 2) else 0, photometric, planar == 2, samples or 1, bits or 1, inks or 1)
 
 
 def _first_page_short(data, wanted: int) -> tuple[int | None, int | None]:

@@ -222,7 +222,7 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
         pixels = fix(pixels)
     # Associated alpha: tifffile and OpenCV at 16 bits give the colours as stored; Pillow, which
     # decodes the 8-bit ones, gives them straight already.
-    if layout is not None and layout.alpha == 1 and (via_tifffile or pixels.dtype == np.uint16):
+    if layout is not None and layout.alpha == 1 and (via_tifffile or pixels.dtype == np.uint16) and not _odd_cmyk(layout):
         pixels = _unpremultiplied(pixels)
     if pixels.dtype == np.uint8:
         bits, scale = 8, 255.0
@@ -256,7 +256,13 @@ def _needs_tifffile(layout: TiffLayout) -> bool:
     """Gray or RGB samples that OpenCV and Pillow get wrong: planes stored one after the other
     (OpenCV returns a gray mix of them at 16 bits), gray + alpha (OpenCV: 8-bit gray, no alpha)."""
     plain = layout.photometric in (1, 2) and layout.samples <= 4  # more: refused as other decoders do
-    return plain and (layout.separate or (layout.alpha and layout.photometric == 1))
+    return (plain and (layout.separate or (layout.alpha and layout.photometric == 1))) or _odd_cmyk(layout)
+
+
+def _odd_cmyk(layout: TiffLayout) -> bool:
+    """CMYK with an alpha or at 16 bits: OpenCV reads plain 8-bit CMYK only, and Pillow none of these."""
+    cmyk = layout.photometric == 5 and layout.inks == 1 and layout.samples in (4, 5)
+    return cmyk and (layout.samples == 5 or layout.bits == 16)
 
 
 def _tiff_planes(path: Path, data: bytes, layout: TiffLayout) -> np.ndarray:
@@ -273,11 +279,30 @@ def _tiff_planes(path: Path, data: bytes, layout: TiffLayout) -> np.ndarray:
                          "uncompressed or with ZIP compression") from None
     if layout.separate and pixels.ndim == 3:
         pixels = np.moveaxis(pixels, 0, -1)
+    if _odd_cmyk(layout):
+        return _cmyk_to_bgr(pixels, layout.alpha == 1)
     if pixels.ndim == 3:
         pixels = pixels[..., :4 if layout.photometric == 2 else 2]
         if layout.photometric == 2:
             pixels = pixels[..., [2, 1, 0, 3][:pixels.shape[2]]]
     return np.ascontiguousarray(pixels)
+
+
+def _cmyk_to_bgr(pixels: np.ndarray, premultiplied: bool) -> np.ndarray:
+    """BGR or BGRA from CMYK or CMYK + alpha samples, with libtiff's conversion (no colour
+    profile: each colour is (1 - ink) * (1 - black), rounded down), which OpenCV applies to
+    8-bit CMYK, so that every CMYK file reads alike."""
+    if premultiplied:  # straight inks first: the conversion is not linear in them
+        pixels = _unpremultiplied(pixels)
+    top = float(np.iinfo(pixels.dtype).max)
+    out = np.empty(pixels.shape[:2] + (pixels.shape[2] - 1,), pixels.dtype)
+    for start in range(0, len(pixels), CHUNK_ROWS):
+        band = pixels[start:start + CHUNK_ROWS].astype(np.float64)
+        colour = (top - band[..., [2, 1, 0]]) * (top - band[..., 3:4]) // top  # inks Y, M, C give B, G, R
+        out[start:start + CHUNK_ROWS, :, :3] = colour
+        if pixels.shape[2] == 5:
+            out[start:start + CHUNK_ROWS, :, 3] = pixels[start:start + CHUNK_ROWS, :, 4]
+    return out
 
 
 def _unpremultiplied(pixels: np.ndarray) -> np.ndarray:
