@@ -288,10 +288,11 @@ def resized(size: tuple[int, int], shorter: int) -> tuple[int, int]:
     return max(1, round(size[0] * factor)), max(1, round(size[1] * factor))
 
 
-def refuse_oversized_resize(jobs: list[Job], sizes: list[tuple[int, int]], shorter: int) -> None:
+def refuse_oversized_resize(jobs: list[Job], shorter: int) -> None:
     """--resize is the user's choice for every image: one that makes an image larger than the
     pixel limit is a usage error before any work, not an allocation failure per file."""
-    for job, size in zip(jobs, sizes):
+    for job in jobs:
+        size = header_size(job.source)
         height, width = resized(size, shorter)
         if min(size) and height * width > max_pixels():  # (0, 0): unreadable, which decoding reports
             raise InputError(f"--resize {shorter} makes {one_line(str(job.source))} {width}x{height} px, over the "
@@ -392,14 +393,17 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     if outputs.left_out:
         reporter.message(f"left out {len(outputs.left_out)} file(s) that are no images by their names "
                          f"(png, jpg, webp, bmp, tif), e.g. {one_line(str(outputs.left_out[0]))}")
-    prepare_output(outputs)
+    prepare_output(outputs, options)
     return run_jobs(translator, outputs.jobs, outputs.folder, options, reporter, on_result)
 
 
-def prepare_output(outputs: OutputPlan) -> None:
-    """A folder that cannot be written is one error, not one per image; then the temporaries
-    that killed runs left (SIGKILL skips all clean-up) go: anywhere below an OUTPUT folder, or
-    an OUTPUT file's own."""
+def prepare_output(outputs: OutputPlan, options: Options) -> None:
+    """A --resize too large for some image is refused first, so that a usage error leaves no
+    folder behind. A folder that cannot be written is one error, not one per image; then the
+    temporaries that killed runs left (SIGKILL skips all clean-up) go: anywhere below an OUTPUT
+    folder, or an OUTPUT file's own."""
+    if options.resize:
+        refuse_oversized_resize(outputs.jobs, options.resize)
     with writing(outputs.folder):
         outputs.folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=outputs.folder):
@@ -448,8 +452,6 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
     workers = default_workers(device) if options.workers is None else options.workers
     writers = options.writers or default_writers(device)
     sizes = [header_size(job.source) for job in jobs]
-    if options.resize:
-        refuse_oversized_resize(jobs, sizes, options.resize)
     batch_size = options.batch_size or default_batch_size(device, options.tile, max(h * w for h, w in sizes))
     plan = _plan_memory(translator, jobs, sizes, options, batch_size)
     for message in plan.messages:

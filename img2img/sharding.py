@@ -39,7 +39,7 @@ def translate_sharded(model: str | Path, source: str, out_dir: str | Path, devic
 
     reporter = reporter or Silent()
     outputs = plan_outputs(source, Path(out_dir), stdin, options.ext)
-    prepare_output(outputs)
+    prepare_output(outputs, options)
     out_dir, jobs = outputs.folder, outputs.jobs
     context = mp.get_context("spawn")
     queue = context.Queue()

@@ -491,6 +491,8 @@ def test_resize_keeps_the_aspect_and_a_resize_over_the_pixel_limit_is_refused_be
     result = runner.invoke(app, [*args, "--overwrite", "--resize", "20"])
     assert result.exit_code == 2 and "--resize 20 makes" in result.stderr and "60x20 px" in flat(result.stderr)
     assert (tmp_path / "out" / "wide.png").read_bytes() == written  # no work began
+    result = runner.invoke(app, [*args[:-1], str(tmp_path / "new" / "out"), "--resize", "20"])
+    assert result.exit_code == 2 and not (tmp_path / "new").exists()  # nor is a folder left behind
 
 
 def test_an_input_folder_inside_output_is_named_as_such(models, tmp_path):
