@@ -151,7 +151,9 @@ def export(
         other_kinds = (*IMAGE_EXTENSIONS, *OTHER_IMAGE_SUFFIXES, ".safetensors", ".pth", ".pt")
         named_otherwise = out.suffix.lower() in other_kinds
         if named_otherwise and not out.exists():  # an existing file: export_onnx says it would replace it
-            raise ConfigError(f"OUT {out}: export writes an ONNX graph; name the file .onnx (e.g. {out.stem}.onnx)")
+            stem = out.stem  # x.onnx.png: x.onnx, not x.onnx.onnx
+            suggestion = stem if stem.lower().endswith(".onnx") else f"{stem}.onnx"
+            raise ConfigError(f"OUT {out}: export writes an ONNX graph; name the file .onnx (e.g. {suggestion})")
         try:
             spec = export_onnx(model, out, direction.value, opset)
         except ExportError as err:

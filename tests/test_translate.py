@@ -377,7 +377,7 @@ def test_export_to_a_folder_is_a_usage_error(models, tmp_path, monkeypatch, out)
     assert result.exit_code == 2 and "is a folder: give the file to write" in result.stderr, result.output
 
 
-@pytest.mark.parametrize("out", ["m2.png", "m2.JPG", "m2.safetensors", "m2.gif"])
+@pytest.mark.parametrize("out", ["m2.png", "m2.JPG", "m2.safetensors", "m2.gif", "m2.onnx.png"])
 def test_export_to_a_name_of_another_kind_of_file_is_a_usage_error(models, tmp_path, out):
     result = runner.invoke(app, ["export", str(tmp_path / out), "--model", str(models / "resnet.safetensors")])
     assert result.exit_code == 2 and "name the file .onnx (e.g. m2.onnx)" in flat(result.stderr), result.output
