@@ -705,6 +705,24 @@ def test_an_undecodable_first_image_is_left_out_of_samples_and_validation_not_th
     assert list((tmp_path / "run" / "samples").glob("*.png"))
 
 
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_held_out_images_none_of_which_decodes_are_named_and_the_run_goes_on_without_validation(
+        task, paired_photos, tmp_path):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    for side in ("A", "B"):
+        (tmp_path / "val" / side).mkdir(parents=True)
+        corrupt_pixels(tmp_path / "val" / side / "only.png")
+    reporter = DamageAt(0, None)
+    held_out = ({"val_hr": str(tmp_path / "val" / "B")} if task == "srgan" else
+                {"val_a": str(tmp_path / "val" / "A"), "val_b": str(tmp_path / "val" / "B")})
+    values = tiny_run(task, data, tmp_path / "run", steps=2) | held_out | {"val_every": 1}
+    api.train(make_config(task, values), reporter=reporter)
+    assert load_generator(tmp_path / "run")[1].step == 2
+    assert "none of the 1 image(s) for validation can be read: the run goes on without validation" in reporter.messages
+    assert any(m.startswith("skipped ") and "only.png" in m and "(left out of validation)" in m
+               for m in reporter.messages), reporter.messages
+
+
 def crash_on(crashing: Path, monkeypatch) -> None:
     """Make the codec kill its process on the file `crashing`, as a segfault on a crafted file
     does. Forked processes (loader workers, the check's decoders) inherit the patch."""

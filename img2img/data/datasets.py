@@ -219,16 +219,24 @@ def first_readable(load: Callable[[Any], T], candidates: Iterable, count: int, u
                    what: str) -> list[T]:
     """`load` of the first `count` candidates that can be read, for the fixed sample and
     validation batches: a file that does not decode is passed over, as training passes over it,
-    and named in `unreadable` (with `what` it was left out of)."""
+    and named in `unreadable` (with `what` it was left out of), and so is a `what` left empty."""
     loaded: list[T] = []
+    tried = 0
     for candidate in candidates:
         if len(loaded) == count:
             break
+        tried += 1
         try:
             loaded.append(load(candidate))
         except ImageError as err:
-            unreadable.append(f"{err} (left out of {what})")
+            unreadable.append(f"skipped {err} (left out of {what})")
+    if tried and not loaded:
+        unreadable.append(nothing_readable(what, tried))
     return loaded
+
+
+def nothing_readable(what: str, tried: int) -> str:
+    return f"none of the {tried} image(s) for {what} can be read: the run goes on without {what}"
 
 
 class SkipUnreadable(Dataset):

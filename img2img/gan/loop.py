@@ -76,7 +76,7 @@ class Task(ABC):
 
     @property
     def unreadable(self) -> list[str]:
-        """Files left out of the fixed sample and validation batches; the loop names them once."""
+        """Messages on files left out of the fixed sample and validation batches; the loop shows them once."""
         return self.__dict__.setdefault("_unreadable", [])
 
     def forward(self, nets: Nets, batch: dict) -> dict:
@@ -157,7 +157,7 @@ class Trainer:
         if note := amp_note(device, cfg.amp):
             reporter.message(note)
         for message in task.unreadable:
-            reporter.message(f"skipped {message}")
+            reporter.message(message)
         self.raw = dict(task.nets)
         if device.type == "cuda":
             for net in self.raw.values():

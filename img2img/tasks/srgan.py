@@ -24,6 +24,7 @@ from torch import nn
 from img2img import metrics
 from img2img.config import BaseConfig, ConfigError, opt
 from img2img.data import sr_data
+from img2img.data.datasets import nothing_readable
 from img2img.data.degrade import DEGRADATIONS, matlab_bicubic
 from img2img.gan import checkpoint, losses
 from img2img.gan.checkpoint import GeneratorSpec
@@ -258,7 +259,10 @@ class SRGAN(Task):
             self.val_images, unreadable = sr_data.validation_images(self.val_items, scale, self.cfg.degradation,
                                                                     self.nets["G"].multiple)
             for message in unreadable:
-                self.reporter.message(f"validation goes on without {message}")
+                self.reporter.message(f"validation goes on without {message}" if self.val_images else
+                                      f"skipped {message} (left out of validation)")
+            if unreadable and not self.val_images:
+                self.reporter.message(nothing_readable("validation", len(unreadable)))
         if not self.val_images:
             return {}
         totals = dict.fromkeys(self.metrics, 0.0)
