@@ -166,16 +166,20 @@ def plan_outputs(source: str, output: Path, stdin: TextIO | None = None, ext: st
 def refuse_shared_outputs(outputs: OutputPlan) -> None:
     """Two inputs whose results would be one file (a.png and a.jpg with --ext png): the second
     would replace the first. Refused before any work, naming them: which to keep is the user's call."""
-    claimed: dict[Path, Path] = {}
-    shared = []
+    sources: dict[Path, list[Path]] = {}
     for job in outputs.jobs:
-        first = claimed.setdefault(job.relative, job.source)
-        if first != job.source:
-            shared.append(f"{first} and {job.source} would both be written to {outputs.folder / job.relative}")
+        sources.setdefault(job.relative, []).append(job.source)
+    shared = [_collision(list(dict.fromkeys(inputs)), outputs.folder / result) for result, inputs in sources.items()
+              if len(set(inputs)) > 1]
     if shared:
         more = f"\n(and {len(shared) - 5} more)" if len(shared) > 5 else ""
         raise InputError("\n".join(shared[:5]) + more + "\nkeep each input's own format (leave out --ext), "
                          "or translate them into separate OUTPUT folders")
+
+
+def _collision(inputs: list[Path], result: Path) -> str:
+    names = ", ".join(map(str, inputs[:-1])) + f" and {inputs[-1]}"
+    return f"{names} would {'both' if len(inputs) == 2 else 'all'} be written to {result}"
 
 
 def refuse_a_folder_named_like_an_image(source: str, output: Path) -> None:

@@ -186,7 +186,8 @@ def test_ext_chooses_the_output_format(models, tmp_path):
 
 
 @pytest.mark.parametrize("form", ["folder", "stdin"])
-@pytest.mark.parametrize("names", [("a.png", "a.jpg"), ("b.PNG", "b.png"), ("c.tif", "c.TIFF")])
+@pytest.mark.parametrize("names", [("a.png", "a.jpg"), ("b.PNG", "b.png"), ("c.tif", "c.TIFF"),
+                                   ("d.jpg", "d.png", "d.webp")])
 def test_inputs_whose_results_would_be_one_file_are_refused_before_any_work(models, tmp_path, form, names):
     sources = [photo(tmp_path / "in" / name, 16, 16 + 4 * i) for i, name in enumerate(names)]
     given, stdin = (str(tmp_path / "in"), None) if form == "folder" else ("-", "".join(f"{p}\n" for p in sources))
@@ -195,6 +196,7 @@ def test_inputs_whose_results_would_be_one_file_are_refused_before_any_work(mode
     assert result.exit_code == 2, result.output
     message = flat(result.stderr)
     assert all(str(p) in message for p in sources) and "leave out --ext" in message
+    assert message.count("be written to") == 1  # one line per result, however many inputs share it
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
