@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
@@ -373,9 +374,11 @@ class Writer:
         self.pool.shutdown(wait=True)
         yield from self.done()
 
-    def abandon(self) -> None:
-        """The writes under way finish (or remove their temporaries); those queued never start."""
+    def abandon(self) -> list[Result]:
+        """The writes under way finish (or remove their temporaries); those queued never start.
+        Returns the results finished and not yet taken: their files exist."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        return [f.result() for f in self.pending if f.done() and not f.cancelled() and f.exception() is None]
 
 
 def translate(model: str | Path, source: str, out_dir: str | Path, *, options: Options | None = None,
@@ -496,7 +499,9 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
         for result in writer.close():
             record(result)
     except BaseException:  # e.g. a full disk (see run_jobs) or Ctrl-C: no write starts after it
-        writer.abandon()
+        for result in writer.abandon():  # written all the same: reported, unless reporting is what failed
+            with suppress(Exception):
+                record(result)
         raise
 
 PREFETCH = 4  # batches in flight per decoding worker

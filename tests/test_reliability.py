@@ -808,14 +808,15 @@ def test_a_signal_mid_translate_leaves_whole_files_and_says_so(model, tmp_path, 
     source.mkdir()
     for index in range(400):
         PILImage.fromarray(rgb(96 + index % 5, 128)).save(source / f"{index:03d}.png", compress_level=0)
-    process = subprocess.Popen([sys.executable, "-m", "img2img", "translate", "--model", str(model), str(source), str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "img2img", "translate", "--json", "--model", str(model),
+                                str(source), str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*.png"))) < 5:
         time.sleep(0.02)
     process.send_signal(sig)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
     assert stderr.strip().splitlines()[-1] == said and "Traceback" not in stderr
     written = sorted(out.iterdir())
@@ -824,6 +825,8 @@ def test_a_signal_mid_translate_leaves_whole_files_and_says_so(model, tmp_path, 
         assert path.suffix == ".png", f"left behind: {path.name}"
         index = int(path.stem)
         assert images.read_image(path).size == (96 + index % 5, 128)
+    reported = {Path(json.loads(line)["output"]).name for line in stdout.splitlines()}
+    assert reported == {path.name for path in written}  # a pipeline learns of every file written, and only those
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
