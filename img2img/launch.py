@@ -36,6 +36,8 @@ def main() -> None:
         if stop.code == 130:  # the command line library's silent Ctrl-C
             _say_interrupted(KeyboardInterrupt())
         raise
+    finally:  # the work is over: a SIGTERM now ends the process as the signal does, not in a clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def exit_code(stop: KeyboardInterrupt) -> int:
