@@ -129,6 +129,7 @@ def _train(cfg: BaseConfig, task, trainer, recorder, state: dict | None, world, 
             trainer.run(batches, recorder, task.sample_batch)
         distributed.barrier(world)  # the processes leave together: one that left early aborted at exit
     finally:
+        trainer.leave_process_group()
         distributed.teardown()
 
 

@@ -12,6 +12,7 @@ the process group (NCCL on CUDA, gloo on CPU). Every trained network gets its ow
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
@@ -68,6 +69,7 @@ def setup(world: World, device: torch.device) -> torch.device:
 
 def teardown() -> None:
     if dist.is_initialized():
+        gc.collect()  # wrappers in reference cycles too: the group's last holders go before it does
         dist.destroy_process_group()
 
 

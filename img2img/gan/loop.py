@@ -201,6 +201,11 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def leave_process_group(self) -> None:
+        """Drops the DDP wrappers, whose reducers hold the process group: a group that outlives
+        destroy_process_group is freed at interpreter exit, where its threads abort the process."""
+        self.synced = dict(self.raw)
+
     def routed(self, trained: tuple[str, ...]) -> dict[str, nn.Module]:
         """Trained networks through DDP, the others through their plain modules."""
         return {name: self.synced[name] if name in trained else self.plain[name] for name in self.raw}
