@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -521,3 +523,17 @@ def test_a_result_name_longer_than_the_file_system_takes_fails_that_image_alone(
                                  str(tmp_path / "in"), str(tmp_path / "out")])
     assert result.exit_code == 1 and "File name too long" in flat(result.stderr), result.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.webp"]
+
+
+def test_a_name_that_is_no_utf8_keeps_its_bytes_in_json(models, tmp_path):
+    if sys.platform == "darwin":
+        pytest.skip("macOS file systems take UTF-8 names only")
+    source = photo(tmp_path / "in" / "x.png", 16, 16)
+    named = os.path.join(os.fsencode(tmp_path / "in"), b"caf\xe9.png")
+    os.rename(source, named)
+    result = subprocess.run([sys.executable, "-m", "img2img", "translate", "--json", "--model",
+                             str(models / "resnet.safetensors"), str(tmp_path / "in"), str(tmp_path / "out")],
+                            capture_output=True)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert os.fsencode(record["input"]) == named and os.path.exists(os.fsencode(record["output"]))
