@@ -222,7 +222,8 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
         pixels = fix(pixels)
     # Associated alpha: tifffile and OpenCV at 16 bits give the colours as stored; Pillow, which
     # decodes the 8-bit ones, gives them straight already.
-    if layout is not None and layout.alpha == 1 and (via_tifffile or pixels.dtype == np.uint16) and not _odd_cmyk(layout):
+    stored = layout is not None and (via_tifffile or pixels.dtype == np.uint16) and not _odd_cmyk(layout)
+    if stored and layout.alpha == 1:  # (CMYK: straightened before its conversion)
         pixels = _unpremultiplied(pixels)
     if pixels.dtype == np.uint8:
         bits, scale = 8, 255.0
