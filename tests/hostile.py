@@ -318,7 +318,12 @@ def build_corpus(folder: Path, hostile: int, good_per_variant: int = 1, seed: in
             add(corpus.forged, f"forged_{name}_{variant}", variants[variant][0], forge(variants[variant][1], rng))
     fixed = [("empty", ".png", b""), ("empty", ".jpg", b""), ("text", ".png", b"not an image\n"),
              ("text", ".jpg", b"GIF89a? no, a text file\n"), ("text", ".webp", b"RIFF....WEBP but text"),
-             ("text", ".tif", b"II*\x00 and then words"), ("text", ".bmp", b"BM, a note")]
+             ("text", ".tif", b"II*\x00 and then words"), ("text", ".bmp", b"BM, a note"),
+             # Headers with nothing after them (a write that stopped there): no page, no chunk.
+             ("header_only", ".tif", b"II*\x00\x00\x00\x00\x00"), ("header_only", ".tif", b"MM\x00*\x00\x00\x00\x00"),
+             ("header_only", ".tif", b"II+\x00\x08\x00\x00\x00" + bytes(8)), ("header_only", ".png", b"\x89PNG\r\n\x1a\n"),
+             ("header_only", ".jpg", b"\xff\xd8"), ("header_only", ".webp", b"RIFF\x04\x00\x00\x00WEBP"),
+             ("header_only", ".bmp", b"BM" + bytes(12))]
     for i, (name, ext, data) in enumerate(fixed):
         add(corpus.damaged, f"{name}_{i}", ext, data)
     damages = [(name, None, fn) for name, fn in GENERIC.items()] + [(n, a, f) for n, (a, f) in STRUCTURAL.items()]

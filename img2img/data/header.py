@@ -122,6 +122,8 @@ def _check(path: Path, data: bytes) -> Header:
     except (_Corrupt, struct.error, IndexError, ValueError) as err:
         reason = err if isinstance(err, _Corrupt) else "a header field points past the end of the file"
         raise ImageError(f"{path}: the {image_format} header is corrupt ({reason})") from None
+    if not sizes:  # e.g. a TIFF whose writer stopped after the header
+        raise ImageError(f"{path}: the {image_format} file holds no image (its header lists none)")
     for what, width, height in sizes:
         if width <= 0 or height <= 0:
             raise ImageError(f"{path}: the {image_format} header is corrupt (its {what} is {width}x{height} px)")
