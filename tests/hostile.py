@@ -216,6 +216,18 @@ def _tiff_tag_past_end(data: bytes) -> bytes:
     return _tiff_rewrite_entry(data, 279, 279, 64, len(data) + 4096)
 
 
+def _tiff_bits_past_end(data: bytes) -> bytes:
+    """BitsPerSample's three SHORTs (stored apart from the entry) said to lie past the end."""
+    order = "<" if data[:2] == b"II" else ">"
+    buffer = bytearray(data)
+    ifd = _tiff_ifds(data)[0]
+    (entries,) = struct.unpack_from(order + "H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack_from(order + "H", data, entry)[0] == 258:
+            struct.pack_into(order + "HHII", buffer, entry, 258, 3, 3, len(data) + 4096)
+    return bytes(buffer)
+
+
 def _bmp_set_size(data: bytes, width: int, height: int) -> bytes:
     return data[:18] + struct.pack("<ii", width, height) + data[26:]
 
@@ -278,6 +290,7 @@ STRUCTURAL: dict[str, tuple[tuple[str, ...], Callable[[bytes, random.Random], by
     "webp_zero_chunk": (("webp_lossy", "webp_lossless"), lambda d, r: _webp_chunk_size(d, 0)),
     "webp_oversized_chunk": (("webp_lossy", "webp_alpha"), lambda d, r: _webp_chunk_size(d, 0xFFFFFFF0)),
     "tiff_tag_past_end": (("tif", "tif_pages"), lambda d, r: _tiff_tag_past_end(d)),
+    "tiff_bits_past_end": (("tif", "tif_pages"), lambda d, r: _tiff_bits_past_end(d)),
 }
 
 
@@ -323,7 +336,8 @@ def build_corpus(folder: Path, hostile: int, good_per_variant: int = 1, seed: in
              ("header_only", ".tif", b"II*\x00\x00\x00\x00\x00"), ("header_only", ".tif", b"MM\x00*\x00\x00\x00\x00"),
              ("header_only", ".tif", b"II+\x00\x08\x00\x00\x00" + bytes(8)), ("header_only", ".png", b"\x89PNG\r\n\x1a\n"),
              ("header_only", ".jpg", b"\xff\xd8"), ("header_only", ".webp", b"RIFF\x04\x00\x00\x00WEBP"),
-             ("header_only", ".bmp", b"BM" + bytes(12))]
+             ("header_only", ".bmp", b"BM" + bytes(12)),
+             ("ifd_beyond_any_file", ".tif", b"II+\x00\x08\x00\x00\x00" + (2**63 - 1).to_bytes(8, "little"))]
     for i, (name, ext, data) in enumerate(fixed):
         add(corpus.damaged, f"{name}_{i}", ext, data)
     damages = [(name, None, fn) for name, fn in GENERIC.items()] + [(n, a, f) for n, (a, f) in STRUCTURAL.items()]

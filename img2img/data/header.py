@@ -119,7 +119,7 @@ def _check(path: Path, data: bytes) -> Header:
         raise ImageError(f"{path}: the file is truncated (it ends before the image data does)")
     try:
         sizes = _DECLARED[image_format](data)
-    except (_Corrupt, struct.error, IndexError, ValueError) as err:
+    except (_Corrupt, struct.error, IndexError, ValueError, OverflowError) as err:
         reason = err if isinstance(err, _Corrupt) else "a header field points past the end of the file"
         raise ImageError(f"{path}: the {image_format} header is corrupt ({reason})") from None
     if not sizes:  # e.g. a TIFF whose writer stopped after the header
@@ -404,6 +404,8 @@ def _first_page_short(data, wanted: int) -> tuple[int | None, int | None]:
             where = entry + (12 if big else 8)
             if values * 2 > (8 if big else 4):  # too many to be stored in the entry itself
                 (where,) = struct.unpack_from(order + ("Q" if big else "I"), data, where)
+            if where + 2 > len(data):  # points past the end: as absent (the decoder names the damage)
+                return None, None
             return struct.unpack_from(order + "H", data, where)[0], where
     return None, None
 
