@@ -138,6 +138,33 @@ def test_aligned_layout_trains_and_samples_from_val(aligned_photos, tmp_path):
     assert (run / "samples" / "step_00000002.png").is_file()
 
 
+@pytest.mark.parametrize("splits", [("Train", "val"), ("test",), ("val", "test")])
+def test_an_aligned_folder_with_held_out_splits_but_no_train_is_refused_not_trained_on_whole(
+        aligned_photos, tmp_path, splits):
+    import shutil
+
+    for name in splits:
+        shutil.copytree(aligned_photos / ("train" if name == "Train" else "val"), tmp_path / "data" / name)
+    result = runner.invoke(app, ["train", "pix2pix", "--data", str(tmp_path / "data"), "--steps", "1", "--size", "32",
+                                 "--ngf", "4", "--ndf", "4", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "but no train/ subfolder" in flat(result.stderr), result.output
+    assert not (tmp_path / "run").exists()
+    checked = runner.invoke(app, ["data", "check", str(tmp_path / "data"), "--aligned"])
+    assert checked.exit_code == 1 and "but no train/ subfolder" in flat(checked.stderr), checked.output
+
+
+def test_data_check_aligned_checks_the_validation_split_that_train_reads(aligned_photos, tmp_path):
+    import shutil
+
+    import cv2
+
+    shutil.copytree(aligned_photos, tmp_path / "data")
+    odd = sorted((tmp_path / "data" / "val").iterdir())[0]
+    cv2.imwrite(str(odd), cv2.imread(str(odd))[:, :-1])
+    checked = runner.invoke(app, ["data", "check", str(tmp_path / "data"), "--aligned"])
+    assert checked.exit_code == 1 and f"{odd}: width" in flat(checked.stderr), checked.output
+
+
 def test_pairs_with_missing_partners_or_different_sizes_are_named(tmp_path, paired_photos):
     import shutil
 

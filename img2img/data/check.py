@@ -9,7 +9,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from img2img.config import require_folder
+from img2img.config import ConfigError, require_folder
 from img2img.data import datasets
 from img2img.data.header import check_image, failure
 from img2img.data.images import files_by_stem, list_images, read_image
@@ -124,8 +124,14 @@ def pairing_problems(a: Path, b: Path) -> list[str]:
 
 
 def aligned_problems(folder: Path) -> list[str]:
-    try:
-        datasets.scan_aligned(folder, "train")
-    except datasets.DataError as err:
-        return [line.strip() for line in str(err).splitlines()[1:]]
-    return []
+    """Of every split that train reads: train/ and the validation split."""
+    problems = []
+    for split in ("train", datasets.validation_split(folder)):
+        try:
+            if split:
+                datasets.scan_aligned(folder, split)
+        except datasets.DataError as err:
+            problems += [line.strip() for line in str(err).splitlines()[1:]]
+        except ConfigError as err:  # a layout train refuses: one problem, as train names it
+            problems.append(str(err))
+    return problems

@@ -64,8 +64,17 @@ LAYOUT_SPLITS = ("train", "val", "test", "trainA", "trainB", "testA", "testB")  
 
 
 def _split_folder(root: Path, split: str) -> Path:
-    # The reference's layout has train/ val/ test/ below the data folder.
-    return root / split if (root / split).is_dir() else root
+    """The reference's layout has train/ val/ test/ below the data folder; a folder without
+    them is a folder of training images alone. One with other splits but no train/ is refused:
+    training on all of it would train on the held-out images too."""
+    if (root / split).is_dir():
+        return root / split
+    splits = sorted(entry.name + "/" for entry in root.iterdir() if entry.is_dir()
+                    and (entry.name in LAYOUT_SPLITS or entry.name.lower() == split))
+    if splits:
+        raise ConfigError(f"--data {root} holds {', '.join(splits)} but no {split}/ subfolder: name the training "
+                          f"images' folder {split}/ (the reference layout), or give a folder of training images alone")
+    return root
 
 
 def scan_images(folder: Path, flag: str, check: Callable[[Path, int, int], str | None] | None = None) -> list[Path]:
@@ -345,9 +354,13 @@ def scan_training_pairs(data: Path | None, a: Path | None, b: Path | None) -> li
 
 def scan_validation_pairs(data: Path | None) -> list[Pair]:
     """The aligned layout's val/ (or test/) split, if present."""
-    if data is None:
-        return []
+    split = validation_split(data) if data is not None else None
+    return scan_aligned(data, split) if split else []
+
+
+def validation_split(data: Path) -> str | None:
+    """Which of the aligned layout's val/ and test/ validation takes (val/ first), if either holds images."""
     for split in ("val", "test"):
         if (data / split).is_dir() and any(is_image_file(p) for p in (data / split).rglob("*")):
-            return scan_aligned(data, split)
-    return []
+            return split
+    return None
