@@ -92,3 +92,12 @@ def test_a_recipe_with_both_steps_and_epochs_is_refused_as_the_flags_are(tmp_pat
     own.write_text("task: pix2pix\nsteps: 5\nepochs: 3\n")
     with pytest.raises(ConfigError, match="both.yaml: steps and epochs both given"):
         recipes.load(str(own))
+
+
+@pytest.mark.parametrize("recipe", ["horse2zebra_cut", "horse2zebra_fastcut"])
+@pytest.mark.parametrize("mode", ["cut", "fastcut"])
+def test_mode_given_with_a_cut_recipe_brings_its_own_settings(recipe, mode):
+    from img2img.tasks.cut import MODES
+
+    cfg = make_config("cut", {"mode": mode}, recipes.load(recipe)[1])
+    assert {key: getattr(cfg, key) for key in MODES[mode]} == MODES[mode]
