@@ -228,6 +228,9 @@ def _checked(cfg: BaseConfig) -> BaseConfig:
 def _load_resume_state(ckpt_dir: Path) -> tuple[dict, Path]:
     found = checkpoint.load_latest_state(ckpt_dir)
     if found is None and not any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
+        from img2img.gan.record import refuse_if_held
+
+        refuse_if_held(ckpt_dir.parent)
         raise ConfigError(f"--resume: {ckpt_dir.parent} holds no checkpoint yet (the run stopped before its first, "
                           "--save-every): start it again without --resume")
     if found is None:

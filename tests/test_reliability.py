@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -779,13 +780,22 @@ sys.stdin.read()
         holder.communicate("")
 
 
-@pytest.mark.parametrize("second", ["--resume", "a new run before the first checkpoint"])
+@pytest.mark.parametrize("second", ["--resume", "a new run before the first checkpoint",
+                                    "--resume before the first checkpoint"])
 def test_a_run_folder_being_trained_is_refused_to_a_second_command(paired_photos, tmp_path, second):
     run = tmp_path / "run"
     args = train_cmd(paired_photos, run, "--steps", 2)[3:]
     if second == "--resume":
         assert runner.invoke(app, args).exit_code == 0
         args = [*args, "--resume", "--steps", "4"]
+    if second == "--resume before the first checkpoint":  # the first run trains, with no checkpoint yet
+        assert runner.invoke(app, args).exit_code == 0
+        shutil.rmtree(run / "checkpoints")  # its config.yaml written, its first checkpoint not yet
+        with held_by_another_process(run):
+            result = runner.invoke(app, [*args, "--resume"])
+        assert result.exit_code == 2 and f"{run} is being trained by process 4242" in flat(result.stderr)
+        assert "no checkpoint yet" not in result.stderr
+        return
     with held_by_another_process(run):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output

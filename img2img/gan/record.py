@@ -43,10 +43,7 @@ def held(run_dir: Path):
         try:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another process holds it
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ConfigError(f"{run_dir} is being trained by {holder} now: wait for it to end, or choose "
-                              "another --out") from None
+            raise _busy(run_dir, handle) from None
         except OSError:  # no locks on this file system (some network mounts): go on without
             pass
         handle.seek(0)
@@ -56,6 +53,30 @@ def held(run_dir: Path):
         yield
     finally:
         handle.close()
+
+
+def refuse_if_held(run_dir: Path) -> None:
+    """The refusal `held` gives, where another process trains in `run_dir` now (for a --resume
+    that finds no checkpoint: the run has not stopped, it has not written one yet)."""
+    import fcntl
+
+    try:
+        handle = open(run_dir / LOCK_NAME, "r+")
+    except OSError:  # none: no run ever held the folder
+        return
+    with handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as the handle closes
+        except (BlockingIOError, PermissionError):
+            raise _busy(run_dir, handle) from None
+        except OSError:
+            pass
+
+
+def _busy(run_dir: Path, handle) -> ConfigError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    return ConfigError(f"{run_dir} is being trained by {holder} now: wait for it to end, or choose another --out")
 
 
 MAX_ROLLBACKS = 4  # to one checkpoint, each at half the learning rate before: down to 1/16
