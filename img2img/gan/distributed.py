@@ -148,11 +148,12 @@ def relaunch(argv: list[str], nproc_per_node: int, nnodes: int, node_rank: int, 
     else:
         launcher += ["--standalone"]
     args = get_args_parser().parse_args([*launcher, "-m", "img2img", *argv])
-    # torchrun's agent logs each signal it passes on ("Received 15 death signal, ..."): the
-    # ranks say what happened to the run, once.
-    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:  # each has its own level
-        if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    # torchrun's agent logs each signal it passes on ("Received 15 death signal, ..."), each
+    # rank that failed ("failed (exitcode: -9) ..."), and the threads it sets per process: the
+    # ranks and the summary below say what happened to the run, once.
+    for name in ["torch.distributed.elastic", "torch.distributed.run", *logging.root.manager.loggerDict]:
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):  # each has its own level
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(args)
     except Exception as err:  # ChildFailedError: torchrun has already stopped the other ranks
