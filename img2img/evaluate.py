@@ -376,7 +376,9 @@ def evaluate(pred_dir: str | Path, target_dir: str | Path, metrics: str | tuple[
     if paired:  # files without a partner are only a problem for paired metrics
         result.unmatched_pred, result.unmatched_target = matching.unmatched_pred, matching.unmatched_target
     reporter = reporter or Silent()
-    _measure(matching, paired, set_metrics, crop_border, y_channel, lpips, result, reporter)
+    cropped_away = _measure(matching, paired, set_metrics, crop_border, y_channel, lpips, result, reporter)
+    if paired and cropped_away == len(matching.pairs):
+        raise ConfigError(f"--crop-border {crop_border} leaves nothing of any image: choose a smaller border")
     _summarise(result, paired, set_metrics)
     return result
 
@@ -395,16 +397,18 @@ def _load_networks(metrics, sets, lpips_net, weights_dir, device, feature_extrac
 
 
 def _measure(matching: Matching, paired: tuple[str, ...], set_metrics: SetMetrics | None, crop_border: int,
-             y_channel: bool, lpips: Lpips | None, result: Evaluation, reporter: Reporter) -> None:
+             y_channel: bool, lpips: Lpips | None, result: Evaluation, reporter: Reporter) -> int:
+    """Measures into `result`; returns how many pairs the border crop left nothing of."""
     # Set metrics take every image, so files without a partner count as well.
     extra = ([(p, False) for p in matching.unmatched_pred] + [(p, True) for p in matching.unmatched_target]
              if set_metrics else [])
     reporter.start(len(matching.pairs) + len(extra), 0, "evaluating")
-    done = 0
+    done = cropped_away = 0
     for key, pred_path, target_path in matching.pairs:
         output, target = _read(pred_path, result), _read(target_path, result)
         if paired and output is not None and target is not None:
-            _measure_pair(key, pred_path, target_path, output, target, paired, crop_border, y_channel, lpips, result)
+            cropped_away += _measure_pair(key, pred_path, target_path, output, target, paired, crop_border, y_channel,
+                                          lpips, result)
         if set_metrics:
             for image, real in ((output, False), (target, True)):
                 if image is not None:
@@ -418,6 +422,7 @@ def _measure(matching: Matching, paired: tuple[str, ...], set_metrics: SetMetric
         done += 1
         reporter.update(done)
     reporter.finish()
+    return cropped_away
 
 
 def _read(path: Path, result: Evaluation) -> torch.Tensor | None:
@@ -428,21 +433,30 @@ def _read(path: Path, result: Evaluation) -> torch.Tensor | None:
         return None
 
 
-def _measure_pair(key, pred_path, target_path, output, target, paired, crop_border, y_channel, lpips, result) -> None:
+def _measure_pair(key, pred_path, target_path, output, target, paired, crop_border, y_channel, lpips, result) -> bool:
+    """Measures one pair into `result`; True where the border crop leaves nothing of it."""
+    height, width = output.shape[1:]
     if output.shape != target.shape:
-        result.failures.append(f"{pred_path} is {output.shape[2]}x{output.shape[1]} but {target_path} is "
+        result.failures.append(f"{pred_path} is {width}x{height} but {target_path} is "
                                f"{target.shape[2]}x{target.shape[1]}")
-        return
-    if min(output.shape[1:]) <= 2 * crop_border:
-        result.failures.append(f"{pred_path}: {output.shape[2]}x{output.shape[1]} px leaves nothing after "
-                               f"--crop-border {crop_border}")
-        return
+        return False
+    if min(height, width) <= 2 * crop_border:
+        result.failures.append(f"{pred_path}: {width}x{height} px leaves nothing after --crop-border {crop_border}")
+        return True
+    window = pixel_metrics.SSIM_WINDOW
+    if "ssim" in paired and min(height, width) - 2 * crop_border < window:  # the others are measured
+        cropped = f" after --crop-border {crop_border}" if crop_border else ""
+        result.failures.append(f"{pred_path}: {width - 2 * crop_border}x{height - 2 * crop_border} px{cropped} is "
+                               f"smaller than SSIM's {window}x{window} window: its SSIM is left out")
+        paired = tuple(name for name in paired if name != "ssim")
     try:
         values = paired_values(output, target, paired, crop_border, y_channel, lpips)
-    except Exception as err:  # e.g. smaller than SSIM's window or LPIPS's network allows
+    except Exception as err:  # e.g. smaller than LPIPS's network allows
         result.failures.append(failure(pred_path, err, "measuring"))
-        return
-    result.images.append({"name": key, "pred": str(pred_path), "target": str(target_path), **values})
+        return False
+    if values:
+        result.images.append({"name": key, "pred": str(pred_path), "target": str(target_path), **values})
+    return False
 
 
 def _summarise(result: Evaluation, paired: tuple[str, ...], set_metrics: SetMetrics | None) -> None:

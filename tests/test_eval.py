@@ -123,6 +123,20 @@ def test_size_mismatch_is_named_and_the_rest_is_measured(tmp_path):
     assert len(result.failures) == 1 and "40x32" in result.failures[0] and "b.png" in result.failures[0]
 
 
+def test_a_border_crop_too_large_for_ssim_keeps_psnr_and_one_too_large_for_every_image_is_a_usage_error(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, side in (("small", 40), ("large", 80)):
+        write_rgb(tmp_path / "pred" / f"{name}.png", rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        write_rgb(tmp_path / "target" / f"{name}.png", rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    result = evaluate(tmp_path / "pred", tmp_path / "target", "psnr,ssim", crop_border=15)  # small: 10x10 left
+    small = next(i for i in result.images if i["name"] == "small")
+    assert "psnr" in small and "ssim" not in small and result.means["ssim"] == result.images[0]["ssim"]
+    assert len(result.failures) == 1 and "smaller than SSIM's 11x11 window" in result.failures[0]
+    assert not any("Error" in f for f in result.failures)
+    cli = runner.invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "target"), "--crop-border", "40"])
+    assert cli.exit_code == 2 and "--crop-border 40 leaves nothing of any image" in flat(cli.stderr), cli.output
+
+
 def test_unknown_metric_suggests_a_name():
     with pytest.raises(ConfigError, match="did you mean lpips"):
         parse_metrics("psnr,lpip")
@@ -343,6 +357,6 @@ def test_cli_exit_codes(photos, tmp_path, empty_hub):
     write_rgb(tmp_path / "small" / "a.png", np.zeros((8, 8, 3), np.uint8))
     write_rgb(tmp_path / "small_target" / "a.png", np.zeros((8, 8, 3), np.uint8))
     too_small = runner.invoke(app, ["eval", str(tmp_path / "small"), str(tmp_path / "small_target")])
-    assert too_small.exit_code == 1 and "at least 11x11" in flat(too_small.stderr)
+    assert too_small.exit_code == 1 and "8x8 px is smaller than SSIM's 11x11 window" in flat(too_small.stderr)
     human = runner.invoke(app, ["eval", str(photos["noise"]), target])
     assert human.exit_code == 0 and "psnr" in flat(human.stderr) and human.stdout == ""
