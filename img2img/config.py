@@ -329,15 +329,20 @@ def _as_typed(flag: str, value: Any) -> str:
 
 def load_config(path: Path, missing: str | None = None) -> BaseConfig:
     """A saved config.yaml (its recorded run facts are left out)."""
+    from img2img.gan.checkpoint import CheckpointError  # a damaged run file is a failure, not a usage error
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(missing or f"{path}: no such file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not valid YAML ({reason}); the run's settings are damaged: restore the file, "
+                              "or start a new run with another --out") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: not a config (a mapping of settings)")
+        raise CheckpointError(f"{path}: not a config (a mapping of settings); the run's settings are damaged: "
+                              "restore the file, or start a new run with another --out")
     task = str(data.pop("task", "pix2pix"))
     # Runs of earlier versions saved every family's settings: keep this family's.
     own, everyone = set(field_names(config_class(task))), {n for c in configs().values() for n in field_names(c)}

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from img2img.config import ConfigError
 from img2img.gan import checkpoint
 from img2img.gan.checkpoint import CheckpointError, GeneratorSpec, load_generator, save_generator
 from img2img.nets import registry
@@ -47,7 +48,7 @@ def test_a_run_folder_resolves_to_its_generator(tmp_path):
     save_generator(tmp_path / "run" / "checkpoints" / "generator.safetensors", net, spec)
     _, loaded_spec = load_generator(tmp_path / "run")
     assert loaded_spec.arch == "unet"
-    with pytest.raises(CheckpointError, match="no generator file"):
+    with pytest.raises(ConfigError, match="no generator file"):
         load_generator(tmp_path)
 
 

@@ -810,6 +810,17 @@ def test_a_run_folder_being_trained_is_refused_to_a_second_command(paired_photos
     assert load_generator(run)[1].step == (4 if second == "--resume" else 2)
 
 
+@pytest.mark.parametrize("damage", [b"steps: [1, 2\n", b"\xff\xfe\x00garbage", b"- a list\n- of things\n"])
+def test_a_damaged_config_yaml_fails_the_resume_as_a_bad_file_naming_it(paired_photos, tmp_path, damage):
+    run = tmp_path / "run"
+    args = train_cmd(paired_photos, run, "--steps", 2)[3:]
+    assert runner.invoke(app, args).exit_code == 0
+    (run / "config.yaml").write_bytes(damage)
+    result = runner.invoke(app, [*args, "--resume", "--steps", "4"])
+    assert result.exit_code == 1 and f"{run / 'config.yaml'}: not" in flat(result.stderr), result.output
+    assert "restore the file" in flat(result.stderr) and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM")])
 def test_a_signal_mid_translate_leaves_whole_files_and_says_so(model, tmp_path, sig, code, said):
     """`kill` or a batch system's stop while results are written: each file on disk is whole,

@@ -199,7 +199,7 @@ def resolve_generator_path(path: Path, direction: str = "AtoB") -> Path:
     for name in names:
         if (folder / name).is_file():
             return folder / name
-    raise CheckpointError(
+    raise ConfigError(  # a folder that holds no model: a path that cannot work, as a missing one
         f"{path}: no generator file in this folder (looked for {', '.join(names)} in {folder}); "
         "is it a run folder whose training has written a checkpoint yet?"
     )
