@@ -61,9 +61,12 @@ def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: the graph pads images of any size, which needs opset {MIN_OPSET} or newer")
     try:
-        import onnx  # noqa: F401
+        import onnx
     except ImportError:
         raise ExportError(f"ONNX export needs the onnx extra: {install_hint('onnx')}") from None
+    if opset > (newest := onnx.defs.onnx_opset_version()):
+        raise ConfigError(f"--opset {opset}: the installed onnx knows opsets up to {newest}; the default, 17, suits "
+                          "every architecture img2img builds")
     refuse_to_replace(Path(model), Path(out))
     module, spec = load_generator(Path(model), direction)
     wrapper = UnitRangeGenerator(module.float().eval(), spec).eval()
