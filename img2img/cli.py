@@ -113,7 +113,7 @@ def translate(
         if gallery or targets is not None:
             from img2img.report import translate_gallery
 
-            say(f"gallery: {translate_gallery(results, output, targets)}")
+            say(f"gallery: {translate_gallery(results, output, targets, say)}")
         _summarise(results, output)
 
     run_guarded(action)

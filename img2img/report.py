@@ -28,7 +28,7 @@ import os
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -40,6 +40,7 @@ from img2img.data.header import ImageError
 from img2img.data.images import files_by_stem, read_image, write_bytes_atomic
 from img2img.gan.record import TensorBoardWriter, is_number
 from img2img.hints import install_hint
+from img2img.metrics import SSIM_WINDOW
 
 REPORT_FILE = "report.html"
 GALLERY_FILE = "gallery.html"
@@ -80,7 +81,7 @@ def fmt(value: object) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "inf" if value > 0 else str(value)
-        return f"{value:.4g}"
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"  # 12.00 dB, not 12; 0.8312, 2e-04
     return str(value)
 
 
@@ -370,6 +371,7 @@ class GalleryRow:
     cells: list[Cell]
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    unmeasured: str | None = None  # why an output with a target has no metrics
 
 
 def thumbnail(rgb: torch.Tensor, max_px: int = THUMB_PX) -> str:
@@ -449,11 +451,13 @@ def _try_read(path: Path | None) -> torch.Tensor | None:
         return None
 
 
-def translate_gallery(results: list, out_dir: str | Path, targets: str | Path | None = None) -> Path:
+def translate_gallery(results: list, out_dir: str | Path, targets: str | Path | None = None,
+                      say: Callable[[str], None] = lambda note: None) -> Path:
     """OUTPUT/gallery.html for the Results of `infer.translate`: input | output (| target),
-    with PSNR and SSIM (RGB) of each output against its target when `targets` is given.
-    Each image is decoded once, measured and shrunk to its thumbnail right away, so memory
-    stays flat however many images there are."""
+    with PSNR and SSIM (RGB) of each output against its target when `targets` is given; what
+    could not be measured is noted on the page and given to `say`. Each image is decoded once,
+    measured and shrunk to its thumbnail right away, so memory stays flat however many images
+    there are."""
     out_dir = Path(out_dir)
     target_files = _targets_by_key(Path(targets)) if targets is not None else None
     rows = [_translate_row(result, target_files, shown=i < GALLERY_MAX_ROWS)
@@ -463,7 +467,13 @@ def translate_gallery(results: list, out_dir: str | Path, targets: str | Path | 
         missing = sum(1 for r in rows if not r.error and r.cells[-1].path is None)
         if missing:
             notes.append(f"{missing} output(s) have no target of the same relative path and stem in {targets}")
-        notes.append("PSNR (dB) and SSIM on RGB, no border crop; `img2img eval` measures more")
+        if unmeasured := [r for r in rows if r.unmeasured]:
+            notes.append(f"{len(unmeasured)} output(s) not measured in full against their targets, e.g. "
+                         f"{unmeasured[0].name}: {unmeasured[0].unmeasured}")
+        for note in notes:
+            say(note)
+        if any(r.metrics for r in rows):
+            notes.append("PSNR (dB) and SSIM on RGB, no border crop; `img2img eval` measures more")
     columns = ["input", "output"] + (["target"] if target_files is not None else [])
     return write_gallery(out_dir, rows, columns, f"img2img translate: {out_dir.absolute().name}", notes)
 
@@ -481,8 +491,16 @@ def _translate_row(result, target_files: dict[str, Path] | None, shown: bool) ->
     images = {i: _try_read(p) for i, p in enumerate(paths) if shown or (i > 0 and target_files is not None)}
     row = GalleryRow(name, [make_cell(p, images.get(i)) if shown else Cell(p) for i, p in enumerate(paths)])
     output, target = images.get(1), images.get(2)
-    if output is not None and target is not None and output.shape == target.shape:
-        row.metrics = paired_values(output, target, ("psnr", "ssim"))
+    if output is None or target is None:
+        return row
+    if output.shape != target.shape:
+        row.unmeasured = (f"the output is {output.shape[2]}x{output.shape[1]} px, the target "
+                          f"{target.shape[2]}x{target.shape[1]} px")
+        return row
+    small = min(output.shape[1:]) < SSIM_WINDOW
+    if small:
+        row.unmeasured = f"{output.shape[2]}x{output.shape[1]} px is smaller than SSIM's window (PSNR only)"
+    row.metrics = paired_values(output, target, ("psnr",) if small else ("psnr", "ssim"))
     return row
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 import urllib.parse
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from img2img.cli import app
 from img2img.evaluate import evaluate
 from img2img.gan.record import tensorboard_scalars
-from img2img.report import GALLERY_FILE, probability_keys, read_log, write_run_report
+from img2img.report import GALLERY_FILE, fmt, probability_keys, read_log, write_run_report
 from helpers import flat, one_thread  # noqa: F401  (one_thread is a fixture)
 
 pytest.importorskip("matplotlib")
@@ -151,9 +152,23 @@ def test_gallery_shows_the_metrics_eval_computes(gallery):
     assert not result.failures and not result.unmatched_pred
     row = text.index(f"{ODD_NAME}.png")  # the row's name cell, then its cells' captions and values
     odd = next(i for i in result.images if i["name"] == ODD_NAME)
-    assert f"{odd['psnr']:.4g}" in text[row:row + 8] and f"{odd['ssim']:.4g}" in text[row:row + 8]
-    mean_psnr = f"{result.means['psnr']:.4g}"
-    assert mean_psnr in text[:text.index("name")]  # the means table comes first
+    assert fmt(odd["psnr"]) in text[row:row + 8] and fmt(odd["ssim"]) in text[row:row + 8]
+    assert re.fullmatch(r"\d+\.\d\d", fmt(odd["psnr"]))  # 12.00 dB, not 12
+    assert fmt(result.means["psnr"]) in text[:text.index("name")]  # the means table comes first
+
+
+def test_targets_of_another_size_are_named_not_dropped_in_silence(run_dir, paired_photos, tmp_path):
+    shutil.copytree(paired_photos["test_a"], tmp_path / "in")
+    (tmp_path / "targets").mkdir()
+    for path in sorted((tmp_path / "in").glob("*.png")):
+        cv2.imwrite(str(tmp_path / "targets" / path.name), cv2.imread(str(path))[::2, ::2])
+    result = runner.invoke(app, ["translate", "--model", str(run_dir), str(tmp_path / "in"), str(tmp_path / "out"),
+                                 "--targets", str(tmp_path / "targets")])
+    assert result.exit_code == 0, result.output
+    said = flat(result.stderr)
+    assert "not measured in full against their targets" in said and "the target" in said
+    page = (tmp_path / "out" / GALLERY_FILE).read_text()
+    assert "not measured in full" in page and "PSNR (dB) and SSIM on RGB" not in page
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: the HTML checks above stand in")
@@ -222,7 +237,7 @@ def test_report_of_a_logged_sr_run_plots_validation_against_bicubic(tmp_path):
     assert cv2.imread(str(report.plots["validation"])).std() > 10
     raw = report.path.read_text()
     page = Page(raw)
-    assert "psnr_y_bicubic" in page.text and "23" in page.text  # the validation table: step 30's psnr_y
+    assert "psnr_y_bicubic" in page.text and "23.00" in page.text  # the validation table: step 30's psnr_y
     assert "D &lt;wins&gt; &amp; G starves" in raw and "D <wins>" not in raw
     assert all(resolve(tmp_path, src).is_file() for src in page.images)
 
