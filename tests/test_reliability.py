@@ -707,6 +707,19 @@ def test_an_undecodable_first_image_is_left_out_of_samples_and_validation_not_th
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_says_what_its_validation_measures_and_on_what(task, paired_photos, tmp_path):
+    data = copy_photos(paired_photos, tmp_path / "data")
+    reporter = DamageAt(0, None)
+    held_out = ({"val_hr": str(data / "B")} if task == "srgan" else {"val_a": str(data / "A"), "val_b": str(data / "B")})
+    api.train(make_config(task, tiny_run(task, data, tmp_path / "run", steps=1) | held_out), reporter=reporter)
+    said = [m for m in reporter.messages if m.startswith("validation: ")]
+    assert len(said) == 1 and str(data / "A" if task != "srgan" else data / "B") in said[0], reporter.messages
+    if task != "srgan":  # a fixed batch at the training crop's size; SR measures whole images
+        assert {"pix2pix": "on 24 held-out", "cyclegan": "on the first 16 of 24", "cut": "on the first 16 of 24"}[task] in said[0]
+        assert "resized to 32x32 px" in said[0]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
 def test_held_out_images_none_of_which_decodes_are_named_and_the_run_goes_on_without_validation(
         task, paired_photos, tmp_path):
     data = copy_photos(paired_photos, tmp_path / "data")

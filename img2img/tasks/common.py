@@ -116,6 +116,14 @@ def penalty_phases(cfg: BaseConfig, d_names: tuple[str, ...], inputs, first_step
     return [Phase("D_reg", d_names, loss, every=cfg.reg_every, first_step=first_step, optimizer="D")]
 
 
+def validation_note(measures: str, measured: int, held_out: int, source: str, size: int) -> str:
+    """What a translation task's validation measures: a fixed batch of held-out images at the
+    training crop's size (eval measures whole images)."""
+    which = f"the first {measured} of {held_out}" if held_out > measured else str(measured)
+    return (f"validation: {measures} on {which} held-out image(s) from {source}, each resized to {size}x{size} px "
+            "(`img2img eval` measures whole images)")
+
+
 def to_unit(x):
     """[-1, 1] -> [0, 1] for sample grids."""
     return (x + 1) / 2

@@ -36,7 +36,7 @@ from img2img.nets.cut import CutResnetGenerator, PatchHeads, patch_nce
 from img2img.nets.layers import init_weights
 from img2img.progress import Reporter
 from img2img.tasks import register
-from img2img.tasks.common import TranslationConfig, build_discriminator, penalty_phases, to_unit
+from img2img.tasks.common import TranslationConfig, build_discriminator, penalty_phases, to_unit, validation_note
 from img2img.tasks.cyclegan import CycleGANConfig, unpaired_gan_loss, unpaired_training_data
 
 MODES = {"cut": {"lambda_nce": 1.0, "nce_idt": True, "flip_equivariance": False},
@@ -109,35 +109,42 @@ class CUT(Task):
         self.phases = [Phase("D", ("D",), self.d_loss), *penalty_phases(cfg, ("D",), self.d_inputs),
                        Phase("G", ("G", "F"), self.g_loss)]
         if data:
-            self.load_data()
+            self.load_data(reporter)
 
-    def load_data(self) -> None:
+    def load_data(self, reporter: Reporter) -> None:
         cfg = self.cfg
         train_a, train_b, held_out, self.dataset = unpaired_training_data(cfg)
         self.sample_batch = stack_samples(UnpairedDataset(train_a, train_b, cfg.size, cfg.size, augment=False),
                                           SAMPLE_COUNT, self.unreadable)
-        self.val_batch = self.validation_batch(held_out)
+        self.val_batch, available = self.validation_batch(held_out)
         self.validates = self.val_batch is not None
         self.default_best_metric = "val_l1" if cfg.val_b else None
         self.metrics = ("val_change", "val_l1", "val_l1_identity") if cfg.val_b else ("val_change",)
+        if self.validates:
+            source = cfg.val_a or f"{cfg.data}'s testA/"
+            measures = "the change and the L1 error against --val-b" if cfg.val_b else "the change"
+            reporter.message(validation_note(measures, len(self.val_batch["A"]), available, source, cfg.size))
 
-    def validation_batch(self, held_out) -> dict | None:
+    def validation_batch(self, held_out) -> tuple[dict | None, int]:
         """Held-out A images (--val-a, else --data's testA/), with their targets when --val-b
-        holds partners paired by relative path and stem (a task with a known answer)."""
+        holds partners paired by relative path and stem (a task with a known answer); and how
+        many there are."""
         cfg = self.cfg
         if cfg.val_a and cfg.val_b:
             pairs = datasets.scan_paired(Path(cfg.val_a), Path(cfg.val_b), ("--val-a", "--val-b"))
             items = datasets.PairedDataset(pairs, cfg.size, cfg.size, augment=False)
             rows = datasets.first_readable(items.__getitem__, range(len(items)), VAL_COUNT, self.unreadable,
                                            "validation")
-            return {"A": torch.stack([r["A"] for r in rows]), "target": torch.stack([r["B"] for r in rows])} if rows else None
+            if not rows:
+                return None, len(pairs)
+            return {"A": torch.stack([r["A"] for r in rows]), "target": torch.stack([r["B"] for r in rows])}, len(pairs)
         root = Path(cfg.val_a) if cfg.val_a else (held_out[0] if held_out else None)
         if root is None:
-            return None
+            return None, 0
         files = scan_domain(root, "--val-a")
         batch = stack_samples(UnpairedDataset(files, files, cfg.size, cfg.size, augment=False), VAL_COUNT,
                               self.unreadable, "validation")
-        return None if batch is None else {"A": batch["A"]}
+        return (None if batch is None else {"A": batch["A"]}), len(files)
 
     # ---- the step ----------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from img2img.nets import registry
 from img2img.progress import Reporter
 from img2img.tasks import register
 from img2img.tasks.common import (TranslationConfig, build_discriminator, generator_arch, generator_spec, load_size,
-                                  penalty_phases, to_unit)
+                                  penalty_phases, to_unit, validation_note)
 
 SAMPLE_COUNT = 3  # per domain
 VAL_COUNT = 16  # held-out images per domain for the validation metrics
@@ -114,9 +114,9 @@ class CycleGAN(Task):
         self.phases = [Phase("G", ("G_AB", "G_BA"), self.g_loss), Phase("D", ("D_A", "D_B"), self.d_loss),
                        *penalty_phases(cfg, ("D_A", "D_B"), self.d_inputs)]
         if data:
-            self.load_data()
+            self.load_data(reporter)
 
-    def load_data(self) -> None:
+    def load_data(self, reporter: Reporter) -> None:
         cfg = self.cfg
         train_a, train_b, held_out, self.dataset = unpaired_training_data(cfg)
         if held_out is not None:  # --data's testA/ and testB/: samples and validation
@@ -131,6 +131,10 @@ class CycleGAN(Task):
             self.val_batch = stack_samples(UnpairedDataset(*held_out, cfg.size, cfg.size, augment=False), VAL_COUNT,
                                            self.unreadable, "validation")
         self.validates = self.val_batch is not None
+        if self.validates:
+            source = f"{cfg.val_a} and {cfg.val_b}" if cfg.val_a else f"{cfg.data}'s testA/ and testB/"
+            reporter.message(validation_note("the cycle error and the change", len(self.val_batch["A"]),
+                                             max(map(len, held_out)), source, cfg.size))
 
     # ---- the step ----------------------------------------------------------------------------
 

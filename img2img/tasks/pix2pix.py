@@ -22,7 +22,7 @@ from img2img.nets import registry
 from img2img.progress import Reporter
 from img2img.tasks import register
 from img2img.tasks.common import (TranslationConfig, build_discriminator, generator_arch, generator_spec, load_size,
-                                  penalty_phases, to_unit)
+                                  penalty_phases, to_unit, validation_note)
 
 SAMPLE_COUNT = 4
 VAL_COUNT = 64  # validation pairs measured; enough for a stable mean, cheap on a CPU
@@ -75,9 +75,9 @@ class Pix2Pix(Task):
         self.phases = [Phase("D", ("D",), self.d_loss), *penalty_phases(cfg, ("D",), self.d_inputs),
                        Phase("G", ("G",), self.g_loss)]
         if data:  # after the networks: bad network flags fail before the data scan
-            self.load_data()
+            self.load_data(reporter)
 
-    def load_data(self) -> None:
+    def load_data(self, reporter: Reporter) -> None:
         cfg = self.cfg
         folder = lambda value: None if value is None else Path(value)  # noqa: E731
         pairs = datasets.scan_training_pairs(folder(cfg.data), folder(cfg.a), folder(cfg.b))
@@ -89,6 +89,10 @@ class Pix2Pix(Task):
         self.sample_batch = self.fixed_batch(val_pairs or pairs, SAMPLE_COUNT, "the sample grid")
         self.val_batch = self.fixed_batch(val_pairs, VAL_COUNT, "validation")
         self.validates = self.val_batch is not None
+        if self.validates:
+            source = cfg.val_a if cfg.val_a else f"{cfg.data}'s {datasets.validation_split(Path(cfg.data))}/"
+            reporter.message(validation_note("L1 and PSNR against the targets", len(self.val_batch["A"]),
+                                             len(val_pairs), source, cfg.size))
 
     def fixed_batch(self, pairs: list[datasets.Pair], count: int, what: str) -> dict | None:
         """The first `count` readable pairs resized to the training crop, without augmentation:
