@@ -17,6 +17,7 @@ import torch
 
 from img2img.config import make_config
 from img2img.data.images import Image, list_images, read_image, write_image
+from img2img.gan.checkpoint import saved_steps
 from img2img.metrics import psnr_rgb, ssim_rgb
 from img2img.progress import Reporter, Silent
 from img2img.resources import shipped
@@ -69,7 +70,7 @@ def run_demo(out: Path, steps: int = DEMO_STEPS, device: str = "auto", reporter:
     reporter.message(f"data: {len(train_photos)} training pairs, {len(test_photos)} held-out pairs in {data}")
 
     run_dir = out / "run"
-    resume = any((run_dir / "checkpoints").glob("state_step*.pt"))
+    resume = bool(saved_steps(run_dir / "checkpoints"))
     cfg = make_config("pix2pix", {
         "a": str(data / "train_A"), "b": str(data / "train_B"), "out": str(run_dir),
         # 64 px random crops of the 96 px photos; LSGAN learns faster in a few hundred steps than

@@ -38,6 +38,7 @@ import yaml
 from img2img.config import ConfigError, require_folder
 from img2img.data.header import ImageError
 from img2img.data.images import files_by_stem, read_image, write_bytes_atomic
+from img2img.gan.checkpoint import saved_steps
 from img2img.gan.record import TensorBoardWriter, is_number
 from img2img.hints import install_hint
 from img2img.metrics import SSIM_WINDOW
@@ -298,12 +299,15 @@ def _run_summary(run_dir: Path, config: dict, log: RunLog) -> list[str]:
     body = [f"<h1>Run {esc(run_dir.absolute().name)}</h1>"]
     facts = [f"task <b>{esc(config.get('task', '?'))}</b>"]
     last = log.train[-1] if log.train else None
-    if last:
-        total = config.get("steps")
-        facts.append(f"step <b>{last['step']}</b>" + (f" of {esc(total)}" if total else ""))
-        if is_number(last.get("img_per_s")):
+    saved = max(saved_steps(run_dir / "checkpoints"), default=0)  # a run stopped between log lines saved it
+    if last or saved:
+        total, logged = config.get("steps"), last["step"] if last else 0
+        step = f"step <b>{max(logged, saved)}</b>" + (f" of {esc(total)}" if total else "")
+        facts.append(step + (f" (logged to step {logged}; every --log-every steps)" if saved > logged else ""))
+        if last and is_number(last.get("img_per_s")):
             facts.append(f"{last['img_per_s']:.1f} img/s")
-    for key in ("netG", "netD", "gan_loss", "size", "batch_size"):
+    pixel_only = is_number(config.get("steps")) and config.get("steps", 0) <= config.get("pretrain_steps", -1)
+    for key in ("netG", "size", "batch_size") if pixel_only else ("netG", "netD", "gan_loss", "size", "batch_size"):
         if key in config:
             facts.append(f"{esc(key)} {esc(config[key])}")
     body.append(f"<p>{' · '.join(facts)}</p>")

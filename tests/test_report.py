@@ -242,6 +242,19 @@ def test_report_of_a_logged_sr_run_plots_validation_against_bicubic(tmp_path):
     assert all(resolve(tmp_path, src).is_file() for src in page.images)
 
 
+def test_a_run_stopped_between_log_lines_reports_its_saved_step_and_a_pixel_only_run_no_discriminator(tmp_path):
+    records = [{"step": s, "loss_G_pixel": 1 / s} for s in (10, 20, 30, 35)]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (tmp_path / "config.yaml").write_text("task: srgan\nsteps: 2000\npretrain_steps: 2000\nnetD: vgg\n"
+                                          "gan_loss: vanilla\nnetG: srvgg\n")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "state_step00000039.pt").write_bytes(b"")  # Ctrl-C at step 39 saved it
+    raw = write_run_report(tmp_path).path.read_text()
+    assert "step <b>39</b> of 2000 (logged to step 35" in raw
+    facts = raw[raw.index("<p>task"):].split("</p>")[0]
+    assert "netG srvgg" in facts and "netD" not in facts and "gan_loss" not in facts
+
+
 def test_probability_keys_cover_every_discriminator():
     records = [{"step": 1, "loss_D_A": 0.3, "D_A_real": 0.7, "D_A_fake": 0.2, "D_B_real": 0.6, "D_B_fake": 0.3,
                 "img_per_s": 5.0, "lr": {"G": 1e-4}}]

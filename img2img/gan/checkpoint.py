@@ -298,6 +298,12 @@ def save_state(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
     return path
 
 
+def saved_steps(folder: Path) -> list[int]:
+    """The steps of the training states in `folder`, as their names say."""
+    stems = (path.stem[len("state_step"):] for path in Path(folder).glob(STATE_PATTERN))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
+
+
 def load_latest_state(folder: Path) -> tuple[dict, Path] | None:
     """The newest training state that reads back whole; broken files are skipped."""
     candidates = sorted(Path(folder).glob(STATE_PATTERN), reverse=True)
