@@ -73,6 +73,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     effective_batch = cfg.batch_size * cfg.grad_accum * world_size
     per_step = cfg.batch_size * cfg.grad_accum
     total_steps = cfg.steps or epochs_to_steps(cfg.epochs or DEFAULT_EPOCHS, len(dataset), per_step, world_size)
+    task.plan_length(total_steps)
     trainer = Trainer(task, cfg, device, total_steps, reporter, world)
     if state is not None and (problem := trainer.mismatch(state)):
         raise ConfigError(_unresumable(run_dir, cfg, problem))
@@ -208,6 +209,10 @@ def _saved_batch(run_dir: Path) -> int | None:
 def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:
     """Why a run cannot go on with these settings, and which of them this command changed."""
     saved = with_absolute_paths(load_config(run_dir / "config.yaml"))
+    if saved.get("steps") and saved["steps"] <= saved.get("pretrain_steps", 0):  # an SR run of the pixel loss alone
+        return (f"--resume: {run_dir} was trained with the pixel loss alone (its --pretrain-steps cover its "
+                f"--steps), so it has no discriminator to go on with: start the GAN stage as a new run from its "
+                f"generator, with --init {run_dir} and another --out; the run folder is unchanged")
     changed = [f"{key} {saved[key]} -> {value}" for key, value in with_absolute_paths(cfg).items()
                if key in saved and saved[key] != value]
     return (f"--resume: the networks saved in {run_dir} are not the ones these settings build ({problem}). "

@@ -144,13 +144,21 @@ def test_bad_settings_are_refused_with_a_suggestion(photos, tmp_path):
             api.train(tiny(photos, tmp_path / "run", **overrides))
 
 
-def test_a_pixel_loss_only_run_neither_builds_nor_checks_a_discriminator(photos, tmp_path):
-    # The U-Net D needs patches of a multiple of 8 px: 36 px cannot feed it, but a pixel-only run needs no D.
-    run = api.train(tiny(photos, tmp_path / "run", size=36, steps=2, pretrain_steps=2))
+@pytest.mark.parametrize("length", [{"steps": 2}, {"steps": None, "epochs": 1}])
+def test_a_pixel_loss_only_run_neither_builds_nor_checks_a_discriminator(photos, tmp_path, monkeypatch, length):
+    # The U-Net D needs patches of a multiple of 8 px: 36 px cannot feed it, but a pixel-only run needs no D,
+    # nor VGG19 weights, also where --epochs makes its length known only after the data scan.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    run = api.train(tiny(photos, tmp_path / "run", size=36, pretrain_steps=100, perceptual="vgg19", **length))
     state, _ = checkpoint.load_latest_state(run / "checkpoints")
     assert set(state["nets"]) == {"G"} and set(state["optimizers"]) == {"G_pixel"}
     with pytest.raises(ConfigError, match="--netD unet needs --size to be a multiple of 8"):
         api.train(tiny(photos, tmp_path / "gan", size=36, steps=3, pretrain_steps=2))
+    with pytest.raises(ConfigError, match="--netD unet needs --size to be a multiple of 8"):  # epochs past the pixel stage
+        api.train(tiny(photos, tmp_path / "gan_epochs", size=36, steps=None, epochs=3, pretrain_steps=2))
+    pixel = api.train(tiny(photos, tmp_path / "pixel", steps=2, pretrain_steps=2))
+    with pytest.raises(ConfigError, match=f"with --init {pixel} and another --out"):  # no D to go on with
+        api.train(tiny(photos, pixel, steps=4, pretrain_steps=2), resume=True)
 
 
 def test_a_validation_image_too_small_for_ssim_is_named_before_training(photos, tmp_path):

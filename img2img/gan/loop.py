@@ -79,6 +79,10 @@ class Task(ABC):
         """Messages on files left out of the fixed sample and validation batches; the loop shows them once."""
         return self.__dict__.setdefault("_unreadable", [])
 
+    def plan_length(self, total_steps: int) -> None:
+        """Told the run's length once the data is scanned (an --epochs run's steps are known
+        only then), before the loop is built: a task whose networks depend on it adds them here."""
+
     def forward(self, nets: Nets, batch: dict) -> dict:
         """The step's shared computation (e.g. the fakes), handed to every phase's loss."""
         return batch

@@ -90,8 +90,11 @@ class SRGANConfig(BaseConfig):
         if self.val_lr is not None and self.val_hr is None:
             raise ConfigError("--val-lr needs --val-hr (the HR partners of the LR images)")
 
-    def gan_stage_runs(self) -> bool:
-        return self.steps is None or self.steps > self.pretrain_steps
+    def gan_stage_runs(self, total_steps: int | None = None) -> bool:
+        """Whether steps follow the pixel stage; with --epochs, known once the data is scanned
+        (`total_steps`), and taken to be so before."""
+        steps = self.steps or total_steps
+        return steps is None or steps > self.pretrain_steps
 
 
 # ---- networks ----------------------------------------------------------------------------
@@ -135,8 +138,7 @@ def load_init(G: nn.Module, arch: str, hparams: dict, path: str) -> None:
 
 
 def build_perceptual_loss(cfg: SRGANConfig) -> PerceptualLoss | None:
-    # A pixel-loss-only run needs no VGG19 weights.
-    if cfg.perceptual == "none" or cfg.lambda_perceptual == 0 or not cfg.gan_stage_runs():
+    if cfg.perceptual == "none" or cfg.lambda_perceptual == 0:
         return None
     return build_perceptual(cfg.perceptual_weights, cfg.perceptual_layers)
 
@@ -180,22 +182,30 @@ class SRGAN(Task):
         if cfg.init:
             load_init(G, self.arch, self.hparams, cfg.init)
         self.nets = {"G": G.to(device)}
-        perceptual = build_perceptual_loss(cfg)
-        self.perceptual = perceptual.to(device) if perceptual is not None else None
+        self.perceptual = None
         start = cfg.pretrain_steps
-        self.phases = []
-        if cfg.gan_stage_runs():  # a pixel-loss-only run neither builds nor checks a D
-            self.nets["D"] = build_discriminator(cfg).to(device)
-            # BasicSR's order: G against the D of the last step, then D on this step's output.
-            self.phases = [Phase("G", ("G",), self.g_loss, first_step=start),
-                           Phase("D", ("D",), self.d_loss, first_step=start),
-                           *penalty_phases(cfg, ("D",), lambda s: {"D": (s["hr"], s["sr"].detach())},
-                                           first_step=start)]
-        if start > 0:
-            self.phases.insert(0, Phase("G_pixel", ("G",), self.pixel_loss, last_step=start, lr=cfg.pretrain_lr))
+        self.phases = [Phase("G_pixel", ("G",), self.pixel_loss, last_step=start, lr=cfg.pretrain_lr)] if start else []
+        # With --epochs and a pixel stage, whether a GAN stage follows is known once the data is
+        # scanned (plan_length); otherwise now, so that bad D flags fail before the scan.
+        if cfg.steps is not None or start == 0:
+            self.plan_length(cfg.steps or 1)
         self.validates = True
         if data:
             self.load_data()
+
+    def plan_length(self, total_steps: int) -> None:
+        """The GAN stage's networks and phases where steps follow the pixel stage: a pixel-loss-only
+        run neither builds nor checks a D, nor needs VGG19 weights."""
+        cfg, start = self.cfg, self.cfg.pretrain_steps
+        if "D" in self.nets or not cfg.gan_stage_runs(total_steps):
+            return
+        perceptual = build_perceptual_loss(cfg)
+        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
+        self.nets["D"] = build_discriminator(cfg).to(self.device)
+        # BasicSR's order: G against the D of the last step, then D on this step's output.
+        self.phases += [Phase("G", ("G",), self.g_loss, first_step=start),
+                        Phase("D", ("D",), self.d_loss, first_step=start),
+                        *penalty_phases(cfg, ("D",), lambda s: {"D": (s["hr"], s["sr"].detach())}, first_step=start)]
 
     def load_data(self) -> None:
         cfg = self.cfg
