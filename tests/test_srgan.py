@@ -25,7 +25,7 @@ from img2img.demo import photo_paths
 from img2img.gan import checkpoint
 from img2img.gan.checkpoint import load_generator
 from img2img.gan.perceptual import PerceptualLoss, build_perceptual, vgg19_layer_names
-from helpers import CrashAt
+from helpers import CrashAt, flat
 
 runner = CliRunner()
 
@@ -257,6 +257,26 @@ def test_init_takes_a_basicsr_rrdbnet_of_any_width_and_growth(photos, tmp_path):
         api.train(tiny(photos, tmp_path / "default_growth", **rrdb))
     run = api.train(tiny(photos, tmp_path / "growth_8", **rrdb, grow_ch=8))
     assert load_generator(run)[1].hparams["num_grow_ch"] == 8
+
+
+@pytest.mark.parametrize("source", ["srvgg with relu", "gray msrresnet", "spandrel SPAN"])
+def test_init_from_a_generator_no_flags_build_says_so_in_one_line(photos, tmp_path, source):
+    from img2img.nets import registry
+
+    path = tmp_path / "g.pth"
+    if source == "spandrel SPAN":
+        span = pytest.importorskip("spandrel.architectures.SPAN", reason="the spandrel extra is not installed")
+        torch.save(span.SPAN(num_in_ch=3, num_out_ch=3, feature_channels=16, upscale=4).state_dict(), path)
+    elif source == "gray msrresnet":
+        torch.save(registry.build("msrresnet", num_in_ch=1, num_out_ch=1, num_feat=8, num_block=1, upscale=2).state_dict(),
+                   path)
+    else:
+        torch.save(registry.build("srvgg", num_feat=8, num_conv=2, upscale=2, act_type="relu").state_dict(), path)
+    result = runner.invoke(app, ["train", "srgan", "--hr", str(photos["train"]), "--init", str(path), "--scale", "2",
+                                 "--netG", "srvgg", "--ngf", "8", "--n-blocks", "2", "--size", "32", "--steps", "1",
+                                 "--pretrain-steps", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "no flags of train srgan build that generator" in flat(result.stderr), result.output
+    assert "Traceback" not in result.output and "pass --netG" not in result.stderr
 
 
 def test_resume_across_the_stage_boundary_gives_the_same_weights(photos, tmp_path):

@@ -14,6 +14,7 @@ ESRGAN and Real-ESRGAN are the recipes srresnet_x4, srgan_x4, esrgan_x4 and real
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,21 +121,35 @@ def build_discriminator(cfg: SRGANConfig) -> nn.Module:
     return registry.build("unet_sn", num_in_ch=3, num_feat=cfg.ndf, skip_connection=True)
 
 
-def init_flags(arch: str, hparams: dict) -> str:
-    """The srgan flags that build this generator, for error messages."""
+def init_flags(cfg: SRGANConfig, arch: str, hparams: dict) -> str | None:
+    """The srgan flags that build this generator (None: no flags do, e.g. another family, x8,
+    or a layout option no flag sets), for error messages."""
     depth = hparams.get("num_block", hparams.get("num_conv"))
     scale = hparams.get("upscale", hparams.get("scale"))
+    if arch not in DEFAULT_DEPTH or not isinstance(scale, int) or not 2 <= scale <= 4:
+        return None
+    candidate = dataclasses.replace(cfg, netG=arch, ngf=hparams.get("num_feat"), n_blocks=depth, scale=scale,
+                                    grow_ch=hparams.get("num_grow_ch", cfg.grow_ch))
+    try:
+        if generator_arch(candidate) != (arch, hparams):
+            return None
+    except ConfigError:
+        return None
     growth = f" --grow-ch {hparams['num_grow_ch']}" if "num_grow_ch" in hparams else ""
     return f"--netG {arch} --ngf {hparams['num_feat']} --n-blocks {depth}{growth} --scale {scale}"
 
 
-def load_init(G: nn.Module, arch: str, hparams: dict, path: str) -> None:
-    """Copy the weights of the generator in `path` (ours, a run folder, or BasicSR .pth) into G."""
-    module, spec = checkpoint.load_generator(Path(path))
-    if spec.arch != arch or spec.hparams != hparams:
-        raise ConfigError(f"--init {path} holds a {spec.arch} with {spec.hparams}, but this run builds a {arch} "
-                          f"with {hparams}; pass {init_flags(spec.arch, spec.hparams)} to train it")
-    G.load_state_dict(module.state_dict())
+def load_init(G: nn.Module, cfg: SRGANConfig, arch: str, hparams: dict) -> None:
+    """Copy the weights of the generator in --init (ours, a run folder, or BasicSR .pth) into G."""
+    module, spec = checkpoint.load_generator(Path(cfg.init))
+    if spec.arch == arch and spec.hparams == hparams:
+        G.load_state_dict(module.state_dict())
+        return
+    held = f"--init {cfg.init} holds a {spec.arch} with {spec.hparams}, and this run builds a {arch} with {hparams}"
+    if flags := init_flags(cfg, spec.arch, spec.hparams):
+        raise ConfigError(f"{held}; pass {flags} to train it")
+    raise ConfigError(f"{held}; no flags of train srgan build that generator (it builds --netG msrresnet, srvgg and "
+                      "rrdbnet at x2 to x4 in BasicSR's layouts): start without --init, or from a generator it builds")
 
 
 def build_perceptual_loss(cfg: SRGANConfig) -> PerceptualLoss | None:
@@ -180,7 +195,7 @@ class SRGAN(Task):
                               f"{G.multiple} px; --size {cfg.size} gives {lr_patch}")
         notes(cfg, reporter)
         if cfg.init:
-            load_init(G, self.arch, self.hparams, cfg.init)
+            load_init(G, cfg, self.arch, self.hparams)
         self.nets = {"G": G.to(device)}
         self.perceptual = None
         start = cfg.pretrain_steps
