@@ -189,6 +189,8 @@ def refuse_a_folder_named_like_an_image(source: str, output: Path) -> None:
     if output.is_dir() or suffix not in (*IMAGE_EXTENSIONS, *OTHER_IMAGE_SUFFIXES):
         return
     shown = one_line(str(output))
+    if source != "-" and not os.path.exists(source):  # the first thing to fix, as without the extension
+        raise InputError(f"{one_line(source)}: no such file or folder")
     if suffix in OTHER_IMAGE_SUFFIXES and Path(source).is_file():
         raise InputError(f"OUTPUT {shown}: img2img writes png, jpg, webp, bmp and tif, not {suffix[1:]}")
     what = "INPUT is a list of paths" if source == "-" else f"INPUT {one_line(source)} is a folder"

@@ -542,3 +542,11 @@ def test_a_name_that_is_no_utf8_keeps_its_bytes_in_json(models, tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert os.fsencode(record["input"]) == named and os.path.exists(os.fsencode(record["output"]))
+
+
+@pytest.mark.parametrize("output", ["out", "out.png", "out.gif"])
+def test_a_missing_input_is_named_as_missing_whatever_output_is_called(models, tmp_path, output):
+    result = runner.invoke(app, ["translate", "--model", str(models / "resnet.safetensors"),
+                                 str(tmp_path / "in" / "missing.png"), str(tmp_path / output)])
+    assert result.exit_code == 2 and f"{tmp_path / 'in' / 'missing.png'}: no such file or folder" in flat(result.stderr)
+    assert "is a folder" not in result.stderr
