@@ -8,6 +8,7 @@ padding, writing) and compared with spandrel's forward on the same odd-sized ima
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -161,6 +162,15 @@ def test_without_spandrel_a_zoo_model_is_refused_with_the_install_command(zoo_fi
     monkeypatch.setitem(sys.modules, "spandrel", None)
     with pytest.raises(CheckpointError, match=r'pip install "img2img\[zoo\]"'):
         load_generator(zoo_files["SPAN"])
+
+
+def test_a_zoo_file_its_architecture_cannot_load_says_which_tensor_differs(zoo_files, tmp_path):
+    state_dict = torch.load(zoo_files["SPAN"], weights_only=True)
+    key = next(k for k, v in state_dict.items() if v.ndim == 4 and k.endswith("conv.2.weight"))
+    state_dict[key] = torch.zeros(state_dict[key].shape[0], state_dict[key].shape[1] + 1, *state_dict[key].shape[2:])
+    torch.save(state_dict, tmp_path / "damaged.pth")
+    with pytest.raises(CheckpointError, match=f"could not load it .*size mismatch for {re.escape(key)}"):
+        load_generator(tmp_path / "damaged.pth")
 
 
 def test_alpha_16_bit_and_gray_are_kept(zoo_files, tmp_path):

@@ -89,9 +89,10 @@ def load(state_dict: dict[str, torch.Tensor]) -> tuple[ZooGenerator, dict, dict]
     except spandrel.UnsupportedModelError:
         return None
     except Exception as err:  # an architecture matched the keys but its loader failed
-        text = str(err).strip().splitlines()
-        raise ZooRefused(f"spandrel took it for a known architecture but could not load it "
-                         f"({text[0] if text else err.__class__.__name__})") from None
+        # torch's load_state_dict says which tensors differ on the lines after its heading
+        text = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        reason = " ".join(text[:2])[:300] if text else err.__class__.__name__
+        raise ZooRefused(f"spandrel took it for a known architecture but could not load it ({reason})") from None
     name = descriptor.architecture.name
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise ZooRefused(f"a {name} model ({descriptor.purpose}) needs a mask as well as the image; "
