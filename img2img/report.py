@@ -39,7 +39,7 @@ from img2img.config import ConfigError, require_folder
 from img2img.data.header import ImageError
 from img2img.data.images import files_by_stem, read_image, write_bytes_atomic
 from img2img.gan.checkpoint import saved_steps
-from img2img.gan.record import TensorBoardWriter, is_number
+from img2img.gan.record import TensorBoardWriter, fmt, is_number
 from img2img.hints import install_hint
 from img2img.metrics import SSIM_WINDOW
 
@@ -76,14 +76,6 @@ def href(target: Path, page_dir: Path) -> str:
     """A relative URL from `page_dir` to `target`, percent-encoded (and so safe in attributes)."""
     relative = Path(os.path.relpath(Path(target).absolute(), Path(page_dir).absolute()))
     return esc(urllib.parse.quote(relative.as_posix()))
-
-
-def fmt(value: object) -> str:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "inf" if value > 0 else str(value)
-        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"  # 12.00 dB, not 12; 0.8312, 2e-04
-    return str(value)
 
 
 def page(title: str, body: list[str]) -> str:

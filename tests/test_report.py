@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from img2img.cli import app
 from img2img.evaluate import evaluate
 from img2img.gan.record import tensorboard_scalars
-from img2img.report import GALLERY_FILE, fmt, probability_keys, read_log, write_run_report
+from img2img.gan.record import fmt
+from img2img.report import GALLERY_FILE, probability_keys, read_log, write_run_report
 from helpers import flat, one_thread  # noqa: F401  (one_thread is a fixture)
 
 pytest.importorskip("matplotlib")

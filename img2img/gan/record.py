@@ -79,6 +79,15 @@ def _busy(run_dir: Path, handle) -> ConfigError:
     return ConfigError(f"{run_dir} is being trained by {holder} now: wait for it to end, or choose another --out")
 
 
+def fmt(value: object) -> str:
+    """A figure for people: 12.00 dB, not 12; 0.8312; 2e-04."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "inf" if value > 0 else str(value)
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"
+    return str(value)
+
+
 MAX_ROLLBACKS = 4  # to one checkpoint, each at half the learning rate before: down to 1/16
 
 
@@ -172,7 +181,7 @@ class Recorder:
             metrics = trainer.task.validate(trainer.export_modules())
         if not metrics:  # nothing left to validate on; the task has said why
             return
-        text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        text = "  ".join(f"{k} {fmt(v)}" for k, v in metrics.items())
         self.reporter.message(f"step {trainer.step} validation: {text}")
         self.keep_best(trainer, metrics)
         self.append({"step": trainer.step, "val": metrics, "time": time.time()})
