@@ -78,8 +78,9 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     if state is not None and (problem := trainer.mismatch(state)):
         raise ConfigError(_unresumable(run_dir, cfg, problem))
     if state is not None and int(state["step"]) >= total_steps:  # the run folder is left as it is
+        length = "--epochs" if cfg.epochs and not cfg.steps else "--steps"
         reporter.message(f"the run is at step {state['step']} of {total_steps} already: nothing to train; give a "
-                         "larger --steps (or --epochs) to go on")
+                         f"larger {length} to go on")
         distributed.teardown()
         return run_dir
     notes = [] if state is None else _resume_notes(state, state_path, run_dir, cfg, world_size, effective_batch)
