@@ -126,10 +126,9 @@ def pairing_problems(a: Path, b: Path) -> list[str]:
 def aligned_problems(folder: Path) -> list[str]:
     """Of every split that train reads: train/ and the validation split."""
     problems = []
-    for split in ("train", datasets.validation_split(folder)):
+    for split in filter(None, ("train", datasets.validation_split(folder))):
         try:
-            if split:
-                datasets.scan_aligned(folder, split)
+            datasets.scan_aligned(folder, split)
         except datasets.DataError as err:
             problems += [line.strip() for line in str(err).splitlines()[1:]]
         except ConfigError as err:  # a layout train refuses: one problem, as train names it
