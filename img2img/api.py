@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from img2img.config import (BaseConfig, ConfigError, configs, flag_of, load_config, make_config, option_of,
-                            save_config, with_absolute_paths)
+from img2img.config import (BaseConfig, ConfigError, check_kept, configs, flag_of, load_config, make_config,
+                            option_of, save_config, with_absolute_paths)
 from img2img.data.images import remove_stale_temporaries, writing
 from img2img.device import default_workers, resolve_device
 from img2img.gan import checkpoint
@@ -58,6 +58,8 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
     if distributed.elastic_restart() and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
         resume = True  # torchrun restarted the workers after a failure: continue the run
     state, state_path = _load_resume_state(ckpt_dir) if resume else (None, None)
+    if state is not None and (run_dir / "config.yaml").is_file():  # a config built without resolve(..., resume=True)
+        check_kept(load_config(run_dir / "config.yaml"), cfg.to_dict(), run_dir)  # (the API) is refused alike
     if state is None and any(ckpt_dir.glob(checkpoint.STATE_PATTERN)):
         raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it, "
                           "or choose another --out")

@@ -264,3 +264,17 @@ def test_resuming_a_run_stopped_before_its_first_checkpoint_says_to_start_it_aga
         state.write_bytes(b"cut short")
     with pytest.raises(ConfigError, match="none of the training states"):
         api.train(tiny_config(paired_photos, run, steps=4), resume=True)
+
+
+@pytest.mark.parametrize("task", ["pix2pix", "cyclegan", "cut"])
+def test_data_and_a_b_together_are_refused_not_one_of_them_ignored(aligned_photos, paired_photos, task):
+    with pytest.raises(ConfigError, match="--a/--b both name the training images"):
+        make_config(task, {"data": str(aligned_photos), "a": str(paired_photos["a"]), "b": str(paired_photos["b"])})
+
+
+def test_the_api_resume_of_a_config_built_without_the_run_refuses_changed_kept_settings(paired_photos, tmp_path):
+    run = api.train(tiny_config(paired_photos, tmp_path / "run", steps=2))
+    with pytest.raises(ConfigError, match="was trained with --seed 3, and a resumed run keeps it"):
+        api.train(tiny_config(paired_photos, tmp_path / "run", steps=4, seed=0), resume=True)
+    api.train(resolve("pix2pix", overrides={"out": str(run), "steps": 4}, resume=True), resume=True)
+    assert load_generator(run)[1].step == 4

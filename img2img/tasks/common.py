@@ -29,6 +29,9 @@ class TranslationConfig(BaseConfig):
     dropout: bool = opt(True, "Dropout in the generators.", panel="Networks", kept=True)
 
     def check(self) -> None:
+        data, a, b = (getattr(self, name, None) for name in ("data", "a", "b"))  # every family's data flags
+        if data and (a or b):  # one would be left unused in silence
+            raise ConfigError(f"--data {data} and --a/--b both name the training images: give one of them")
         if self.load_size is not None and self.load_size < self.size:
             raise ConfigError(f"--load-size {self.load_size} is smaller than --size {self.size}: images are resized "
                               f"to --load-size, then cropped to --size; give --load-size {self.size} or more")
