@@ -55,7 +55,7 @@ def translate(
     input: str = typer.Argument(..., help="An image, a folder (recursive), or - for paths on stdin."),
     output: Path = typer.Argument(..., help="Output folder; relative paths and file names are kept. For one input image, a file name (out.png) writes that file."),
     model: Path = typer.Option(..., "--model", help=MODEL_HELP),
-    direction: Direction = typer.Option(Direction.AtoB, "--direction", help="For CycleGAN runs: which generator."),
+    direction: Optional[Direction] = typer.Option(None, "--direction", help="For CycleGAN runs: which generator (default: AtoB)."),
     bn_mode: BnMode = typer.Option(BnMode.eval, "--bn-mode", help="eval: running statistics; train: the reference test script's default."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     devices: Optional[str] = typer.Option(None, "--devices", help="Shard the files over several devices: cuda:0,cuda:1 or all."),
@@ -102,7 +102,7 @@ def translate(
         if (gallery or targets is not None) and infer.names_a_file(input, output):
             raise ConfigError(f"--gallery writes OUTPUT/gallery.html: give a folder as OUTPUT, not the file {output}")
         options = infer.Options(
-            device=api.resolve_device(device), batch_size=batch_size, direction=direction.value, bn_mode=bn_mode.value,
+            device=api.resolve_device(device), batch_size=batch_size, direction=direction and direction.value, bn_mode=bn_mode.value,
             overwrite=overwrite, ext=ext, tile=tile, tile_overlap=tile_overlap, resize=resize, amp=amp,
             compile=compile, workers=workers, max_memory=memory_budget)
         if devices:
@@ -136,7 +136,7 @@ def export(
     out: Path = typer.Argument(..., help="The file to write, e.g. model.onnx."),
     model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="Export format."),
-    direction: Direction = typer.Option(Direction.AtoB, "--direction", help="For CycleGAN runs: which generator."),
+    direction: Optional[Direction] = typer.Option(None, "--direction", help="For CycleGAN runs: which generator (default: AtoB)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
 ):
     """Export a generator (ONNX: [0, 1] images in and out, dynamic batch, height and width)."""
@@ -155,7 +155,7 @@ def export(
             suggestion = stem if stem.lower().endswith(".onnx") else f"{stem}.onnx"
             raise ConfigError(f"OUT {out}: export writes an ONNX graph; name the file .onnx (e.g. {suggestion})")
         try:
-            spec = export_onnx(model, out, direction.value, opset)
+            spec = export_onnx(model, out, direction and direction.value, opset)
         except ExportError as err:
             fail(str(err), 1)
         say(f"wrote {out} ({spec.arch}, x{spec.scale}, input and output in [0, 1])")

@@ -57,7 +57,7 @@ def export_multiple(module: nn.Module) -> int:
 MIN_OPSET = 11  # dynamic padding (Pad with sizes computed in the graph)
 
 
-def export_onnx(model: Path, out: Path, direction: str = "AtoB", opset: int = 17) -> GeneratorSpec:
+def export_onnx(model: Path, out: Path, direction: str | None = None, opset: int = 17) -> GeneratorSpec:
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: the graph pads images of any size, which needs opset {MIN_OPSET} or newer")
     try:

@@ -88,7 +88,7 @@ TILE_OVERLAP = 32  # pixels shared by neighbouring tiles, cross-faded
 class Options:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int | None = None  # None: per device (see default_batch_size)
-    direction: str = "AtoB"
+    direction: str | None = None  # AtoB or BtoA; None: a CycleGAN run's AtoB, any file's own
     bn_mode: str = "eval"
     overwrite: bool = False
     ext: str | None = None  # output format ("png" or ".png"); None keeps the input's
@@ -120,7 +120,7 @@ class Options:
                 raise InputError(f"{flag} {value}: must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise InputError(f"--workers {self.workers}: must be at least 0")
-        for flag, value, choices in (("--direction", self.direction, ("AtoB", "BtoA")),
+        for flag, value, choices in (("--direction", self.direction or "AtoB", ("AtoB", "BtoA")),
                                      ("--bn-mode", self.bn_mode, ("eval", "train")), ("--amp", self.amp, AMP_CHOICES)):
             if value not in choices:
                 raise InputError(f"{flag} {value!r}: choose {' or '.join(choices)}")

@@ -219,6 +219,10 @@ def test_translate_picks_the_generator_by_direction(cli_run, unpaired, tmp_path)
         outputs[name] = read_image(tmp_path / name / image.name).rgb
     assert torch.equal(outputs["BtoA"], outputs["G_BA file"])
     assert not torch.equal(outputs["AtoB"], outputs["BtoA"])
+    for file, stated in (("G_BA", "AtoB"), ("G_AB", "BtoA")):  # a stated direction that the file does not map
+        refused = runner.invoke(app, ["translate", "--model", str(cli_run / "checkpoints" / f"{file}.safetensors"),
+                                      "--direction", stated, str(image), str(tmp_path / f"{file}_{stated}")])
+        assert refused.exit_code == 2 and f"--direction {stated}, but" in refused.stderr, refused.output
 
 
 def test_a_single_direction_generator_is_not_run_backwards(tmp_path, unpaired):

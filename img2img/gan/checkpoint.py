@@ -72,12 +72,14 @@ def save_generator(path: Path, module: nn.Module, spec: GeneratorSpec) -> None:
     write_bytes_atomic(Path(path), data)
 
 
-def load_generator(path: Path, direction: str = "AtoB") -> tuple[nn.Module, GeneratorSpec]:
-    """A generator in eval mode, from our .safetensors, a foreign .pth/.safetensors, or a run folder."""
-    if direction not in ("AtoB", "BtoA"):
+def load_generator(path: Path, direction: str | None = None) -> tuple[nn.Module, GeneratorSpec]:
+    """A generator in eval mode, from our .safetensors, a foreign .pth/.safetensors, or a run
+    folder. `direction` picks a CycleGAN run's generator (None: AtoB, or a file's own)."""
+    if direction not in (None, "AtoB", "BtoA"):
         raise ValueError(f"direction {direction!r}: choose 'AtoB' or 'BtoA'")
+    stated, direction = direction is not None, direction or "AtoB"
     path = resolve_generator_path(Path(path), direction)
-    module, spec = _load(path, direction)
+    module, spec = _load(path, direction, stated)
     _refuse_non_finite(module, path)
     return module, spec
 
@@ -91,7 +93,7 @@ def _refuse_non_finite(module: nn.Module, path: Path) -> None:
                                   "be black or undefined; use an earlier checkpoint of the run")
 
 
-def _load(path: Path, direction: str) -> tuple[nn.Module, GeneratorSpec]:
+def _load(path: Path, direction: str, stated: bool = False) -> tuple[nn.Module, GeneratorSpec]:
     if path.suffix not in (".safetensors", *TORCH_SUFFIXES):
         raise CheckpointError(f"{path}: not a generator file; give a .safetensors file written by img2img, "
                               f"a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}) or a run folder")
@@ -99,7 +101,7 @@ def _load(path: Path, direction: str) -> tuple[nn.Module, GeneratorSpec]:
         state_dict, metadata = _read_safetensors(path)
         if "img2img" in metadata:
             spec = GeneratorSpec.from_json(metadata["img2img"])
-            _check_direction(path, spec, direction)
+            _check_direction(path, spec, direction, stated)
             return loaded_module(spec.arch, spec.hparams, state_dict, path), spec
     else:
         state_dict = safe_torch_load(path)
@@ -153,10 +155,15 @@ def load_foreign(path: Path, state_dict: dict) -> tuple[nn.Module, GeneratorSpec
                           f"Supported: {recognise.SUPPORTED}{zoo_note}")
 
 
-def _check_direction(path: Path, spec: GeneratorSpec, direction: str) -> None:
+def _check_direction(path: Path, spec: GeneratorSpec, direction: str, stated: bool) -> None:
     """Refuse to run one of our single-direction generators (pix2pix, SR, a CycleGAN G_AB file)
-    backwards just because no B->A file exists. AtoB is every caller's default, so it is the
-    direction that is never checked; foreign files say nothing about their direction."""
+    backwards just because no B->A file exists, and a CycleGAN G_BA file for a stated AtoB (AtoB
+    is also the default, which any file's own direction answers); foreign files say nothing
+    about their direction."""
+    if stated and direction == "AtoB" and spec.source == "img2img" and spec.task == "cyclegan" \
+            and spec.direction == "BtoA":
+        raise ConfigError(f"{path}: --direction AtoB, but this CycleGAN generator maps BtoA (G_BA); give the run "
+                          "folder for its A->B generator, or leave out --direction to use this one.")
     if direction != "BtoA" or spec.source != "img2img" or spec.direction == "BtoA":
         return
     trained = f"maps {spec.direction}" if spec.direction else "has one direction"
