@@ -13,7 +13,7 @@ from img2img.gan import checkpoint
 from img2img.gan.checkpoint import CheckpointError, GeneratorSpec, load_generator, save_generator
 from img2img.nets import registry
 
-from helpers import generator_cases, generator_input_size
+from helpers import generator_cases, generator_input_size, save_tiny_generator
 
 
 def test_generator_file_round_trip_needs_nothing_else(tmp_path):
@@ -112,8 +112,13 @@ def test_the_api_refuses_a_direction_that_is_neither(tmp_path):
         load_generator(save_tiny_generator(tmp_path / "g.safetensors"), direction="sideways")
 
 
-def test_a_training_state_given_as_a_model_points_to_the_generator(tmp_path):
+@pytest.mark.parametrize("written", [(), ("generator.safetensors",), ("G_AB.safetensors", "G_BA.safetensors")])
+def test_a_training_state_given_as_a_model_points_to_the_generator(tmp_path, written):
     torch.save({"format": "img2img-train-state", "step": 3, "nets": {}}, tmp_path / "state_step00000003.pt")
-    with pytest.raises(CheckpointError, match="a training state, for --resume; the generator of that run is .*"
-                                              "generator.safetensors"):
+    for name in written:
+        save_tiny_generator(tmp_path / name)
+    with pytest.raises(CheckpointError) as refused:
         load_generator(tmp_path / "state_step00000003.pt")
+    said = str(refused.value)
+    assert "a training state, for --resume;" in said
+    assert all(str(tmp_path / name) in said for name in written) and ("no generator file yet" in said) == (not written)

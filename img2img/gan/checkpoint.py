@@ -106,8 +106,10 @@ def _load(path: Path, direction: str, stated: bool = False) -> tuple[nn.Module, 
     else:
         state_dict = safe_torch_load(path)
         if isinstance(state_dict, dict) and state_dict.get("format") == "img2img-train-state":
-            raise CheckpointError(f"{path}: a training state, for --resume; the generator of that run is "
-                                  f"{path.parent / 'generator.safetensors'} (or give the run folder)")
+            written = [str(file) for name in GENERATOR_NAMES if (file := path.parent / name).is_file()]
+            where = f"the generator files of that run: {', '.join(written)}" if written else \
+                "that run has written no generator file yet"
+            raise CheckpointError(f"{path}: a training state, for --resume; {where} (or give the run folder)")
     try:
         chosen = recognise.unwrap(state_dict, direction)
         if direction == "BtoA" and _same_tensors(chosen, recognise.unwrap(state_dict, "AtoB")):
@@ -194,6 +196,9 @@ def describe_generators(path: Path) -> list[dict]:
                         "step": spec.step, "source": spec.source,
                         **({"details": spec.details} if spec.details else {})})
     return records
+
+
+GENERATOR_NAMES = ("generator.safetensors", "G_AB.safetensors", "G_BA.safetensors", "G_ema.safetensors")
 
 
 def resolve_generator_path(path: Path, direction: str = "AtoB") -> Path:
