@@ -143,6 +143,7 @@ class OutputPlan:
     jobs: list[Job]
     to_file: bool  # OUTPUT is one file, in a folder that is the user's, not ours
     left_out: list[Path] = field(default_factory=list)  # files of a folder INPUT that are no images by name
+    sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)  # headers read before the work (--resize)
 
 
 def plan_outputs(source: str, output: Path, stdin: TextIO | None = None, ext: str | None = None) -> OutputPlan:
@@ -295,11 +296,11 @@ def resized(size: tuple[int, int], shorter: int) -> tuple[int, int]:
     return max(1, round(size[0] * factor)), max(1, round(size[1] * factor))
 
 
-def refuse_oversized_resize(jobs: list[Job], shorter: int) -> None:
+def refuse_oversized_resize(jobs: list[Job], sizes: dict[Path, tuple[int, int]], shorter: int) -> None:
     """--resize is the user's choice for every image: one that makes an image larger than the
     pixel limit is a usage error before any work, not an allocation failure per file."""
     for job in jobs:
-        size = header_size(job.source)
+        size = sizes[job.source]
         height, width = resized(size, shorter)
         if min(size) and height * width > max_pixels():  # (0, 0): unreadable, which decoding reports
             raise InputError(f"--resize {shorter} makes {one_line(str(job.source))} {width}x{height} px, over the "
@@ -403,7 +404,7 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
         reporter.message(f"left out {len(outputs.left_out)} file(s) that are no images by their names "
                          f"(png, jpg, webp, bmp, tif), e.g. {one_line(str(outputs.left_out[0]))}")
     prepare_output(outputs, options)
-    return run_jobs(translator, outputs.jobs, outputs.folder, options, reporter, on_result)
+    return run_jobs(translator, outputs.jobs, outputs.folder, options, reporter, on_result, outputs.sizes)
 
 
 def prepare_output(outputs: OutputPlan, options: Options) -> None:
@@ -411,8 +412,9 @@ def prepare_output(outputs: OutputPlan, options: Options) -> None:
     folder behind. A folder that cannot be written is one error, not one per image; then the
     temporaries that killed runs left (SIGKILL skips all clean-up) go: anywhere below an OUTPUT
     folder, or an OUTPUT file's own."""
-    if options.resize:
-        refuse_oversized_resize(outputs.jobs, options.resize)
+    if options.resize:  # the headers read here serve the work too (each read is the whole file)
+        outputs.sizes = {job.source: header_size(job.source) for job in outputs.jobs}
+        refuse_oversized_resize(outputs.jobs, outputs.sizes, options.resize)
     with writing(outputs.folder):
         outputs.folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=outputs.folder):
@@ -421,7 +423,9 @@ def prepare_output(outputs: OutputPlan, options: Options) -> None:
 
 
 def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,
-             reporter: Reporter, on_result: Callable[[Result], None] | None = None) -> list[Result]:
+             reporter: Reporter, on_result: Callable[[Result], None] | None = None,
+             sizes: dict[Path, tuple[int, int]] | None = None) -> list[Result]:
+    """Translates `jobs` into `out_dir`; `sizes`: headers already read, by source."""
     results: list[Result] = []
 
     def record(result: Result) -> None:
@@ -447,7 +451,7 @@ def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Op
             todo.append(job)
     try:
         if todo:
-            _run_pipeline(translator, todo, out_dir, options, reporter, record)
+            _run_pipeline(translator, todo, out_dir, options, reporter, record, sizes or {})
     finally:
         reporter.finish()
     if translator.fp32_retries:
@@ -456,11 +460,11 @@ def run_jobs(translator: Translator, jobs: list[Job], out_dir: Path, options: Op
 
 
 def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, options: Options,
-                  reporter: Reporter, record: Callable[[Result], None]) -> None:
+                  reporter: Reporter, record: Callable[[Result], None], known: dict[Path, tuple[int, int]]) -> None:
     device = options.device
     workers = default_workers(device) if options.workers is None else options.workers
     writers = options.writers or default_writers(device)
-    sizes = [header_size(job.source) for job in jobs]
+    sizes = [known[job.source] if job.source in known else header_size(job.source) for job in jobs]
     batch_size = options.batch_size or default_batch_size(device, options.tile, max(h * w for h, w in sizes))
     plan = _plan_memory(translator, jobs, sizes, options, batch_size)
     for message in plan.messages:
