@@ -397,9 +397,6 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
         reporter.message(note)
     if spec.guessed:
         reporter.message(f"note: {model}: {spec.guessed}")
-    if translator.one_by_one and options.tile:
-        reporter.message("note: --bn-mode train normalises what the network sees at once, here each tile by its "
-                         "own statistics: the tiles differ from the whole image's result, and seams may show")
     if outputs.left_out:
         reporter.message(f"left out {len(outputs.left_out)} file(s) that are no images by their names "
                          f"(png, jpg, webp, bmp, tif), e.g. {one_line(str(outputs.left_out[0]))}")
@@ -471,7 +468,7 @@ def _run_pipeline(translator: Translator, jobs: list[Job], out_dir: Path, option
         reporter.message(message)
     state = {"batch": batch_size, "tile": tile_for(translator, options.tile, reporter), "tile_batch": plan.tile_batch,
              "plan": plan}
-    dataset = DecodeDataset(jobs, options.resize, TilePolicy(options.tile, plan.whole_limit, translator.scale))
+    dataset = DecodeDataset(jobs, options.resize, TilePolicy(options.tile, plan, translator.scale))
     prefetch = PREFETCH if plan.whole_limit >= AUTO_TILE_PIXELS else 1
     # Results waiting to be written hold their whole output (float + integer): two batches, so
     # the device computes the next one meanwhile; within a budget, no more than fit in it.
@@ -558,7 +555,7 @@ def _plan_memory(translator: Translator, jobs: list[Job], sizes: list[tuple[int,
     # A model that tiles internally or tiles badly (nets.zoo) is not tiled for its size alone.
     whole_limit = AUTO_TILE_PIXELS if translator.tiling == "supported" else 2**62
     if not jobs:
-        return memory.Plan(batch_size, False, whole_limit, 0, [])
+        return memory.Plan(batch_size, False, whole_limit, 0, [], AUTO_TILE)
     largest = max(range(len(jobs)), key=lambda i: sizes[i][0] * sizes[i][1])
     height, width = sizes[largest]
     if options.resize and min(height, width):
@@ -574,18 +571,18 @@ class TilePolicy:
     """Which images are tiled: all with --tile, else those whose output is over whole_limit."""
 
     tile: int | None
-    whole_limit: int  # output pixels
+    plan: memory.Plan  # its whole_limit (output pixels) and the tile side beyond it
     scale: int
 
     def __call__(self, size: tuple[int, int]) -> int | None:
         """The tile side for images of `size` (height, width), or None to translate them whole."""
         if self.tile:
             return self.tile
-        return AUTO_TILE if size[0] * size[1] * self.scale**2 > self.whole_limit else None
+        return self.plan.tile if size[0] * size[1] * self.scale**2 > self.plan.whole_limit else None
 
 
 def _tile_size(state: dict, size: tuple[int, int], scale: int) -> int | None:
-    return TilePolicy(state["tile"], state["plan"].whole_limit, scale)(size)
+    return TilePolicy(state["tile"], state["plan"], scale)(size)
 
 
 def _same_size_groups(items: list[dict]) -> list[list[dict]]:
@@ -603,6 +600,8 @@ def _translate_group(translator, group, jobs, out_dir, state, options, reporter,
             tile = _tile_size(state, (height, width), translator.scale)
             if tile and not state["tile"] and not state.get("told_huge"):
                 reporter.message(f"images of {width}x{height} px and larger are translated in {tile} px tiles")
+                if translator.tiling == "discouraged":
+                    reporter.message(tiling_note(translator))
                 state["told_huge"] = True
             for item in group:
                 if item.get("done"):
@@ -614,7 +613,7 @@ def _translate_group(translator, group, jobs, out_dir, state, options, reporter,
                 _translate_whole(translator, group, jobs, out_dir, state, writer)
             return
         except (torch.OutOfMemoryError, MemoryError) as err:
-            _shrink_after_oom(state, (height, width), reporter, err, translator.tiling != "internal")
+            _shrink_after_oom(state, (height, width), reporter, err, translator)
 
 
 def _translate_whole(translator, group, jobs, out_dir, state, writer) -> None:
@@ -723,20 +722,28 @@ def tile_for(translator: Translator, tile: int | None, reporter: Reporter) -> in
         reporter.message("this model tiles internally: --tile is ignored")
         return None
     if tile and translator.tiling == "discouraged":
-        reporter.message("this model's authors advise against tiling it: seams may show; leave out --tile if it fits")
+        reporter.message(f"{tiling_note(translator)}; leave out --tile if the images fit")
     return tile
 
 
+def tiling_note(translator: Translator) -> str:
+    return (f"note: tiled results of this model differ from its whole-image results: {translator.tiling_reason}; "
+            "seams may show")
+
+
 def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, err: Exception,
-                      may_tile: bool = True) -> None:
+                      translator: Translator) -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if state["batch"] > 1:
         state["batch"] //= 2
         reporter.message(f"out of memory: retrying with batch size {state['batch']}")
-    elif may_tile and (state["tile"] is None or state["tile"] > 64):
+    elif translator.tiling != "internal" and (state["tile"] is None or state["tile"] > 64):
+        first = state["tile"] is None
         state["tile"] = max(64, (state["tile"] or max(size)) // 2)
         reporter.message(f"out of memory: retrying with {state['tile']} px tiles")
+        if first and translator.tiling == "discouraged":
+            reporter.message(tiling_note(translator))
     else:
         raise err
 

@@ -91,6 +91,7 @@ class Plan:
     whole_limit: int  # output pixels above which an image is tiled
     estimate: int  # bytes of image data at the peak, for the largest image
     messages: list[str]
+    tile: int  # the side of the tiles of images over whole_limit (without --tile)
 
 
 def plan(need: Need, tile: int, batch: int, buffered: bool, whole_limit: int, budget: int | None,
@@ -99,14 +100,16 @@ def plan(need: Need, tile: int, batch: int, buffered: bool, whole_limit: int, bu
     buffered output to disk, then shrink the tile batch; say what was chosen, and why."""
     limits = [(size, name) for size, name in ((budget, "--max-memory"), (free, "free memory")) if size]
     if not limits or not need.out_pixels:  # no budget, or no header could be read
-        return Plan(batch, False, whole_limit, 0, [])
+        return Plan(batch, False, whole_limit, 0, [], tile)
     limit, name = min(limits)
     messages: list[str] = []
     per_out_pixel = need.whole(1) / max(1, need.out_pixels)
     whole_limit = min(whole_limit, max(1, math.floor(limit / per_out_pixel)))
     tiled = explicit_tile or need.out_pixels > whole_limit
     if not tiled:
-        return Plan(batch, False, whole_limit, need.whole(batch), messages)
+        return Plan(batch, False, whole_limit, need.whole(batch), messages, tile)
+    if not explicit_tile:  # the largest tile that fits, down to the smallest where none does
+        tile = next((side for side in _smaller_tiles(tile) if need.tiled(side, 1, False) <= limit), SMALLEST_TILE)
     on_disk, first_batch = False, batch
     estimate = need.tiled(tile, batch, buffered)
     if estimate > limit and buffered:
@@ -125,19 +128,25 @@ def plan(need: Need, tile: int, batch: int, buffered: bool, whole_limit: int, bu
     if estimate > limit:
         messages.append(f"images of {size} are estimated to need {format_size(estimate)}, more than "
                         f"{name} ({format_size(limit)}), even one tile at a time; "
-                        + _advice(need, tile, buffered and not on_disk, limit, name))
-    return Plan(batch, on_disk, whole_limit, estimate, messages)
+                        + _advice(need, tile, buffered and not on_disk, limit, name, explicit_tile))
+    return Plan(batch, on_disk, whole_limit, estimate, messages, tile)
 
 
 SMALLEST_TILE = 64
 
 
-def _advice(need: Need, tile: int, buffered: bool, limit: int, name: str) -> str:
-    """A smaller tile only where one fits: the decoded input and the output rows being written
-    cost the same at any tile size."""
-    for smaller in (tile // 2, tile // 4, tile // 8):
-        if smaller >= SMALLEST_TILE and need.tiled(smaller, 1, buffered) <= limit:
+def _smaller_tiles(tile: int) -> list[int]:
+    """`tile` and its halvings down to SMALLEST_TILE."""
+    return [tile >> k for k in range(8) if tile >> k >= SMALLEST_TILE] or [SMALLEST_TILE]
+
+
+def _advice(need: Need, tile: int, buffered: bool, limit: int, name: str, explicit_tile: bool) -> str:
+    """A smaller --tile only where one fits (the decoded input and the output rows being
+    written cost the same at any tile size); without --tile the smallest is already chosen."""
+    for smaller in _smaller_tiles(tile)[1:4] if explicit_tile else []:
+        if need.tiled(smaller, 1, buffered) <= limit:
             return f"--tile {smaller} would fit"
     more = "raise --max-memory" if name == "--max-memory" else "free some memory"
+    going_on = "" if explicit_tile else f"; going on with {tile} px tiles"
     return (f"no tile size fits (the image and the rows being written alone take about "
-            f"{format_size(need.tiled(SMALLEST_TILE, 1, buffered))}): {more}")
+            f"{format_size(need.tiled(SMALLEST_TILE, 1, buffered))}): {more}{going_on}")

@@ -89,6 +89,16 @@ def prefers_channels_last(module: nn.Module, device: torch.device) -> bool:
     return device.type == "cuda" and not any(isinstance(layer, nn.InstanceNorm2d) for layer in module.modules())
 
 
+def tiling_advice(module: nn.Module, one_by_one: bool) -> tuple[str, str]:
+    """Whether tiles give the whole image's result: "supported", "discouraged" or "internal"
+    (the model tiles by itself), and why not where they do not."""
+    if one_by_one:
+        return "discouraged", "--bn-mode train normalises what the network sees at once, here each tile by itself"
+    if any(isinstance(m, nn.InstanceNorm2d) for m in module.modules()):
+        return "discouraged", "it normalises each image by its own statistics (instance norm), here each tile by its own"
+    return getattr(module, "tiling", "supported"), getattr(module, "tiling_reason", "")
+
+
 class Translator:
     """A loaded generator applied to batches of same-sized images in [0, 1]."""
 
@@ -107,7 +117,7 @@ class Translator:
                                or spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
         # Community models (nets.zoo) declare their precisions and their advice on tiling.
         self.dtype = autocast_dtype(device, amp, getattr(module, "reduced_precision", REDUCED_PRECISION))
-        self.tiling = getattr(module, "tiling", "supported")
+        self.tiling, self.tiling_reason = tiling_advice(module, self.one_by_one)
         self.fp32_retries = 0
         self.channels_last = getattr(module, "channels_last", True) and prefers_channels_last(module, device)
         if self.channels_last:

@@ -191,19 +191,24 @@ def test_over_budget_a_buffered_output_moves_to_disk_and_says_so(sr_models, tmp_
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.jpg"]
 
 
-def test_over_budget_the_advice_names_a_tile_that_fits_or_says_none_does():
+def test_over_budget_a_tile_that_fits_is_chosen_or_advised_or_none_is_said_to_fit():
     need = memory.Need(6000, 8000, 2, 64)
     for tile in (1024, 512, 256):
         needed = need.tiled(tile, 1, False)
-        plan = memory.plan(need, 1024, 1, False, 2**62, needed, None, explicit_tile=False)
+        chosen = memory.plan(need, 1024, 1, False, 2**62, needed, None, explicit_tile=False)
+        assert (chosen.tile, chosen.messages) == (tile, [])  # without --tile: the largest that fits
+        asked = memory.plan(need, 1024, 1, False, 2**62, needed, None, explicit_tile=True)
+        assert asked.tile == 1024  # --tile is the user's: advised, not changed
         if tile == 1024:
-            assert plan.messages == []
+            assert asked.messages == []
         else:
-            assert f"--tile {tile} would fit" in plan.messages[-1], plan.messages
-            assert memory.plan(need, tile, 1, False, 2**62, needed, None, True).messages == []
+            assert f"--tile {tile} would fit" in asked.messages[-1], asked.messages
     floor = need.tiled(memory.SMALLEST_TILE, 1, False)
-    plan = memory.plan(need, 1024, 1, False, 2**62, floor - 1, None, explicit_tile=False)
-    assert "no tile size fits" in plan.messages[-1] and "raise --max-memory" in plan.messages[-1], plan.messages
+    for explicit in (False, True):
+        plan = memory.plan(need, 1024, 1, False, 2**62, floor - 1, None, explicit_tile=explicit)
+        assert "no tile size fits" in plan.messages[-1] and "raise --max-memory" in plan.messages[-1], plan.messages
+        assert plan.tile == (1024 if explicit else memory.SMALLEST_TILE)
+        assert ("going on with 64 px tiles" in plan.messages[-1]) is not explicit
 
 
 def test_a_size_that_is_not_one_is_a_usage_error(sr_models, tmp_path):

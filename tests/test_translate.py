@@ -25,7 +25,7 @@ from img2img.nets import registry
 from img2img.tiling import run_tiled
 from img2img.translator import Translator
 
-from helpers import flat
+from helpers import flat, generator_cases
 
 runner = CliRunner()
 
@@ -101,6 +101,50 @@ def test_feathering_hides_seams_of_a_network_with_global_context(models, tmp_pat
     # Across the middle of the overlap, neighbouring columns differ no more than elsewhere.
     column_steps = (tiled[:, :, 1:] - tiled[:, :, :-1]).abs().mean(dim=(0, 1))
     assert column_steps.max() < 4 * column_steps.median()
+
+
+@pytest.mark.parametrize("arch, hparams", generator_cases())
+def test_every_generator_says_whether_tiles_give_its_whole_image_result(arch, hparams):
+    """Instance norm normalises each tile by itself and a U-Net's innermost level sees all of a
+    tile: their tiles differ from the whole image (by 55 grey levels on average for a trained
+    CycleGAN), so they are tiled only when asked or out of memory, and with a note."""
+    from img2img.translator import tiling_advice
+
+    net = registry.build(arch, **hparams)
+    whole_image = arch == "unet" or hparams.get("norm") == "instance"
+    assert tiling_advice(net, one_by_one=False)[0] == ("discouraged" if whole_image else "supported")
+    assert tiling_advice(net, one_by_one=True)[0] == "discouraged"  # --bn-mode train: statistics per tile
+
+
+class Messages(infer.Silent):
+    def __init__(self):
+        self.lines = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+
+@pytest.mark.parametrize("model, noted", [("resnet.safetensors", True), ("sr.safetensors", False)])
+def test_tiles_of_a_whole_image_network_come_with_a_note_asked_or_not(models, tmp_path, model, noted):
+    from img2img import memory
+
+    photo(tmp_path / "in" / "a.png", 400, 400)
+    module, spec = load_generator(models / model)
+    need = memory.Need(400, 400, spec.scale, memory.widest_layer(module))
+    budget = need.tiled(128, 1, False)  # far less than the whole image needs
+    assert need.whole(1) > 2 * budget
+    for options in ({"tile": 128}, {"max_memory": budget}):  # asked, and chosen to fit the budget
+        told = Messages()
+        results = infer.translate(models / model, str(tmp_path / "in"), tmp_path / "out" / next(iter(options)),
+                                  options=infer.Options(workers=0, **options), reporter=told)
+        assert not results[0].error
+        assert any("tiled results of this model differ" in line for line in told.lines) == noted, told.lines
+        if noted:
+            assert any("instance norm" in line for line in told.lines), told.lines
+        if "max_memory" in options:  # the tile it chose is one that fits, and it says which
+            chosen = [line for line in told.lines if "px tiles" in line]
+            assert chosen and "128 px tiles" in chosen[0] and not any("would fit" in line for line in told.lines), \
+                told.lines
 
 
 def test_out_of_memory_retries_with_smaller_batches_then_tiles(models, tmp_path, monkeypatch):

@@ -44,6 +44,9 @@ class UnetSkipBlock(nn.Module):
 class UnetGenerator(nn.Module):
     """U-Net with `num_downs` stride-2 levels: unet_256 has 8, unet_128 has 7."""
 
+    # Its innermost level sees all of what it is given: a tile's result depends on the whole tile.
+    tiling, tiling_reason = "discouraged", "its U-Net sees the whole image at once, far beyond the tiles' overlap"
+
     def __init__(self, in_ch: int = 3, out_ch: int = 3, num_downs: int = 8, ngf: int = 64,
                  norm: str = "batch", use_dropout: bool = True, bias: bool | None = None):
         super().__init__()

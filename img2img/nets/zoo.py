@@ -69,6 +69,7 @@ class ZooGenerator(nn.Module):
         self.square = bool(requirements.square)
         self.in_channels = int(descriptor.input_channels)
         self.tiling = descriptor.tiling.name.lower()  # supported, discouraged or internal
+        self.tiling_reason = "its authors advise against tiling it"
         self.reduced_precision = tuple(dtype for dtype, ok in ((torch.bfloat16, descriptor.supports_bfloat16),
                                                                 (torch.float16, descriptor.supports_half)) if ok)
 
