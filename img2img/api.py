@@ -226,6 +226,9 @@ def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:
 def _checked(cfg: BaseConfig) -> BaseConfig:
     """A config built directly (`Pix2PixConfig(data=...)`) checked as make_config checks one,
     its task named by its class."""
+    if not isinstance(cfg, BaseConfig):
+        raise ConfigError(f"train() takes a task's config, not {type(cfg).__name__}: make one with "
+                          "resolve(task, overrides={...}), e.g. resolve('pix2pix', overrides={'data': 'facades'})")
     task = cfg.task or next((name for name, cls in configs().items() if type(cfg) is cls), "")
     if not task:
         raise ConfigError(f"{type(cfg).__name__} is no task's config: use one of "

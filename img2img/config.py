@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import os
 import typing
 from dataclasses import dataclass, field, fields
@@ -27,8 +28,40 @@ AMP_HELP = ("auto: bf16 autocast on CUDA (fp16 where bf16 is missing), fp32 on a
             "(a CPU takes bf16 alone); off: fp32.")
 
 
-class ConfigError(Exception):
+class UsageError(Exception):
+    """A mistake in what was asked. `message` names command-line flags, as the CLI prints it;
+    str() adds the Python names of those flags for the API (--gan-loss is gan_loss)."""
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        names = [f"{flag} is {name}" for flag, name in _python_names(self.message)]
+        return f"{self.message} (in Python: {', '.join(names)})" if names else self.message
+
+
+class ConfigError(UsageError):
     """A setting that cannot work; the message says what to pass instead."""
+
+
+# The arguments of resolve() and api.train() that the CLI spells as flags of other names.
+_CALL_ARGUMENTS = {"--recipe": "recipe", "--resume": "resume", "--set": "sets"}
+
+
+def _python_names(message: str) -> list[tuple[str, str]]:
+    """The flags `message` names that have a Python name other than their own, e.g.
+    ("--gan-loss", "gan_loss"): settings, translate's options and resolve()'s arguments."""
+    from img2img.infer import Options  # imported here: infer imports this module
+
+    names = {**{f"--{name.replace('_', '-')}": name for name in Options.__dataclass_fields__}, **_CALL_ARGUMENTS}
+    for cls in configs().values():
+        for name in field_names(cls):
+            option = option_of(cls, name)
+            for flag in (flag_of(name, option), *(option.aliases if option else ())):
+                names.setdefault(flag, name)
+    said = dict.fromkeys(re.findall(r"(?<![\w-])--[a-z][a-zA-Z0-9]*(?:-[a-zA-Z0-9]+)*", message))
+    return [(flag, names[flag]) for flag in said if flag in names and names[flag] != flag[2:]]
 
 
 def require_folder(folder: str | Path, flag: str = "") -> None:

@@ -118,7 +118,7 @@ def run_guarded(action, to_continue: str = "run the same command with --resume")
         with codec_noise_filtered():
             return action()
     except USAGE_ERRORS as err:
-        fail(str(err), 2)
+        fail(err.message, 2)
     except FAILURES as err:
         fail(str(err), 1)
     except ReaderGone:

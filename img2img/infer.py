@@ -32,7 +32,7 @@ from img2img.data.images import (IMAGE_EXTENSIONS, Decoded, Image, WriteError, d
                                  list_images, output_layout, quantise_on_device, remove_stale_temporaries, stack_rgb,
                                  to_pixels, write_image, writing)
 from img2img.data.strips import StripWriter, streams
-from img2img.config import AMP_CHOICES
+from img2img.config import AMP_CHOICES, UsageError
 from img2img.device import amp_note, default_workers, default_writers
 from img2img.gan.checkpoint import load_generator
 from img2img.progress import Reporter, Silent
@@ -40,7 +40,7 @@ from img2img.tiling import AlphaRows, blend_strips
 from img2img.translator import Translator, scale_alpha
 
 
-class InputError(Exception):
+class InputError(UsageError):
     """INPUT names nothing usable (missing path, empty folder, empty stdin, bad option)."""
 
 
@@ -107,6 +107,15 @@ class Options:
 
     def __post_init__(self) -> None:
         """The checks the CLI and the API share: a bad option is a usage error, named by its flag."""
+        for name in ("batch_size", "tile", "tile_overlap", "resize", "workers", "writers", "max_memory"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InputError(f"--{name.replace('_', '-')} {value!r}: must be a whole number")
+        for name in ("overwrite", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"--{name} {getattr(self, name)!r}: must be True or False")
+        if self.ext is not None and not isinstance(self.ext, str):
+            raise InputError(f"--ext {self.ext!r}: must be a text such as 'png'")
         if self.ext is not None:
             self.ext = f".{self.ext.lstrip('.').lower()}"
             if self.ext not in IMAGE_EXTENSIONS:

@@ -51,7 +51,7 @@ def load(name_or_file: str, command_task: str | None = None) -> tuple[str, dict[
         cls = config_class(str(task))
         return task, {key: check_value(key, value, cls) for key, value in data.items()}
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{path}: {err.message}") from None
 
 
 @functools.cache

@@ -153,3 +153,22 @@ def test_a_config_built_directly_trains_with_its_task_and_the_checks_of_make_con
                         size=32, netG="unet_32", ngf=4, ndf=4, workers=0)
     assert api.train(cfg) == tmp_path / "run"
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["task"] == "pix2pix"
+
+
+def test_api_errors_give_the_python_names_of_the_flags_they_name_and_the_cli_does_not(tmp_path):
+    """A usage message names flags; through the API it also says what they are called there."""
+    from img2img import api
+    from img2img.infer import InputError
+
+    with pytest.raises(ConfigError) as err:
+        resolve("pix2pix", overrides={"gan_loss": "lsgann", "data": str(tmp_path)})
+    assert str(err.value).endswith("(in Python: --gan-loss is gan_loss)")
+    assert err.value.message.startswith("--gan-loss 'lsgann' is not offered") and "Python" not in err.value.message
+    with pytest.raises(InputError, match=r"--tile '64': must be a whole number"):
+        api.translate(tmp_path, tmp_path, tmp_path / "out", tile="64")
+    with pytest.raises(InputError, match=r"--max-memory .*in Python: --max-memory is max_memory"):
+        api.translate(tmp_path, tmp_path, tmp_path / "out", max_memory=1.5)
+    with pytest.raises(ConfigError, match=r"train\(\) takes a task's config, not dict: make one with resolve"):
+        api.train({"task": "pix2pix", "data": str(tmp_path)})
+    result = CliRunner().invoke(app, ["train", "pix2pix", "--data", str(tmp_path), "--gan-loss", "lsgann"])
+    assert result.exit_code == 2 and "--gan-loss 'lsgann'" in result.output and "Python" not in result.output

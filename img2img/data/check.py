@@ -132,5 +132,5 @@ def aligned_problems(folder: Path) -> list[str]:
         except datasets.DataError as err:
             problems += [line.strip() for line in str(err).splitlines()[1:]]
         except ConfigError as err:  # a layout train refuses: one problem, as train names it
-            problems.append(str(err))
+            problems.append(err.message)
     return problems
