@@ -99,8 +99,7 @@ def train(cfg: BaseConfig, resume: bool = False, reporter: Reporter | None = Non
             for note in notes:  # once the run is ours: not before another process's refusal
                 reporter.message(note)
             save_config(cfg, run_dir / "config.yaml", world_size=world_size, effective_batch_size=effective_batch)
-            if state is not None:
-                recorder.forget_after(int(state["step"]))
+            recorder.forget_after(int(state["step"]) if state is not None else 0)
         _train(cfg, task, trainer, recorder, state, world, device)
     if world.is_main:
         write_report(run_dir, reporter)

@@ -280,3 +280,25 @@ def test_tensorboard_export_replays_the_log(run_dir):
     steps = [event.step for event in accumulator.Scalars("loss/G_GAN")]
     assert steps == [r["step"] for r in read_log(run_dir).train]
     assert "D/D_real" in accumulator.Tags()["scalars"]
+
+
+def test_tensorboard_drops_what_an_earlier_try_logged_from_the_step_a_run_goes_on_from(tmp_path):
+    """A resumed run (or a new one where a killed one left its events) logs those steps again:
+    TensorBoard shows each step once, the new value."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from img2img.gan.record import TensorBoardWriter
+
+    killed = TensorBoardWriter(tmp_path)
+    for step in (10, 20, 30):
+        killed.write({"step": step, "loss_G": 1.0})
+    killed.close()
+    resumed = TensorBoardWriter(tmp_path)  # from the checkpoint of step 10
+    for step in (20, 30):
+        resumed.write({"step": step, "loss_G": 2.0})
+    resumed.close()
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard"))
+    accumulator.Reload()
+    tag = accumulator.Tags()["scalars"][0]
+    assert [(event.step, event.value) for event in accumulator.Scalars(tag)] == [(10, 1.0), (20, 2.0), (30, 2.0)]

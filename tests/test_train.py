@@ -257,9 +257,18 @@ def test_resuming_a_run_stopped_before_its_first_checkpoint_says_to_start_it_aga
     (run / "checkpoints").mkdir(parents=True)
     cfg = tiny_config(paired_photos, run, steps=2)
     (run / "config.yaml").write_text("task: pix2pix\n")
+    # what the killed run had made: log lines, a sample grid and a best generator of its own
+    (run / "log.jsonl").write_text('{"step": 10, "losses": {"G": 9.0}}\n{"step": 20, "losses": {"G": 8.0}}\n')
+    (run / "samples").mkdir()
+    (run / "samples" / "step_00000010.png").write_bytes(b"old")
+    (run / "checkpoints" / "best_generator.safetensors").write_bytes(b"old")
     with pytest.raises(ConfigError, match="holds no checkpoint yet.*start it again without --resume"):
         api.train(cfg, resume=True)
-    api.train(cfg)  # as the message says
+    api.train(cfg)  # as the message says: a new run, with nothing of the killed one mixed in
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert records and all(record["step"] <= 2 for record in records)
+    assert not (run / "samples" / "step_00000010.png").exists()
+    assert not (run / "checkpoints" / "best_generator.safetensors").exists()
     for state in (run / "checkpoints").glob("state_step*.pt"):
         state.write_bytes(b"cut short")
     with pytest.raises(ConfigError, match="none of the training states"):

@@ -133,10 +133,20 @@ class Recorder:
         self.append(record)
 
     def forget_after(self, step: int) -> None:
-        """Leave out of log.jsonl what was logged after `step`, the checkpoint a resumed run goes
-        on from: those steps are trained again, and logged again (a torn last line goes too)."""
+        """Leave out of log.jsonl and samples/ what was made after `step`, the checkpoint a
+        resumed run goes on from (those steps are trained again, and logged again; a torn last
+        line goes too); at step 0, a new run where one was killed before its first checkpoint,
+        its best generators go too."""
+        if not self.is_main:
+            return
+        for sample in (self.run_dir / "samples").glob("step_*.png"):
+            if not sample.stem[len("step_"):].isdigit() or int(sample.stem[len("step_"):]) > step:
+                sample.unlink()
+        if step == 0:
+            for best in (self.run_dir / "checkpoints").glob("best_*.safetensors"):
+                best.unlink()
         path = self.run_dir / "log.jsonl"
-        if not self.is_main or not path.is_file():
+        if not path.is_file():
             return
         kept = []
         for line in path.read_text(errors="replace").splitlines():
@@ -275,11 +285,14 @@ class TensorBoardWriter:
         except ImportError as err:
             raise ConfigError(f"TensorBoard logging needs the tensorboard package: {install_hint('tensorboard')}") from err
         self.folder = Path(run_dir) / "tensorboard"
-        self.writer = SummaryWriter(log_dir=str(self.folder))
+        self.make_writer, self.writer = SummaryWriter, None
 
     def write(self, record: dict) -> None:
+        if self.writer is None:  # opened at the first record: what an earlier try logged from its step on is dropped
+            self.writer = self.make_writer(log_dir=str(self.folder), purge_step=record.get("step"))
         for tag, value in tensorboard_scalars(record):
             self.writer.add_scalar(tag, value, record.get("step"), walltime=record.get("time"))
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
