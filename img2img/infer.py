@@ -218,6 +218,31 @@ def collect_jobs(source: str, out_dir: Path, stdin: TextIO | None = None, ext: s
     return jobs
 
 
+def stdin_layout(listed: str) -> Path:
+    """Where, below OUTPUT, the result of a path from stdin goes, the same whatever else is
+    listed (so a re-run finds it done): what follows a '/./' in it, as rsync -R reads one
+    (`find /data/./shots` lists /data/./shots/x.jpg: OUTPUT/shots/x.jpg); else its path from
+    the current folder (`find shots`: OUTPUT/shots/x.jpg, whether listed relative or absolute);
+    else as listed, less a leading '/' or '..' (/d/x.jpg: OUTPUT/d/x.jpg; ../a/x.jpg:
+    OUTPUT/a/x.jpg). '..' inside a path is resolved (a/../b is b): no result leaves OUTPUT."""
+    if "/./" in listed:
+        return _inside(Path(listed.split("/./", 1)[1]))
+    here = Path(os.path.normpath(Path.cwd()))
+    absolute = Path(os.path.normpath(Path(listed).absolute()))
+    if here in absolute.parents:
+        return absolute.relative_to(here)
+    return _inside(Path(listed))
+
+
+def _inside(path: Path) -> Path:
+    """`path` with '..' resolved and no leading '/' or '..'."""
+    spelt = Path(os.path.normpath(path))
+    parts = list(spelt.parts[1:] if spelt.anchor else spelt.parts)
+    while parts and parts[0] == "..":
+        parts.pop(0)
+    return Path(*parts)
+
+
 def _collect(source: str, out_dir: Path, stdin: TextIO | None, left_out: list[Path] | None) -> list[Job]:
     if source == "-":
         text = (stdin or sys.stdin).read()
@@ -226,19 +251,15 @@ def _collect(source: str, out_dir: Path, stdin: TextIO | None, left_out: list[Pa
         resolved = {}  # a file listed twice, under any spelling: once
         for name in names:
             if name:
-                resolved.setdefault(Path(name).resolve(), Path(name))
+                resolved.setdefault(Path(name).resolve(), name)  # as listed: Path() would drop a '/./
         if not resolved:
             raise InputError("INPUT is '-' but no paths arrived on standard input")
         # As for a folder INPUT: results of an earlier run (find run from above OUTPUT) are not inputs.
         out_resolved = out_dir.resolve()
-        paths = [path for real, path in resolved.items() if out_resolved not in real.parents]
+        paths = [name for real, name in resolved.items() if out_resolved not in real.parents]
         if not paths:
             raise InputError(f"every path on standard input lies inside OUTPUT {out_dir}: choose another OUTPUT")
-        # Keep the layout below the paths' common folder, as for a folder INPUT; spelt without
-        # '..' (a/../b is b), which would otherwise lead a result out of OUTPUT, onto an input.
-        spelt = {p: Path(os.path.normpath(p.absolute())) for p in paths}
-        root = Path(os.path.commonpath([str(absolute.parent) for absolute in spelt.values()]))
-        return [Job(p, absolute.relative_to(root)) for p, absolute in spelt.items()]
+        return [Job(Path(name), stdin_layout(name)) for name in paths]
     path = Path(source)
     if path.is_file():
         return [Job(path, Path(path.name))]

@@ -59,9 +59,10 @@ def test_translate_keeps_sizes_names_and_folders(run_dir, tmp_path):
     assert gray.size == (64, 80) and gray.gray
 
 
-def test_translate_reads_paths_from_stdin_and_skips_existing_outputs(run_dir, tmp_path):
+def test_translate_reads_paths_from_stdin_and_skips_existing_outputs(run_dir, tmp_path, monkeypatch):
     for name in ("a.png", "deeper/b.png"):
         write_photo(tmp_path / "shots" / name, 32, 32)
+    monkeypatch.chdir(tmp_path / "shots")  # absolute paths below the current folder: placed from it
     paths = f"{tmp_path / 'shots' / 'a.png'}\n{tmp_path / 'shots' / 'deeper' / 'b.png'}\n"
     args = ["translate", "--model", str(run_dir), "-", str(tmp_path / "out")]
     result = runner.invoke(app, args, input=paths)
@@ -72,13 +73,14 @@ def test_translate_reads_paths_from_stdin_and_skips_existing_outputs(run_dir, tm
 
 
 @pytest.mark.parametrize("separator", ["\n", "\r\n", "\0"])
-def test_stdin_paths_end_with_newlines_or_nuls_and_keep_odd_names(run_dir, tmp_path, separator):
+def test_stdin_paths_end_with_newlines_or_nuls_and_keep_odd_names(run_dir, tmp_path, separator, monkeypatch):
     # find -print0 | img2img translate - out/: NUL-separated names may hold newlines and spaces.
     names = ["plain.png", "two words.png", "line\u2028separator.png"]
     if separator == "\0":
         names += ["new\nline.png", " leading space.png"]
     for name in names:
         write_photo(tmp_path / "shots" / name, 32, 32)
+    monkeypatch.chdir(tmp_path / "shots")
     stdin = "".join(f"{tmp_path / 'shots' / name}{separator}" for name in names)
     result = runner.invoke(app, ["translate", "--model", str(run_dir), "-", str(tmp_path / "out")], input=stdin)
     assert result.exit_code == 0, result.output

@@ -274,7 +274,23 @@ def test_stdin_paths_with_dot_dot_are_written_inside_output_never_onto_an_input(
     assert result.exit_code == 0, result.output
     assert (x.read_bytes(), y.read_bytes()) == before
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png") if p not in (x, y))
-    assert written == (["out/a/x.png", "out/b/y.png"] if len(listed) == 2 else ["out/x.png"])
+    assert written == (["out/a/x.png", "out/y.png"] if len(listed) == 2 else ["out/a/x.png"])
+
+
+def test_a_path_from_stdin_lands_where_it_is_listed_whatever_else_is_listed(models, tmp_path, monkeypatch):
+    """find | translate - OUT finishes what an earlier run left, also when the list changed."""
+    photo(tmp_path / "in" / "names" / "with space.png", 16, 16)
+    photo(tmp_path / "in" / "orient" / "o1.png", 16, 20)
+    monkeypatch.chdir(tmp_path)
+    args = ["translate", "--model", str(models / "resnet.safetensors"), "--json", "-", "out"]
+    first = runner.invoke(app, args, input="in/names/with space.png\n")
+    second = runner.invoke(app, args, input=f"in/orient/o1.png\n{tmp_path}/in/../in/names/with space.png\n")
+    assert first.exit_code == second.exit_code == 0, (first.output, second.output)
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert written == ["in/names/with space.png", "in/orient/o1.png"]  # the absolute spelling: the same place
+    assert "skipped 1" in second.output
+    marked = runner.invoke(app, args[:-1] + ["marked"], input=f"{tmp_path}/in/./names/with space.png\n")
+    assert marked.exit_code == 0 and (tmp_path / "marked" / "names" / "with space.png").is_file()  # rsync -R's mark
 
 
 def test_json_lines_on_stdout_and_failures_named_with_exit_code_1(models, tmp_path):
