@@ -133,6 +133,26 @@ def test_a_tiff_with_alpha_gives_straight_colours(tmp_path, bits, gray, alpha, p
     assert image.gray == gray and image.bits == bits
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 3, 4], ids=["gray", "rgb", "rgba"])
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_float_tiff_of_any_precision_and_layout_reads_as_values_in_0_1(tmp_path, dtype, channels, planar,
+                                                                         compression):
+    """Half floats too (OpenCV has no such type: they were called corrupt)."""
+    values = np.linspace(0, 1, 6 * 8 * channels).reshape(6, 8, channels)
+    planes = np.moveaxis(values, -1, 0) if planar == "separate" else values
+    tifffile.imwrite(tmp_path / "x.tif", planes.astype(dtype).squeeze(), photometric="minisblack" if channels == 1
+                     else "rgb", planarconfig=planar if channels > 1 else None, compression=compression,
+                     extrasamples=["unassalpha"] if channels == 4 else None)
+    image = read_image(tmp_path / "x.tif")
+    colour = values[..., :1 if channels == 1 else 3]
+    assert image.bits == 16 and image.gray == (channels == 1) and (image.alpha is not None) == (channels == 4)
+    assert np.abs(image.rgb[:1 if channels == 1 else 3].numpy() - np.moveaxis(colour, -1, 0)).max() <= 1e-3
+    if channels == 4:
+        assert np.abs(image.alpha[0].numpy() - values[..., 3]).max() <= 1e-3
+
+
 @pytest.mark.parametrize("bits", [8, 16])
 def test_a_planar_tiff_gives_its_colours(tmp_path, bits):
     """One plane per channel (PlanarConfiguration 2): OpenCV gives a gray mix at 16 bits."""

@@ -359,6 +359,7 @@ _TIFF_EXTRA_SAMPLES = 338
 _TIFF_PLANAR = 284
 _TIFF_SAMPLES = 277
 _TIFF_INKSET = 332
+_TIFF_SAMPLE_FORMAT = 339
 
 
 def tiff_orientation(data) -> tuple[int, int | None]:
@@ -378,6 +379,7 @@ class TiffLayout:
     samples: int  # SamplesPerPixel
     bits: int  # BitsPerSample (of the first sample)
     inks: int  # InkSet of a separated (photometric 5) page: 1 CMYK, 2 other inks
+    sample_format: int = 1  # SampleFormat: 1 unsigned, 2 signed, 3 floating point
 
 
 def tiff_layout(data) -> TiffLayout:
@@ -387,7 +389,9 @@ def tiff_layout(data) -> TiffLayout:
     samples, _ = _first_page_short(data, _TIFF_SAMPLES)
     bits, _ = _first_page_short(data, _TIFF_BITS)
     inks, _ = _first_page_short(data, _TIFF_INKSET)
-    return TiffLayout(extra if extra in (1, 2) else 0, photometric, planar == 2, samples or 1, bits or 1, inks or 1)
+    sample_format, _ = _first_page_short(data, _TIFF_SAMPLE_FORMAT)
+    return TiffLayout(extra if extra in (1, 2) else 0, photometric, planar == 2, samples or 1, bits or 1, inks or 1,
+                      sample_format or 1)
 
 
 def _first_page_short(data, wanted: int) -> tuple[int | None, int | None]:

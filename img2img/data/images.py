@@ -229,9 +229,9 @@ def decode_image(path: Path, at_least: int | None = None) -> Decoded:
         bits, scale = 8, 255.0
     elif pixels.dtype == np.uint16:
         bits, scale = 16, 65535.0
-    elif pixels.dtype in (np.float32, np.float64):
+    elif pixels.dtype in (np.float16, np.float32, np.float64):
         bits, scale = 16, 1.0  # float TIFF: keep precision, write back as 16-bit
-        pixels = np.clip(np.nan_to_num(pixels), 0.0, 1.0)
+        pixels = np.clip(np.nan_to_num(pixels.astype(np.float32, copy=False)), 0.0, 1.0)
     else:
         raise ImageError(f"{path}: unsupported pixel type {pixels.dtype}")
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
@@ -257,7 +257,8 @@ def _needs_tifffile(layout: TiffLayout) -> bool:
     """Gray or RGB samples that OpenCV and Pillow get wrong: planes stored one after the other
     (OpenCV returns a gray mix of them at 16 bits), gray + alpha (OpenCV: 8-bit gray, no alpha)."""
     plain = layout.photometric in (1, 2) and layout.samples <= 4  # more: refused as other decoders do
-    return (plain and (layout.separate or (layout.alpha and layout.photometric == 1))) or _odd_cmyk(layout)
+    half = layout.sample_format == 3 and layout.bits == 16  # half floats: OpenCV has no such type
+    return (plain and (layout.separate or half or (layout.alpha and layout.photometric == 1))) or _odd_cmyk(layout)
 
 
 def _odd_cmyk(layout: TiffLayout) -> bool:
@@ -275,7 +276,8 @@ def _tiff_planes(path: Path, data: bytes, layout: TiffLayout) -> np.ndarray:
         with tifffile.TiffFile(io.BytesIO(data)) as handle:
             pixels = handle.pages.first.asarray()
     except Exception as err:  # e.g. a compression tifffile decodes only with the imagecodecs package
-        kind = "planar (a plane per channel)" if layout.separate else "gray + alpha"
+        kind = ("planar (a plane per channel)" if layout.separate else "CMYK" if _odd_cmyk(layout)
+                else "half-float" if layout.sample_format == 3 else "gray + alpha")
         raise ImageError(f"{path}: this {kind} TIFF cannot be decoded ({err}); if the file is sound, save it "
                          "uncompressed or with ZIP compression") from None
     if layout.separate and pixels.ndim == 3:
