@@ -231,10 +231,15 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     optional = type(None) in args
     expected = next((a for a in args if a is not type(None)), hint) if args else hint
-    if value is None and optional:
-        return None
     if isinstance(value, Path):
         value = str(value)
+    if isinstance(value, str) and expected in (int, float, bool) and value.strip():
+        try:  # '8', 'false', 'null' (a quoted YAML value, a pipeline's text): read as --set reads them
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if value is None and optional:
+        return None
     if expected is float and isinstance(value, str):  # YAML reads 2e-4 (no dot) as text
         try:
             value = float(value)
@@ -250,8 +255,9 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     elif expected is str and isinstance(value, (str, int, float)):
         return str(value)
     name = expected.__name__
+    given = "an empty value" if value is None or (isinstance(value, str) and not value.strip()) else repr(value)
     raise ConfigError(f"setting {key!r} takes {'an' if name == 'int' else 'a'} {name}"
-                      f"{' or null' if optional else ''}, not {value!r}")
+                      f"{' or null' if optional else ''}, not {given}")
 
 
 def task_of(cls: type) -> str:

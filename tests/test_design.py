@@ -172,3 +172,27 @@ def test_api_errors_give_the_python_names_of_the_flags_they_name_and_the_cli_doe
         api.train({"task": "pix2pix", "data": str(tmp_path)})
     result = CliRunner().invoke(app, ["train", "pix2pix", "--data", str(tmp_path), "--gan-loss", "lsgann"])
     assert result.exit_code == 2 and "--gan-loss 'lsgann'" in result.output and "Python" not in result.output
+
+
+@pytest.mark.parametrize("key, text, value", [("ngf", "8", 8), ("steps", "20", 20), ("dropout", "false", False),
+                                              ("lr", "2e-4", 2e-4), ("steps", "null", None), ("flip", "no", False)])
+def test_a_setting_given_as_text_is_read_as_set_reads_it_by_every_route(tmp_path, key, text, value):
+    """A pipeline passes its settings as text (environment, JSON, quoted YAML): --set, a recipe
+    and the API read them alike."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: pix2pix\n{key}: '{text}'\n")
+    routes = [resolve("pix2pix", overrides={"data": str(tmp_path), key: text}),
+              resolve("pix2pix", overrides={"data": str(tmp_path)}, sets=[f"{key}={text}"]),
+              resolve("pix2pix", str(recipe), {"data": str(tmp_path)})]
+    assert [getattr(cfg, key) for cfg in routes] == [value] * 3
+
+
+@pytest.mark.parametrize("text, said", [("8.5", "not 8.5"), ("eight", "not 'eight'"), ("", "not an empty value")])
+def test_a_text_that_is_no_whole_number_is_refused_alike_by_every_route(tmp_path, text, said):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: pix2pix\nngf: '{text}'\n")
+    for route in (lambda: resolve("pix2pix", overrides={"data": str(tmp_path), "ngf": text}),
+                  lambda: resolve("pix2pix", overrides={"data": str(tmp_path)}, sets=[f"ngf={text}"]),
+                  lambda: resolve("pix2pix", str(recipe), {"data": str(tmp_path)})):
+        with pytest.raises(ConfigError, match=f"setting 'ngf' takes an int, {said}"):
+            route()
