@@ -39,11 +39,16 @@ def load(name_or_file: str, command_task: str | None = None) -> tuple[str, dict[
     command names it (`command_task`)."""
     path = path_of(name_or_file)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeys)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err.message}") from None
+    if data is None:  # empty, or comments alone: e.g. a template that rendered nothing
+        raise ConfigError(f"{path}: the recipe holds no settings")
     if not isinstance(data, dict) or ("task" not in data and command_task is None):
-        raise ConfigError(f"{path}: a recipe is a mapping of settings with a 'task' ({', '.join(configs())})")
+        raise ConfigError(f"{path}: a recipe is a mapping of settings, with the 'task' ({', '.join(configs())}) "
+                          "where the command names none")
     task = data.pop("task", command_task)
     if data.get("steps") is not None and data.get("epochs") is not None:
         raise ConfigError(f"{path}: steps and epochs both given: a run's length is one or the other")
@@ -52,6 +57,20 @@ def load(name_or_file: str, command_task: str | None = None) -> tuple[str, dict[
         return task, {key: check_value(key, value, cls) for key, value in data.items()}
     except ConfigError as err:
         raise ConfigError(f"{path}: {err.message}") from None
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load, but a key given twice is an error, not the last one silently winning (a
+    copy-paste slip in a hand-edited recipe)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in lines:
+                raise ConfigError(f"{key!r} is given twice, on lines {lines[key]} and {key_node.start_mark.line + 1}")
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 @functools.cache

@@ -82,9 +82,21 @@ def test_a_users_recipe_may_leave_the_task_to_the_command(task, tmp_path):
     own = tmp_path / "mine.yaml"
     own.write_text("steps: 3\n")
     assert recipes.load(str(own), task) == (task, {"steps": 3})
-    with pytest.raises(ConfigError, match="with a 'task'") as refused:  # no command to take it from
+    with pytest.raises(ConfigError, match="with the 'task'") as refused:  # no command to take it from
         recipes.load(str(own))
     assert all(name in str(refused.value) for name in TASKS)  # every family, the next one too
+
+
+@pytest.mark.parametrize("text, said", [("", "the recipe holds no settings"), ("# to be filled in\n", "the recipe holds no settings"),
+                                         ("task: pix2pix\nngf: 8\nsteps: 3\nngf: 16\n",
+                                          "'ngf' is given twice, on lines 2 and 4")])
+def test_an_empty_recipe_or_one_with_a_key_twice_is_refused_not_half_used(tmp_path, text, said):
+    own = tmp_path / "mine.yaml"
+    own.write_text(text)
+    with pytest.raises(ConfigError, match=f"mine.yaml: {said}$"):
+        recipes.load(str(own), "pix2pix")
+    result = runner.invoke(app, ["train", "pix2pix", "--recipe", str(own), "--data", str(tmp_path)])
+    assert result.exit_code == 2 and said in result.stderr and not (tmp_path / "runs").exists()
 
 
 def test_a_recipe_with_both_steps_and_epochs_is_refused_as_the_flags_are(tmp_path):
