@@ -374,6 +374,20 @@ def test_each_stage_decays_its_learning_rate_over_its_own_steps():
     assert [gan(step) for step in (15, 17, 18)] == pytest.approx([1.0, 1.0, 2 / 3])  # constant for 2 of 5, then to 0
 
 
+def test_a_pixel_stage_longer_than_the_run_decays_over_the_run():
+    """--recipe srresnet_x4 (a million pixel steps) --steps 20 ended at full LR, never decaying."""
+    from img2img.gan.loop import Trainer
+    from img2img.progress import Silent
+    from img2img.tasks import TASKS
+
+    cfg = make_config("srgan", {"steps": 20, "pretrain_steps": 1_000_000, "scale": 2, "size": 16, "netG": "srvgg",
+                                "n_blocks": 1, "ngf": 4, "device": "cpu"})
+    trainer = Trainer(TASKS["srgan"](cfg, torch.device("cpu"), Silent(), data=False), cfg, torch.device("cpu"),
+                      total_steps=20, reporter=Silent())
+    pixel = trainer.schedulers["G_pixel"].lr_lambdas[0]
+    assert [pixel(step) for step in (0, 9, 15, 20)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+
+
 def test_the_gan_stage_updates_g_before_d_as_basicsr():
     """BasicSR's SRGAN/ESRGAN/Real-ESRGAN models step G against the D of the last step, then D
     on this step's output (it matters for the relativistic losses, which see D(real) in G's loss)."""

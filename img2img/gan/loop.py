@@ -195,7 +195,8 @@ class Trainer:
                                fused=True if cuda else None)
         self.optimizers[phase.name] = opt
         self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
-            opt, linear_decay(phase.first_step, phase.last_step or self.total_steps, self.cfg.decay_start))
+            opt, linear_decay(phase.first_step, min(phase.last_step or self.total_steps, self.total_steps),
+                              self.cfg.decay_start))  # a stage longer than the run ends with it
         self.scalers[phase.name] = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     # ---- one step ---------------------------------------------------------------------
