@@ -216,15 +216,18 @@ def eval_command(
 
 
 def _print_means(result) -> None:
+    """The means on stdout, where a result goes (`img2img eval P T > metrics.txt`)."""
     counts, settings = result.counts, result.settings
+    pixel = "/".join(name.upper() for name in ("psnr", "ssim") if name in result.means)
     if "pairs" in counts:
-        say(f"{counts['pairs']} pair(s); PSNR/SSIM on {settings['channels']}, border crop {settings['crop_border']} px")
+        on = f"; {pixel} on {settings['channels']}, border crop {settings['crop_border']} px" if pixel else ""
+        to_stdout(f"{counts['pairs']} pair(s){on}")
     if "pred" in counts:
-        say(f"FID/KID: {counts['pred']} output(s) against {counts['target']} target(s)")
+        to_stdout(f"FID/KID: {counts['pred']} output(s) against {counts['target']} target(s)")
     for name, value in result.means.items():
         if name != "kid_std":
             spread = f" ± {result.means['kid_std']:.5f}" if name == "kid" else ""
-            say(f"{name:>6} {value:.5g}{' dB' if name == 'psnr' else ''}{spread}")
+            to_stdout(f"{name:>6} {value:.5g}{' dB' if name == 'psnr' else ''}{spread}")
 
 
 @app.command("report")

@@ -446,7 +446,7 @@ def _measure_pair(key, pred_path, target_path, output, target, paired, crop_bord
     window = pixel_metrics.SSIM_WINDOW
     if "ssim" in paired and min(height, width) - 2 * crop_border < window:  # the others are measured
         cropped = f" after --crop-border {crop_border}" if crop_border else ""
-        result.failures.append(f"{pred_path}: {width - 2 * crop_border}x{height - 2 * crop_border} px{cropped} is "
+        result.warnings.append(f"{pred_path}: {width - 2 * crop_border}x{height - 2 * crop_border} px{cropped} is "
                                f"smaller than SSIM's {window}x{window} window: its SSIM is left out")
         paired = tuple(name for name in paired if name != "ssim")
     try:
