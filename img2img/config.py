@@ -288,9 +288,50 @@ def family_with(key: str) -> type[BaseConfig]:
     return next((cls for cls in configs().values() if key in field_names(cls)), BaseConfig)
 
 
+# The options of the reference pix2pix/CycleGAN and CUT code that are spelt otherwise here, or
+# not offered, and what to use (the README's table lists them).
+REFERENCE_OPTIONS = {
+    "dataroot": "--data DIR (the aligned A|B layout), or --a DIR --b DIR",
+    "crop_size": "--size",
+    "gan_mode": "--gan-loss",
+    "n_layers_D": "--n-layers-d",
+    "no_dropout": "--no-dropout (--set dropout=false)",
+    "no_flip": "--set flip=false",
+    "lambda_L1": "--lambda-l1",
+    "lambda_A": "--lambda-cycle (one weight for both cycles)",
+    "lambda_B": "--lambda-cycle (one weight for both cycles)",
+    "lambda_GAN": "--lambda-gan",
+    "lambda_NCE": "--lambda-nce",
+    "nce_T": "--set nce_t=",
+    "netF_nc": "--set netf_nc=",
+    "CUT_mode": "--mode cut|fastcut",
+    "n_epochs": "--epochs (the whole run; the decay starts at --set decay_start=, 0.5 by default)",
+    "n_epochs_decay": "--set decay_start= (the fraction of the run before the linear decay; 0.5 by default)",
+    "lr_policy": "the linear policy alone, started at --set decay_start=; step, plateau and cosine are not offered",
+    "preprocess": ("resize_and_crop alone (--load-size, then --size crops); crop, scale_width and none are not "
+                   "offered"),
+    "init_type": "the reference's own init per network (normal 0.02; CUT: xavier 0.02); no choice is offered",
+    "init_gain": "the reference's own init per network (normal 0.02; CUT: xavier 0.02); no choice is offered",
+    "serial_batches": "--serial",
+    "num_threads": "--workers",
+    "gpu_ids": "--device, and --nproc-per-node for several GPUs",
+    "continue_train": "--resume",
+    "epoch_count": "--resume (the step is in the checkpoint)",
+    "print_freq": "--log-every (steps)",
+    "save_epoch_freq": "--save-every (steps)",
+    "save_latest_freq": "--save-every (steps)",
+    "display_freq": "--sample-every (steps)",
+    "input_nc": "nothing: images are read as RGB (gray ones repeated), results keep gray as gray",
+    "output_nc": "nothing: images are read as RGB (gray ones repeated), results keep gray as gray",
+    "max_dataset_size": "nothing: every image of the folder is used",
+}
+
+
 def _did_you_mean(key: str, cls: type) -> str:
+    if key in REFERENCE_OPTIONS:
+        return f"; for the reference code's {key}: {REFERENCE_OPTIONS[key]}"
     known = field_names(cls) if cls is not BaseConfig else [n for c in configs().values() for n in field_names(c)]
-    close = difflib.get_close_matches(key, known, n=1)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -113,3 +115,16 @@ def test_mode_given_with_a_cut_recipe_brings_its_own_settings(recipe, mode):
 
     cfg = make_config("cut", {"mode": mode}, recipes.load(recipe)[1])
     assert {key: getattr(cfg, key) for key in MODES[mode]} == MODES[mode]
+
+
+def test_every_reference_option_spelt_otherwise_is_answered_and_in_the_readme():
+    from img2img.config import REFERENCE_OPTIONS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name, answer in REFERENCE_OPTIONS.items():
+        assert f"| `{name}` | {answer} |" in readme, name
+        with pytest.raises(ConfigError, match=f"for the reference code's {name}: "):
+            make_config("cut" if name in ("lambda_GAN", "lambda_NCE") else "pix2pix", {name: 1})
+    with pytest.raises(ConfigError) as far:  # a name far from every setting gets no guess
+        make_config("pix2pix", {"preproces_mode": 1})
+    assert "did you mean" not in str(far.value)
