@@ -176,7 +176,7 @@ def info(
             if json_output:
                 to_stdout(json.dumps(record))
                 continue
-            to_stdout("\n".join(f"{key:>12} {value}" for key, value in record.items()))
+            to_stdout("\n".join(f"{key:>12} {value}" for key, value in record.items() if value is not None))
 
     run_guarded(action)
 

@@ -192,7 +192,7 @@ def describe_generators(path: Path) -> list[dict]:
         module, spec = load_generator(file, "BtoA" if file.stem == "G_BA" else "AtoB")
         records.append({"file": str(file), "arch": spec.arch, "hparams": spec.hparams,
                         "parameters": registry.count_parameters(module), "pixel_range": spec.pixel_range,
-                        "scale": spec.scale, "task": spec.task, "direction": spec.direction,
+                        "scale": spec.scale, "task": spec.task, "direction": spec.direction or None,
                         "step": spec.step, "source": spec.source,
                         **({"details": spec.details} if spec.details else {})})
     return records

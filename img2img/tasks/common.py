@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from img2img.config import BaseConfig, ConfigError, opt
+from img2img.config import BaseConfig, ConfigError, opt, with_absolute_paths
 from img2img.gan import losses
 from img2img.gan.checkpoint import GeneratorSpec
 from img2img.gan.loop import Phase
@@ -96,7 +96,7 @@ def _patchgan_too_deep(size: int, n_layers: int) -> str:
 
 def generator_spec(arch: str, hparams: dict, cfg: BaseConfig, direction: str) -> GeneratorSpec:
     return GeneratorSpec(arch=arch, hparams=hparams, pixel_range="-1,1", scale=1, task=cfg.task,
-                         direction=direction, config=cfg.to_dict())
+                         direction=direction, config=with_absolute_paths(cfg))
 
 
 def load_size(cfg: TranslationConfig) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from img2img.config import ConfigError, opt
+from img2img.config import ConfigError, opt, with_absolute_paths
 from img2img.data import datasets
 from img2img.data.unpaired import UnpairedDataset, scan_domain, stack_samples
 from img2img.gan import losses
@@ -190,7 +190,7 @@ class CUT(Task):
 
     def exports(self) -> dict:
         spec = GeneratorSpec(arch="cut_resnet", hparams=self.hparams, pixel_range="-1,1", task="cut",
-                             direction="AtoB", config=self.cfg.to_dict())
+                             direction="AtoB", config=with_absolute_paths(self.cfg))
         return {"generator": ("G", spec)}
 
     def validate(self, nets: Nets) -> dict[str, float]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from img2img import metrics
-from img2img.config import BaseConfig, ConfigError, opt
+from img2img.config import BaseConfig, ConfigError, opt, with_absolute_paths
 from img2img.data import sr_data
 from img2img.data.datasets import nothing_readable
 from img2img.data.degrade import DEGRADATIONS, matlab_bicubic
@@ -274,7 +274,7 @@ class SRGAN(Task):
 
     def exports(self) -> dict:
         spec = GeneratorSpec(arch=self.arch, hparams=self.hparams, pixel_range="0,1", scale=self.cfg.scale,
-                             task="srgan", config=self.cfg.to_dict())
+                             task="srgan", config=with_absolute_paths(self.cfg))
         return {"generator": ("G", spec)}
 
     def validate(self, nets: Nets) -> dict[str, float]:
