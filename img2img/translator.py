@@ -95,7 +95,7 @@ def tiling_advice(module: nn.Module, one_by_one: bool) -> tuple[str, str]:
     if one_by_one:
         return "discouraged", "--bn-mode train normalises what the network sees at once, here each tile by itself"
     if any(isinstance(m, nn.InstanceNorm2d) for m in module.modules()):
-        return "discouraged", "it normalises each image by its own statistics (instance norm), here each tile by its own"
+        return "discouraged", "it normalises by the statistics of what it sees (instance norm), here each tile's"
     return getattr(module, "tiling", "supported"), getattr(module, "tiling_reason", "")
 
 
