@@ -286,16 +286,18 @@ def data_check(
         reports = [scan_folder(folder, decode)] + ([scan_folder(b, decode)] if b else [])
         problems = [p for r in reports for p in r.problems]
         if b is not None and not unpaired:
-            problems += pairing_problems(folder, b)
+            problems += pairing_problems(folder, b, {path for report in reports for path in report.unreadable})
         if aligned:
             problems += aligned_problems(folder)
         for report in reports:
             sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(3))
             formats = ", ".join(f"{f} {n}" for f, n in report.formats.most_common())
-            say(f"{report.folder}: {report.files} images; {formats or 'none readable'}; most common sizes {sizes or '-'}")
+            unreadable = f" (and {len(report.unreadable)} unreadable)" if report.unreadable else ""
+            say(f"{report.folder}: {report.files} images{unreadable}; {formats or 'none readable'}; "
+                f"most common sizes {sizes or '-'}")
             if report.skipped:
                 say(f"  {len(report.skipped)} other file(s) ignored, e.g. {report.skipped[0]}")
-        list_and_exit("problem(s)", list(dict.fromkeys(problems)))  # the pairing check names a bad file again
+        list_and_exit("problem(s)", list(dict.fromkeys(problems)))
         say("no problems found")
 
     run_guarded(action)

@@ -18,7 +18,7 @@ from img2img.cli import app
 from img2img.config import ConfigError, make_config
 from img2img.data.datasets import DataError
 from img2img.data.images import Image, read_image, write_image
-from img2img.data.unpaired import UnpairedDataset, scan_domain
+from img2img.data.unpaired import UnpairedDataset, scan_domains
 from img2img.demo import photo_paths
 from img2img.gan import checkpoint
 from img2img.gan.checkpoint import GeneratorSpec, load_generator, save_generator
@@ -113,7 +113,8 @@ def test_pool_state_round_trips_and_replays_the_same_draws():
 
 
 def test_an_epoch_covers_the_larger_domain_and_b_is_random_unless_serial(unpaired):
-    files_a, files_b = scan_domain(unpaired["a"], "--a"), scan_domain(unpaired["b"], "--b")[:5]
+    files_a, files_b = scan_domains((unpaired["a"], "--a"), (unpaired["b"], "--b"))
+    files_b = files_b[:5]
     random_b = UnpairedDataset(files_a, files_b, 32, 40)
     serial_b = UnpairedDataset(files_a, files_b, 32, 40, serial=True)
     assert len(random_b) == len(files_a) == 12
@@ -129,7 +130,7 @@ def test_unreadable_files_and_missing_folders_are_named(unpaired, tmp_path):
     (tmp_path / "a" / "sub").mkdir(parents=True)
     (tmp_path / "a" / "sub" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
-        scan_domain(tmp_path / "a", "--a")
+        scan_domains((tmp_path / "a", "--a"))
     with pytest.raises(ConfigError, match="--b .*no such folder"):
         api.train(make_config("cyclegan", {"a": str(unpaired["a"]), "b": str(tmp_path / "nope"),
                                            "out": str(tmp_path / "run"), **TINY}))

@@ -153,7 +153,7 @@ def test_data_check_searches_folders_as_training_does(tmp_path):
     (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
     (tmp_path / "notes.txt").write_text("not an image")
     result = runner.invoke(app, ["data", "check", str(tmp_path)])
-    assert result.exit_code == 1 and f"{tmp_path}: 2 images" in result.stderr
+    assert result.exit_code == 1 and f"{tmp_path}: 1 images (and 1 unreadable)" in result.stderr
     assert f"1 other file(s) ignored, e.g. {tmp_path / 'notes.txt'}" in flat(result.stderr)
     assert f"{tmp_path / 'gone.png'}: no such file" in result.stderr and "._a.png" not in result.stderr.split("ignored")[0]
 
@@ -261,3 +261,38 @@ def test_a_stopped_run_says_how_to_continue_it(tmp_path, monkeypatch, command, a
     result = runner.invoke(app, command)
     assert result.exit_code == 130
     assert result.stderr.strip().endswith(advice), result.stderr
+
+
+def test_bad_files_of_both_training_folders_are_named_at_once_with_what_to_do(tmp_path):
+    import cv2
+    import numpy as np
+
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        cv2.imwrite(str(tmp_path / side / "good.png"), np.full((40, 40, 3), 90, np.uint8))
+    (tmp_path / "a" / "empty.png").write_bytes(b"")
+    (tmp_path / "b" / "text.png").write_text("hi")
+    for task in ("cyclegan", "cut"):
+        result = runner.invoke(app, ["train", task, "--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out",
+                                     str(tmp_path / task), "--steps", "1", "--size", "32", "--ngf", "4", "--ndf", "4"])
+        said = flat(result.stderr)
+        assert result.exit_code == 1 and "2 unusable file(s)" in said, said
+        assert "empty.png: empty file" in said and "text.png: not an image" in said
+        assert "Move these files out of the training folders" in said
+
+
+def test_data_check_counts_every_problem_and_readable_images_alone(tmp_path):
+    import cv2
+    import numpy as np
+
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    for i in range(30):
+        cv2.imwrite(str(tmp_path / "a" / f"q{i}.png"), np.full((16, 16, 3), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "b" / "q0.png"), np.full((16, 16, 3), 90, np.uint8))
+    (tmp_path / "a" / "bad.png").write_text("x")
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "a"), "--b", str(tmp_path / "b")])
+    said = flat(result.stderr)
+    assert result.exit_code == 1 and "30 problem(s):" in said and "... and" not in said  # 29 partners + bad.png
+    assert "30 images (and 1 unreadable)" in said
+    assert said.count("bad.png") == 1  # unreadable, and not also without a partner

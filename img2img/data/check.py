@@ -23,6 +23,7 @@ class Report:
     formats: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)
     skipped: list[Path] = field(default_factory=list)  # files whose names are not images
+    unreadable: set[Path] = field(default_factory=set)  # named among the problems
 
 
 def scan_folder(folder: Path, decode: bool = False) -> Report:
@@ -35,19 +36,21 @@ def scan_folder(folder: Path, decode: bool = False) -> Report:
     # left out for their names are listed (hidden ones, .DS_Store and the like, are not).
     images = list_images(folder, report.skipped)
     for path in images:
-        report.files += 1
         try:
             headers[path] = check_image(path)
         except Exception as err:  # the per-file boundary: named, and the scan goes on
             report.problems.append(failure(path, err, "reading the header"))
+            report.unreadable.add(path)
     undecodable = decode_problems(list(headers)) if decode else {}
     for path, header in headers.items():
         if path in undecodable:
             report.problems.append(undecodable[path])
+            report.unreadable.add(path)
             continue
+        report.files += 1
         report.formats[header.format] += 1
         report.sizes[(header.width, header.height)] += 1
-    if report.files == 0:
+    if not images:
         report.problems.append(f"{folder}: no images found (png, jpg, webp, bmp, tif)")
     return report
 
@@ -112,14 +115,15 @@ def _decode_all(paths: list[Path]) -> dict[Path, str]:
     return problems
 
 
-def pairing_problems(a: Path, b: Path) -> list[str]:
+def pairing_problems(a: Path, b: Path, named: set[Path] = frozenset()) -> list[str]:
+    """What pairing `a` with `b` finds, but for files already `named` as unreadable."""
     if not files_by_stem(a).keys() & files_by_stem(b).keys():
         return [f"no file of {a} has a partner of the same relative path and stem in {b}; if these are two "
                 "unpaired domains (CycleGAN), pass --unpaired"]
     try:
         datasets.scan_paired(a, b)
     except datasets.DataError as err:
-        return [line.strip() for line in str(err).splitlines()[1:]]
+        return [line for line in err.problems if not any(line.startswith(f"{path}:") for path in named)]
     return []
 
 
@@ -130,7 +134,7 @@ def aligned_problems(folder: Path) -> list[str]:
         try:
             datasets.scan_aligned(folder, split)
         except datasets.DataError as err:
-            problems += [line.strip() for line in str(err).splitlines()[1:]]
+            problems += err.problems
         except ConfigError as err:  # a layout train refuses: one problem, as train names it
             problems.append(err.message)
     return problems

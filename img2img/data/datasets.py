@@ -24,7 +24,12 @@ from img2img.data.images import (IMAGE_EXTENSIONS, bicubic_square, files_by_stem
 
 
 class DataError(Exception):
-    """The training data cannot be used; the message lists every offending file."""
+    """The training data cannot be used; the message lists the offending files (the first 20),
+    `problems` every one."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,15 @@ class Pair:
         return str(self.a)
 
 
-def raise_problems(problems: list[str], what: str) -> None:
+def raise_problems(problems: list[str], what: str, advice: str = "") -> None:
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{what}:\n  {shown}{more}")
+        raise DataError(f"{what}:\n  {shown}{more}{advice}", problems)
+
+
+UNUSABLE_ADVICE = ("\nMove these files out of the training folders (or mend them), then run the same command again; "
+                   "`img2img data check DIR` lists what a folder holds.")
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -77,13 +86,16 @@ def _split_folder(root: Path, split: str) -> Path:
     return root
 
 
-def scan_images(folder: Path, flag: str, check: Callable[[Path, int, int], str | None] | None = None) -> list[Path]:
+def scan_images(folder: Path, flag: str, check: Callable[[Path, int, int], str | None] | None = None,
+                problems: list[str] | None = None) -> list[Path]:
     """Every image below `folder`, each one's header read; unreadable files and those `check`
-    (path, width, height) objects to are reported together, by name."""
+    (path, width, height) objects to are reported together, by name (with `problems`: added
+    to it, for the caller to report with those of other folders)."""
     files = list_images(folder)
     if not files:
         raise DataError(f"{flag} {folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    problems = []
+    own = problems is None
+    problems = [] if problems is None else problems
     for path in files:
         size = checked_size(path, problems)
         if size is None:
@@ -92,7 +104,8 @@ def scan_images(folder: Path, flag: str, check: Callable[[Path, int, int], str |
         problem = check(path, width, height) if check else None
         if problem:
             problems.append(problem)
-    raise_problems(problems, f"{len(problems)} unusable file(s) in {folder}")
+    if own:
+        raise_problems(problems, f"{len(problems)} unusable file(s) in {folder}", UNUSABLE_ADVICE)
     return files
 
 
@@ -129,7 +142,7 @@ def scan_paired(a_root: Path, b_root: Path, flags: tuple[str, str] = ("--a", "--
         if size_a != size_b:
             problems.append(f"{a_files[key]} is {size_a[0]}x{size_a[1]} but {b_files[key]} is {size_b[0]}x{size_b[1]}")
         pairs.append(Pair(a_files[key], b_files[key]))
-    raise_problems(problems, f"{len(problems)} problem(s) pairing {a_root} with {b_root}")
+    raise_problems(problems, f"{len(problems)} problem(s) pairing {a_root} with {b_root}", UNUSABLE_ADVICE)
     return pairs
 
 

@@ -16,14 +16,21 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import require_folder
-from img2img.data.datasets import first_readable, paired_augmentation, scan_images, to_tensor
+from img2img.data.datasets import (UNUSABLE_ADVICE, first_readable, paired_augmentation, raise_problems,
+                                   scan_images, to_tensor)
 from img2img.data.images import read_rgb_resized
 
 
-def scan_domain(root: Path, flag: str) -> list[Path]:
-    """Every image below `root`, recursively; unreadable files are listed by name."""
-    require_folder(root, flag)
-    return scan_images(root, flag)
+def scan_domains(*domains: tuple[Path, str]) -> list[list[Path]]:
+    """Every image below each (root, flag), recursively; the unreadable files of all of them
+    are listed by name at once, not a folder per try."""
+    for root, flag in domains:
+        require_folder(root, flag)
+    problems: list[str] = []
+    found = [scan_images(root, flag, problems=problems) for root, flag in domains]
+    folders = " and ".join(dict.fromkeys(str(root) for root, _ in domains))
+    raise_problems(problems, f"{len(problems)} unusable file(s) in {folders}", UNUSABLE_ADVICE)
+    return found
 
 
 class UnpairedDataset(Dataset):

@@ -28,7 +28,7 @@ import torch
 
 from img2img.config import ConfigError, opt, with_absolute_paths
 from img2img.data import datasets
-from img2img.data.unpaired import UnpairedDataset, scan_domain, stack_samples
+from img2img.data.unpaired import UnpairedDataset, scan_domains, stack_samples
 from img2img.gan import losses
 from img2img.gan.checkpoint import GeneratorSpec
 from img2img.gan.loop import Nets, Phase, Task
@@ -141,7 +141,7 @@ class CUT(Task):
         root = Path(cfg.val_a) if cfg.val_a else (held_out[0] if held_out else None)
         if root is None:
             return None, 0
-        files = scan_domain(root, "--val-a")
+        (files,) = scan_domains((root, "--val-a"))
         batch = stack_samples(UnpairedDataset(files, files, cfg.size, cfg.size, augment=False), VAL_COUNT,
                               self.unreadable, "validation")
         return (None if batch is None else {"A": batch["A"]}), len(files)

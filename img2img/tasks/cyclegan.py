@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from img2img.config import ConfigError, opt
-from img2img.data.unpaired import UnpairedDataset, scan_domain, stack_samples
+from img2img.data.unpaired import UnpairedDataset, scan_domains, stack_samples
 from img2img.gan import losses
 from img2img.gan.loop import Nets, Phase, Task
 from img2img.gan.pool import ImagePool
@@ -86,7 +86,7 @@ def unpaired_training_data(cfg: CycleGANConfig) -> tuple[list[Path], list[Path],
     """The two training domains (each scanned once), the held-out folders (--data's testA/ and
     testB/, or None), and the training set over both domains: what CycleGAN and CUT share."""
     (root_a, root_b), held_out = cfg.folders()
-    train_a, train_b = scan_domain(root_a, "--a"), scan_domain(root_b, "--b")
+    train_a, train_b = scan_domains((root_a, "--a"), (root_b, "--b"))
     return train_a, train_b, held_out, UnpairedDataset(train_a, train_b, cfg.size, load_size(cfg), cfg.flip, cfg.serial)
 
 
@@ -120,12 +120,12 @@ class CycleGAN(Task):
         cfg = self.cfg
         train_a, train_b, held_out, self.dataset = unpaired_training_data(cfg)
         if held_out is not None:  # --data's testA/ and testB/: samples and validation
-            held_out = scan_domain(held_out[0], "--data"), scan_domain(held_out[1], "--data")
+            held_out = scan_domains((held_out[0], "--data"), (held_out[1], "--data"))
         shown = held_out or (train_a, train_b)
         self.sample_batch = stack_samples(UnpairedDataset(*shown, cfg.size, cfg.size, augment=False), SAMPLE_COUNT,
                                           self.unreadable)
         if cfg.val_a:
-            held_out = scan_domain(Path(cfg.val_a), "--val-a"), scan_domain(Path(cfg.val_b), "--val-b")
+            held_out = scan_domains((Path(cfg.val_a), "--val-a"), (Path(cfg.val_b), "--val-b"))
         self.val_batch = None
         if held_out is not None:
             self.val_batch = stack_samples(UnpairedDataset(*held_out, cfg.size, cfg.size, augment=False), VAL_COUNT,
