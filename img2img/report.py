@@ -268,9 +268,10 @@ def write_run_report(run_dir: str | Path) -> RunReport:
     if log.bad_lines:
         notes.append(f"{log.bad_lines} unreadable line(s) in log.jsonl were skipped")
     config_text = (run_dir / "config.yaml").read_text(errors="replace") if (run_dir / "config.yaml").is_file() else ""
-    body = _run_summary(run_dir, _parse_config(config_text), log)
+    config = _parse_config(config_text)
+    body = _run_summary(run_dir, config, log)
     body += [f"<p class=\"note\">{esc(n)}</p>" for n in notes]
-    body += _validation_section(log) + _plots_section(run_dir, plots) + _samples_section(run_dir)
+    body += _validation_section(log) + _plots_section(run_dir, plots) + _samples_section(run_dir, config.get("task"))
     body += _warnings_section(log)
     if config_text:
         body.append(f"<h2>Configuration</h2><details><summary>config.yaml</summary><pre>{esc(config_text)}</pre></details>")
@@ -327,12 +328,14 @@ def _plots_section(run_dir: Path, plots: dict[str, Path]) -> list[str]:
     return ["<h2>Training curves</h2>", *figures]
 
 
-def _samples_section(run_dir: Path) -> list[str]:
+def _samples_section(run_dir: Path, task: str | None) -> list[str]:
+    from img2img.tasks import TASKS
+
     samples = sorted((run_dir / "samples").glob("step_*.png"), reverse=True) if (run_dir / "samples").is_dir() else []
     if not samples:
         return []
-    body = ["<h2>Samples</h2><p class=\"muted\">newest first; rows: input | output | target "
-            "(CycleGAN: real | translated | reconstructed)</p>"]
+    caption = TASKS[task].sample_caption if task in TASKS else "rows as the task draws them"
+    body = [f"<h2>Samples</h2><p class=\"muted\">newest first; {esc(caption)}</p>"]
     for path in samples[:REPORT_SAMPLES]:
         body.append(f"<figure><img src=\"{href(path, run_dir)}\" alt=\"{esc(path.name)}\">"
                     f"<figcaption>{esc(path.stem)}</figcaption></figure>")

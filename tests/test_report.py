@@ -16,12 +16,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from img2img.cli import app
 from img2img.evaluate import evaluate
 from img2img.gan.record import tensorboard_scalars
 from img2img.gan.record import fmt
+from img2img.progress import Silent
 from img2img.report import GALLERY_FILE, probability_keys, read_log, write_run_report
 from helpers import flat, one_thread  # noqa: F401  (one_thread is a fixture)
 
@@ -97,6 +99,7 @@ def test_run_report_shows_samples_plots_and_config(run_dir, tmp_path_factory):
         assert plot is not None and plot.shape[1] > 300 and plot.std() > 10  # drawn, not blank
     page = Page(report.read_text())
     assert page.images and all(resolve(run_dir, src).is_file() for src in page.images)
+    assert "each row: input | output | target" in report.read_text()  # pix2pix's caption
     samples = [src for src in page.images if src.startswith("samples/")]
     assert samples == ["samples/step_00000006.png", "samples/step_00000003.png"]  # newest first
     text = " ".join(page.text)
@@ -302,3 +305,22 @@ def test_tensorboard_drops_what_an_earlier_try_logged_from_the_step_a_run_goes_o
     accumulator.Reload()
     tag = accumulator.Tags()["scalars"][0]
     assert [(event.step, event.value) for event in accumulator.Scalars(tag)] == [(10, 1.0), (20, 2.0), (30, 2.0)]
+
+
+@pytest.mark.parametrize("task", ["pix2pix", "cyclegan", "cut", "srgan"])
+def test_each_tasks_sample_caption_names_as_many_columns_as_its_grid_has(task):
+    """The report explains the sample grids, which carry no labels: per task, and right."""
+    from img2img.config import make_config
+    from img2img.tasks import TASKS
+
+    tiny = {"ngf": 4, "ndf": 4, "size": 32, "device": "cpu"}
+    tiny.update({"netG": "srvgg", "n_blocks": 1, "scale": 2, "netD": "unet", "perceptual": "none"} if task == "srgan"
+                else {"netG": "resnet_1blocks" if task != "pix2pix" else "unet_32"})
+    cfg = make_config(task, tiny)
+    job = TASKS[task](cfg, torch.device("cpu"), Silent(), data=False)
+    batch = ({"lr": torch.rand(2, 3, 16, 16), "hr": torch.rand(2, 3, 32, 32)} if task == "srgan"
+             else {"A": torch.rand(2, 3, 32, 32) * 2 - 1, "B": torch.rand(2, 3, 32, 32) * 2 - 1})
+    with torch.no_grad():
+        columns = job.sample_columns(job.nets, batch)
+    caption = TASKS[task].sample_caption
+    assert caption.startswith("each row: ") and caption.split(";")[0].count("|") + 1 == len(columns), caption

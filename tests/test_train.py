@@ -243,6 +243,8 @@ def test_optimiser_settings_and_ema_given_with_resume_are_used_and_the_seed_is_k
     api.train(resolve("pix2pix", overrides=args, sets=["beta1=0.9"], resume=True), resume=True, reporter=Recorder())
     assert any("--ema 0.9: the run kept no average of G so far; it starts from the weights of step 4" in m
                for m in messages), messages
+    changes = next(m for m in messages if m.startswith("settings this resume changes: "))
+    assert all(change in changes for change in ("steps 4 -> 6", "lr 0.0002 -> 0.001", "beta1 0.5 -> 0.9")), changes
     state = torch.load(run / "checkpoints" / "state_step00000006.pt", weights_only=True)
     for name, optimizer in state["optimizers"].items():
         assert [group["betas"] for group in optimizer["param_groups"]] == [(0.9, 0.999)]

@@ -71,6 +71,7 @@ class Task(ABC):
     validates = False  # True when `validate` has held-out data to measure
     metrics: tuple[str, ...] = ()  # the names `validate` returns, known before training (--best-metric)
     default_best_metric: str | None = None  # the validation metric that picks best_*.safetensors
+    sample_caption = "each row: input | output | target"  # what sample_columns' grid shows, for the report
     dataset: Any = None  # the training set, indexed by (index, seed)
     sample_batch: dict | None = None  # a fixed batch for the sample grids
 

@@ -90,6 +90,8 @@ class CUT(Task):
     input and output patches."""
 
     name = "cut"
+    sample_caption = ("each row: real A | translated | a real B (no target: the data are unpaired) | that B "
+                      "through G (what the identity term keeps close to B)")
     Config = CUTConfig
     example = "img2img train cut --recipe horse2zebra_cut --data horse2zebra/"
     ema_nets = forward_nets = ("G",)

@@ -99,6 +99,8 @@ class CycleGAN(Task):
     Config = CycleGANConfig
     example = "img2img train cyclegan --recipe horse2zebra --a horses/ --b zebras/ --set lambda_identity=0"
     ema_nets = forward_nets = ("G_AB", "G_BA")
+    sample_caption = ("each row: real | translated | reconstructed; the rows of A (A to B and back) first, "
+                      "then those of B (B to A and back)")
     metrics = ("val_cycle_A", "val_cycle_B", "val_change_A", "val_change_B")
 
     def __init__(self, cfg: CycleGANConfig, device: torch.device, reporter: Reporter, data: bool = True):
@@ -135,6 +137,9 @@ class CycleGAN(Task):
             source = f"{cfg.val_a} and {cfg.val_b}" if cfg.val_a else f"{cfg.data}'s testA/ and testB/"
             reporter.message(validation_note("the cycle error and the change", len(self.val_batch["A"]),
                                              max(map(len, held_out)), source, cfg.size))
+            if not cfg.best_metric:  # no target to measure a translation against: no default
+                reporter.message(f"no best_G_AB/best_G_BA are kept unless --best-metric names one of "
+                                 f"{', '.join(self.metrics)}")
 
     # ---- the step ----------------------------------------------------------------------------
 

@@ -179,6 +179,7 @@ class SRGAN(Task):
     """Super-resolution (SRGAN / ESRGAN / Real-ESRGAN): pixel-loss pretraining, then GAN training."""
 
     name = "srgan"
+    sample_caption = "each row: LR (enlarged, nearest) | output | HR"
     Config = SRGANConfig
     example = "img2img train srgan --recipe srgan_x4 --hr photos/ --init runs/srresnet_x4"
     ema_nets = forward_nets = ("G",)
