@@ -273,7 +273,15 @@ def translate(model: str | Path, source: str | Path, out_dir: str | Path, *, dev
     """Translate an image, a folder (recursively) or '-' (paths on stdin) into `out_dir`.
     `options` are the fields of infer.Options (batch_size, tile, ext, overwrite, ...).
     Returns one infer.Result per input; failures are in `.error`, not raised."""
+    import difflib
+
     from img2img import infer
 
+    known = [name for name in infer.Options.__dataclass_fields__ if name != "device"]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"the options are {', '.join(known)}"
+            raise infer.InputError(f"translate() has no option {name!r}: {hint}")
     return infer.translate(model, str(source), out_dir, reporter=reporter,
                            options=infer.Options(device=resolve_device(device), **options))

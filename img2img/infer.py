@@ -124,7 +124,8 @@ class Options:
             raise InputError(f"--tile {self.tile}: tiles must be at least 16 px")
         if self.tile is not None and self.tile_overlap is not None and not 0 <= self.tile_overlap * 2 < self.tile:
             raise InputError(f"--tile-overlap {self.tile_overlap} must be at least 0 and less than half of --tile {self.tile}")
-        for flag, value in (("--batch-size", self.batch_size), ("--resize", self.resize)):
+        for flag, value in (("--batch-size", self.batch_size), ("--resize", self.resize), ("--writers", self.writers),
+                            ("--max-memory", self.max_memory)):
             if value is not None and value < 1:
                 raise InputError(f"{flag} {value}: must be at least 1")
         if self.workers is not None and self.workers < 0:
@@ -630,9 +631,11 @@ def _translate_group(translator, group, jobs, out_dir, state, options, reporter,
             tile = _tile_size(state, (height, width), translator.scale)
             if tile and not state["tile"] and not state.get("told_huge"):
                 reporter.message(f"images of {width}x{height} px and larger are translated in {tile} px tiles")
-                if translator.tiling == "discouraged":
-                    reporter.message(tiling_note(translator))
                 state["told_huge"] = True
+            split = tile is not None and max(height, width) > tile
+            if split and translator.tiling == "discouraged" and not state.get("told_tiling"):
+                reporter.message(tiling_note(translator, asked=options.tile is not None))
+                state["told_tiling"] = True
             for item in group:
                 if item.get("done"):
                     continue
@@ -747,18 +750,17 @@ def _finish(job: Job, output: StripWriter, target: Path, ms: float) -> Result:
 
 
 def tile_for(translator: Translator, tile: int | None, reporter: Reporter) -> int | None:
-    """--tile, unless the model tiles internally; models that tile badly are warned about."""
+    """--tile, unless the model tiles internally."""
     if tile and translator.tiling == "internal":
         reporter.message("this model tiles internally: --tile is ignored")
         return None
-    if tile and translator.tiling == "discouraged":
-        reporter.message(f"{tiling_note(translator)}; leave out --tile if the images fit")
     return tile
 
 
-def tiling_note(translator: Translator) -> str:
+def tiling_note(translator: Translator, asked: bool) -> str:
+    """Said when the first image is split into tiles by a model whose tiles differ from its whole."""
     return (f"note: tiled results of this model differ from its whole-image results: {translator.tiling_reason}; "
-            "seams may show")
+            f"seams may show{'; leave out --tile if the images fit' if asked else ''}")
 
 
 def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, err: Exception,
@@ -769,11 +771,8 @@ def _shrink_after_oom(state: dict, size: tuple[int, int], reporter: Reporter, er
         state["batch"] //= 2
         reporter.message(f"out of memory: retrying with batch size {state['batch']}")
     elif translator.tiling != "internal" and (state["tile"] is None or state["tile"] > 64):
-        first = state["tile"] is None
         state["tile"] = max(64, (state["tile"] or max(size)) // 2)
         reporter.message(f"out of memory: retrying with {state['tile']} px tiles")
-        if first and translator.tiling == "discouraged":
-            reporter.message(tiling_note(translator))
     else:
         raise err
 

@@ -44,7 +44,7 @@ def load(name_or_file: str, command_task: str | None = None) -> tuple[str, dict[
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     except ConfigError as err:
         raise ConfigError(f"{path}: {err.message}") from None
-    if data is None:  # empty, or comments alone: e.g. a template that rendered nothing
+    if data is None or (isinstance(data, dict) and not data.keys() - {"task"}):  # a template that rendered nothing
         raise ConfigError(f"{path}: the recipe holds no settings")
     if not isinstance(data, dict) or ("task" not in data and command_task is None):
         raise ConfigError(f"{path}: a recipe is a mapping of settings, with the 'task' ({', '.join(configs())}) "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,11 @@ def test_api_errors_give_the_python_names_of_the_flags_they_name_and_the_cli_doe
         api.translate(tmp_path, tmp_path, tmp_path / "out", tile="64")
     with pytest.raises(InputError, match=r"--max-memory .*in Python: --max-memory is max_memory"):
         api.translate(tmp_path, tmp_path, tmp_path / "out", max_memory=1.5)
+    for wrong, said in (({"tiles": 128}, "no option 'tiles': did you mean 'tile'?"),
+                        ({"max_memory": -5}, "--max-memory -5: must be at least 1"),
+                        ({"writers": -1}, "--writers -1: must be at least 1")):
+        with pytest.raises(InputError, match=re.escape(said)):
+            api.translate(tmp_path, tmp_path, tmp_path / "out", **wrong)
     with pytest.raises(ConfigError, match=r"train\(\) takes a task's config, not dict: make one with resolve"):
         api.train({"task": "pix2pix", "data": str(tmp_path)})
     result = CliRunner().invoke(app, ["train", "pix2pix", "--data", str(tmp_path), "--gan-loss", "lsgann"])

@@ -90,6 +90,8 @@ def test_a_users_recipe_may_leave_the_task_to_the_command(task, tmp_path):
 
 
 @pytest.mark.parametrize("text, said", [("", "the recipe holds no settings"), ("# to be filled in\n", "the recipe holds no settings"),
+                                         ("{}\n", "the recipe holds no settings"),
+                                         ("task: pix2pix\n", "the recipe holds no settings"),
                                          ("task: pix2pix\nngf: 8\nsteps: 3\nngf: 16\n",
                                           "'ngf' is given twice, on lines 2 and 4")])
 def test_an_empty_recipe_or_one_with_a_key_twice_is_refused_not_half_used(tmp_path, text, said):

@@ -141,6 +141,11 @@ def test_tiles_of_a_whole_image_network_come_with_a_note_asked_or_not(models, tm
         assert any("tiled results of this model differ" in line for line in told.lines) == noted, told.lines
         if noted:
             assert any("instance norm" in line for line in told.lines), told.lines
+        if "tile" in options:  # an image that fits in one tile is not split: nothing to note
+            whole = Messages()
+            infer.translate(models / model, str(tmp_path / "in"), tmp_path / "out" / "one_tile",
+                            options=infer.Options(workers=0, tile=512), reporter=whole)
+            assert not any("tiled results" in line for line in whole.lines), whole.lines
         if "max_memory" in options:  # the tile it chose is one that fits, and it says which
             chosen = [line for line in told.lines if "px tiles" in line]
             assert chosen and "128 px tiles" in chosen[0] and not any("would fit" in line for line in told.lines), \

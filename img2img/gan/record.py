@@ -139,6 +139,8 @@ class Recorder:
         its best generators go too."""
         if not self.is_main:
             return
+        if self.tensorboard is not None:  # events of those steps, from an earlier try, are dropped too
+            self.tensorboard.purge_step = step + 1
         for sample in (self.run_dir / "samples").glob("step_*.png"):
             if not sample.stem[len("step_"):].isdigit() or int(sample.stem[len("step_"):]) > step:
                 sample.unlink()
@@ -286,10 +288,11 @@ class TensorBoardWriter:
             raise ConfigError(f"TensorBoard logging needs the tensorboard package: {install_hint('tensorboard')}") from err
         self.folder = Path(run_dir) / "tensorboard"
         self.make_writer, self.writer = SummaryWriter, None
+        self.purge_step: int | None = None  # events of this step and later, from an earlier try, are dropped
 
     def write(self, record: dict) -> None:
-        if self.writer is None:  # opened at the first record: what an earlier try logged from its step on is dropped
-            self.writer = self.make_writer(log_dir=str(self.folder), purge_step=record.get("step"))
+        if self.writer is None:  # opened at the first record, once the run has said where it goes on from
+            self.writer = self.make_writer(log_dir=str(self.folder), purge_step=self.purge_step)
         for tag, value in tensorboard_scalars(record):
             self.writer.add_scalar(tag, value, record.get("step"), walltime=record.get("time"))
 
