@@ -185,8 +185,10 @@ def refuse_shared_outputs(outputs: OutputPlan) -> None:
               if len(set(inputs)) > 1]
     if shared:
         more = f"\n(and {len(shared) - 5} more)" if len(shared) > 5 else ""
-        raise InputError("\n".join(shared[:5]) + more + "\nkeep each input's own format (leave out --ext), "
-                         "or translate them into separate OUTPUT folders")
+        formats = any(len({source.suffix.lower() for source in inputs}) > 1 for inputs in sources.values())
+        cause = ("keep each input's own format (leave out --ext)" if formats else  # else: paths from stdin
+                 "list them from a folder above both, mark what to keep of each path with /./ (as rsync -R reads it)")
+        raise InputError("\n".join(shared[:5]) + more + f"\n{cause}, or translate them into separate OUTPUT folders")
 
 
 def _collision(inputs: list[Path], result: Path) -> str:

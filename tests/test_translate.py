@@ -296,6 +296,12 @@ def test_a_path_from_stdin_lands_where_it_is_listed_whatever_else_is_listed(mode
     assert "skipped 1" in second.output
     marked = runner.invoke(app, args[:-1] + ["marked"], input=f"{tmp_path}/in/./names/with space.png\n")
     assert marked.exit_code == 0 and (tmp_path / "marked" / "names" / "with space.png").is_file()  # rsync -R's mark
+    photo(tmp_path / "x" / "w.png", 16, 16)
+    photo(tmp_path / "in" / "x" / "w.png", 16, 16)
+    monkeypatch.chdir(tmp_path / "in")  # ../x/w.png (outside) and x/w.png: one place, and no --ext to blame
+    clash = runner.invoke(app, args[:-1] + ["clash"], input="../x/w.png\nx/w.png\n")
+    assert clash.exit_code == 2 and "would both be written" in clash.stderr and "--ext" not in clash.stderr
+    assert "/./" in flat(clash.stderr)
 
 
 def test_json_lines_on_stdout_and_failures_named_with_exit_code_1(models, tmp_path):
