@@ -227,7 +227,9 @@ def _print_means(result) -> None:
     for name, value in result.means.items():
         if name != "kid_std":
             spread = f" ± {result.means['kid_std']:.5f}" if name == "kid" else ""
-            to_stdout(f"{name:>6} {value:.5g}{' dB' if name == 'psnr' else ''}{spread}")
+            measured = counts.get(name, counts.get("pairs"))
+            fewer = f" (on {measured} of the {counts['pairs']} pairs)" if measured != counts.get("pairs") else ""
+            to_stdout(f"{name:>6} {value:.5g}{' dB' if name == 'psnr' else ''}{spread}{fewer}")
 
 
 @app.command("report")

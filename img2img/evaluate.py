@@ -460,13 +460,16 @@ def _measure_pair(key, pred_path, target_path, output, target, paired, crop_bord
 
 
 def _summarise(result: Evaluation, paired: tuple[str, ...], set_metrics: SetMetrics | None) -> None:
+    result.counts = {"pairs": len(result.images)} if paired else {}
     for name in paired:
         values = [image[name] for image in result.images if name in image]
+        result.counts[name] = len(values)  # fewer than the pairs where an image is too small for it
         if values:
             result.means[name] = sum(values) / len(values)
-    result.counts = {"pairs": len(result.images)} if paired else {}
+        elif result.images:  # asked for, and measured on no image: no figure to give
+            result.failures.append(f"{name.upper()}: no image could be measured (see the warnings)")
     if paired and not result.images:
-        result.warnings.append("no pair could be measured")
+        result.failures.append("no pair could be measured")
     if set_metrics is not None:
         values, notes = set_metrics.compute()
         result.means.update(values)

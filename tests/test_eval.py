@@ -325,7 +325,7 @@ def test_set_metrics_run_through_torch_fidelity_inception(tmp_path, empty_hub, m
         result = evaluate(tmp_path / "pred", tmp_path / "target", "psnr,kid")
     finally:
         torch.set_flush_denormal(False)  # torch's default
-    assert result.counts == {"pairs": 2, "pred": 2, "target": 2}
+    assert result.counts == {"pairs": 2, "psnr": 2, "pred": 2, "target": 2}
     assert np.isfinite(result.means["kid"]) and any("subsets of 2 images" in w for w in result.warnings)
 
 
@@ -357,8 +357,14 @@ def test_cli_exit_codes(photos, tmp_path, empty_hub):
     write_rgb(tmp_path / "small" / "a.png", np.zeros((8, 8, 3), np.uint8))
     write_rgb(tmp_path / "small_target" / "a.png", np.zeros((8, 8, 3), np.uint8))
     too_small = runner.invoke(app, ["eval", str(tmp_path / "small"), str(tmp_path / "small_target")])
-    assert too_small.exit_code == 0 and "8x8 px is smaller than SSIM's 11x11 window" in flat(too_small.stderr)
+    # its PSNR is measured and printed; the SSIM asked for is measured on no image: exit 1
+    assert too_small.exit_code == 1 and "8x8 px is smaller than SSIM's 11x11 window" in flat(too_small.stderr)
+    assert "SSIM: no image could be measured" in flat(too_small.stderr)
     assert "PSNR on RGB" in too_small.stdout and "ssim" not in too_small.stdout  # what was measured
+    write_rgb(tmp_path / "small" / "b.png", np.zeros((16, 16, 3), np.uint8))
+    write_rgb(tmp_path / "small_target" / "b.png", np.zeros((16, 16, 3), np.uint8))
+    one_of_two = runner.invoke(app, ["eval", str(tmp_path / "small"), str(tmp_path / "small_target")])
+    assert one_of_two.exit_code == 0 and "(on 1 of the 2 pairs)" in one_of_two.stdout  # not of the 2 pairs
     human = runner.invoke(app, ["eval", str(photos["noise"]), target])  # `eval P T > metrics.txt` holds the means
     assert human.exit_code == 0 and "PSNR/SSIM on RGB" in human.stdout and "psnr" in human.stdout
     assert "psnr" not in human.stderr
