@@ -289,47 +289,69 @@ def family_with(key: str) -> type[BaseConfig]:
 
 
 # The options of the reference pix2pix/CycleGAN and CUT code that are spelt otherwise here, or
-# not offered, and what to use (the README's table lists them).
+# not offered: (the setting that does it here, the value it takes for it, a note), or ("", "",
+# what to do instead). The README's table lists them; the flag is named as the task spells it.
 REFERENCE_OPTIONS = {
-    "dataroot": "--data DIR (the aligned A|B layout), or --a DIR --b DIR",
-    "crop_size": "--size",
-    "gan_mode": "--gan-loss",
-    "n_layers_D": "--n-layers-d",
-    "no_dropout": "--no-dropout (--set dropout=false)",
-    "no_flip": "--set flip=false",
-    "lambda_L1": "--lambda-l1",
-    "lambda_A": "--lambda-cycle (one weight for both cycles)",
-    "lambda_B": "--lambda-cycle (one weight for both cycles)",
-    "lambda_GAN": "--lambda-gan",
-    "lambda_NCE": "--lambda-nce",
-    "nce_T": "--set nce_t=",
-    "netF_nc": "--set netf_nc=",
-    "CUT_mode": "--mode cut|fastcut",
-    "n_epochs": "--epochs (the whole run; the decay starts at --set decay_start=, 0.5 by default)",
-    "n_epochs_decay": "--set decay_start= (the fraction of the run before the linear decay; 0.5 by default)",
-    "lr_policy": "the linear policy alone, started at --set decay_start=; step, plateau and cosine are not offered",
-    "preprocess": ("resize_and_crop alone (--load-size, then --size crops); crop, scale_width and none are not "
+    "dataroot": ("data", "", " DIR (A and B side by side, or trainA/ and trainB/), or --a DIR --b DIR"),
+    "crop_size": ("size", "", ""),
+    "gan_mode": ("gan_loss", "", ""),
+    "n_layers_D": ("n_layers_d", "", ""),
+    "no_dropout": ("dropout", "false", ""),
+    "no_flip": ("flip", "false", ""),
+    "lambda_L1": ("lambda_l1", "", ""),
+    "lambda_A": ("lambda_cycle", "", " (one weight for both cycles)"),
+    "lambda_B": ("lambda_cycle", "", " (one weight for both cycles)"),
+    "lambda_GAN": ("lambda_gan", "", ""),
+    "lambda_NCE": ("lambda_nce", "", ""),
+    "nce_T": ("nce_t", "", ""),
+    "netF_nc": ("netf_nc", "", ""),
+    "CUT_mode": ("mode", "", " (cut or fastcut)"),
+    "n_epochs": ("epochs", "", " (the whole run; the linear decay starts at decay_start, 0.5 of it by default)"),
+    "n_epochs_decay": ("decay_start", "", " (the fraction of the run before the linear decay; 0.5 by default)"),
+    "lr_policy": ("decay_start", "", " (the linear policy alone; step, plateau and cosine are not offered)"),
+    "preprocess": ("load_size", "", " then --size crops: resize_and_crop alone; crop, scale_width and none are not "
                    "offered"),
-    "init_type": "the reference's own init per network (normal 0.02; CUT: xavier 0.02); no choice is offered",
-    "init_gain": "the reference's own init per network (normal 0.02; CUT: xavier 0.02); no choice is offered",
-    "serial_batches": "--serial",
-    "num_threads": "--workers",
-    "gpu_ids": "--device, and --nproc-per-node for several GPUs",
-    "continue_train": "--resume",
-    "epoch_count": "--resume (the step is in the checkpoint)",
-    "print_freq": "--log-every (steps)",
-    "save_epoch_freq": "--save-every (steps)",
-    "save_latest_freq": "--save-every (steps)",
-    "display_freq": "--sample-every (steps)",
-    "input_nc": "nothing: images are read as RGB (gray ones repeated), results keep gray as gray",
-    "output_nc": "nothing: images are read as RGB (gray ones repeated), results keep gray as gray",
-    "max_dataset_size": "nothing: every image of the folder is used",
+    "init_type": ("", "", "the reference's own init per network (normal 0.02; CUT: xavier 0.02); no choice"),
+    "init_gain": ("", "", "the reference's own init per network (normal 0.02; CUT: xavier 0.02); no choice"),
+    "serial_batches": ("serial", "true", ""),
+    "num_threads": ("workers", "", ""),
+    "gpu_ids": ("", "", "--device, and --nproc-per-node for several GPUs"),
+    "continue_train": ("", "", "--resume"),
+    "epoch_count": ("", "", "--resume (the step is in the checkpoint)"),
+    "print_freq": ("log_every", "", " (steps)"),
+    "save_epoch_freq": ("save_every", "", " (steps)"),
+    "save_latest_freq": ("save_every", "", " (steps)"),
+    "display_freq": ("sample_every", "", " (steps)"),
+    "input_nc": ("", "", "nothing: images are read as RGB (gray ones repeated), results keep gray as gray"),
+    "output_nc": ("", "", "nothing: images are read as RGB (gray ones repeated), results keep gray as gray"),
+    "max_dataset_size": ("", "", "nothing: every image of the folder is used"),
 }
+
+
+def reference_answer(key: str, cls: type) -> str:
+    """What to use for the reference code's option `key` in the task of `cls`, spelt as its
+    command line takes it."""
+    setting, value, note = REFERENCE_OPTIONS[key]
+    if not setting:
+        return note
+    if setting not in field_names(cls):
+        return f"nothing in {task_of(cls)}, which has no {setting}"
+    option = option_of(cls, setting)
+    flag = flag_of(setting, option)
+    if option is not None and not option.cli:
+        return f"--set {setting}={value or '...'}{note}"
+    return f"--no-{flag[2:]}{note}" if value == "false" else f"{flag}{note}"
+
+
+def reference_row(key: str) -> str:
+    """The README table's answer for `key`, whatever the task."""
+    setting, value, note = REFERENCE_OPTIONS[key]
+    return f"the setting `{setting}`{f' = {value}' if value else ''}{note}" if setting else note
 
 
 def _did_you_mean(key: str, cls: type) -> str:
     if key in REFERENCE_OPTIONS:
-        return f"; for the reference code's {key}: {REFERENCE_OPTIONS[key]}"
+        return f"; for the reference code's {key}: {reference_answer(key, cls)}"
     known = field_names(cls) if cls is not BaseConfig else [n for c in configs().values() for n in field_names(c)]
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     return f"; did you mean {close[0]!r}?" if close else ""

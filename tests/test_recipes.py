@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -120,13 +121,22 @@ def test_mode_given_with_a_cut_recipe_brings_its_own_settings(recipe, mode):
 
 
 def test_every_reference_option_spelt_otherwise_is_answered_and_in_the_readme():
-    from img2img.config import REFERENCE_OPTIONS
+    from img2img.config import REFERENCE_OPTIONS, reference_row
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    for name, answer in REFERENCE_OPTIONS.items():
-        assert f"| `{name}` | {answer} |" in readme, name
-        with pytest.raises(ConfigError, match=f"for the reference code's {name}: "):
-            make_config("cut" if name in ("lambda_GAN", "lambda_NCE") else "pix2pix", {name: 1})
+    for name in REFERENCE_OPTIONS:
+        assert f"| `{name}` | {reference_row(name)} |" in readme, name
+        for task in TASKS:  # each answered in the flags of the task at hand, or said to have none there
+            with pytest.raises(ConfigError, match=f"for the reference code's {name}: ") as answered:
+                make_config(task, {name: 1})
+            flags = re.findall(r"--[a-z][\w-]*", str(answered.value).split("reference code's")[1])
+            offered = _flags(task)
+            assert all(flag in offered for flag in flags if flag not in ("--set", "--resume", "--nproc-per-node")), \
+                (task, name, flags)
     with pytest.raises(ConfigError) as far:  # a name far from every setting gets no guess
         make_config("pix2pix", {"preproces_mode": 1})
     assert "did you mean" not in str(far.value)
+
+
+def _flags(task: str) -> str:
+    return runner.invoke(app, ["train", task, "--help"], env={"COLUMNS": "200"}).output
