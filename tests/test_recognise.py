@@ -285,3 +285,21 @@ def test_info_and_translate_say_when_an_srvgg_activation_was_guessed(tmp_path, a
                                  str(tmp_path / "out.png")])
     assert result.exit_code == 0, result.output
     assert ("read as LeakyReLU" in result.output) == (act_type != "prelu"), result.output
+
+
+def test_every_registered_generator_names_whose_layout_its_files_come_from():
+    from img2img.nets.recognise import LAYOUT_OWNERS
+
+    assert set(LAYOUT_OWNERS) == set(registry.names("generator"))
+
+
+@pytest.mark.parametrize("arch, hparams", [
+    ("rrdbnet", {"num_in_ch": 4, "num_out_ch": 4, "scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}),
+    ("msrresnet", {"num_in_ch": 4, "num_out_ch": 4, "num_feat": 8, "num_block": 1, "upscale": 2}),
+    ("unet", {"in_ch": 1, "out_ch": 2, "num_downs": 5, "ngf": 4, "norm": "batch", "use_dropout": False}),
+])
+def test_a_model_of_other_channel_counts_than_rgb_or_gray_is_refused_before_any_image(arch, hparams, tmp_path):
+    """A 4-channel ESRGAN failed every image with PyTorch's channel error; spandrel's path refused it."""
+    torch.save(registry.build(arch, **hparams).state_dict(), tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="input and .* output channels; translate runs RGB and grayscale models"):
+        load_generator(tmp_path / "odd.pth")

@@ -133,6 +133,12 @@ def load_foreign(path: Path, state_dict: dict) -> tuple[nn.Module, GeneratorSpec
     except recognise.Misfit as err:
         found, misfit = None, str(err)
     if found is not None:
+        hparams = found.hparams
+        try:
+            zoo.refuse_channels(found.arch, hparams.get("in_ch", hparams.get("num_in_ch", 3)),
+                                hparams.get("out_ch", hparams.get("num_out_ch", 3)))
+        except zoo.ZooRefused as err:
+            raise CheckpointError(f"{path}: {err}") from None
         arch = registry.get(found.arch)
         module = loaded_module(found.arch, found.hparams, found.state_dict, path, found.module)
         spec = GeneratorSpec(arch=found.arch, hparams=found.hparams, pixel_range=arch.pixel_range,

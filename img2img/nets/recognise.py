@@ -125,13 +125,20 @@ def recognise(sd: Tensors) -> Recognised | None:
     return None
 
 
+# Whose layout a file in our architectures' own key names comes from, as `info` names it.
+LAYOUT_OWNERS = {"resnet": "pix2pix/CycleGAN reference", "unet": "pix2pix/CycleGAN reference",
+                 "cut_resnet": "CUT reference", "msrresnet": "BasicSR / Real-ESRGAN", "rrdbnet": "BasicSR / Real-ESRGAN",
+                 "srvgg": "BasicSR / Real-ESRGAN"}
+
+
 def _candidates(sd: Tensors) -> Iterable[Recognised]:
     for arch_name in registry.names("generator"):
         arch = registry.get(arch_name)
         if arch.infer is not None and (hparams := arch.infer(sd)) is not None:
             guess = arch.guessed(hparams)
-            yield Recognised(arch_name, hparams, _drop_instance_stats(sd),
-                             "img2img / reference" + (f" ({guess})" if guess else ""), guessed=guess)
+            owner = LAYOUT_OWNERS.get(arch_name, "img2img")
+            yield Recognised(arch_name, hparams, _drop_instance_stats(sd), owner + (f" ({guess})" if guess else ""),
+                             guessed=guess)
     for layout, convert in RRDB_LAYOUTS.items():
         if (converted := convert(sd)) is not None:
             yield Recognised("rrdbnet", converted[0], converted[1], layout)

@@ -79,6 +79,13 @@ class ZooGenerator(nn.Module):
         return self.descriptor(x)
 
 
+def refuse_channels(name: str, inputs: int, outputs: int) -> None:
+    """translate reads and writes RGB or gray: a model of other channel counts (RGBA, 4-band) cannot run."""
+    if inputs not in (1, 3) or outputs not in (1, 3):
+        raise ZooRefused(f"a {name} model with {inputs} input and {outputs} output channels; translate runs RGB "
+                         "and grayscale models")
+
+
 def load(state_dict: dict[str, torch.Tensor]) -> tuple[ZooGenerator, dict, dict] | None:
     """(generator, hyper-parameters, description) for a state_dict spandrel recognises, None when it does not.
     Raises ZooMissing without spandrel, ZooRefused for models that are not image to image."""
@@ -98,9 +105,7 @@ def load(state_dict: dict[str, torch.Tensor]) -> tuple[ZooGenerator, dict, dict]
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise ZooRefused(f"a {name} model ({descriptor.purpose}) needs a mask as well as the image; "
                          "translate runs image-to-image models only")
-    if descriptor.input_channels not in (1, 3) or descriptor.output_channels not in (1, 3):
-        raise ZooRefused(f"a {name} model with {descriptor.input_channels} input and {descriptor.output_channels} "
-                         "output channels; translate runs RGB and grayscale models")
+    refuse_channels(name, descriptor.input_channels, descriptor.output_channels)
     generator = ZooGenerator(descriptor).eval()
     return generator, _plain(getattr(descriptor.model, "hyperparameters", {})), describe(descriptor)
 
@@ -121,5 +126,6 @@ def describe(descriptor) -> dict:
 
 
 def _plain(value):
-    """Hyper-parameters as JSON values (tuples become lists; anything else becomes text)."""
-    return json.loads(json.dumps(value, default=str))
+    """Hyper-parameters as JSON values (tuples become lists; a function or class its name, not
+    a repr holding its address, which would differ at each run; anything else becomes text)."""
+    return json.loads(json.dumps(value, default=lambda v: getattr(v, "__qualname__", None) or str(v)))
