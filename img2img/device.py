@@ -46,10 +46,13 @@ def autocast_dtype(device: torch.device, amp: str, allowed: tuple = REDUCED_PREC
     return next((dtype for dtype in preferred if dtype in allowed), None)
 
 
-def amp_note(device: torch.device, amp: str) -> str | None:
-    """What to tell a user whose --amp this device does not run (None: nothing)."""
+def amp_note(device: torch.device, amp: str, chosen: torch.dtype | None = None) -> str | None:
+    """What to tell a user whose --amp this device, or the model (`chosen`: what autocast_dtype
+    gave it), does not run (None: nothing)."""
     if device.type == "cpu" and amp == "fp16":
         return "--amp fp16: a CPU has no fp16 autocast, so this runs in fp32; --amp bf16 is a CPU's reduced precision"
+    if amp in ("bf16", "fp16") and chosen is None and device.type in ("cpu", "cuda"):
+        return f"--amp {amp}: this model's architecture declares no {amp} support, so it runs in fp32"
     return None
 
 

@@ -426,7 +426,7 @@ def translate(model: str | Path, source: str, out_dir: str | Path, *, options: O
     outputs = plan_outputs(source, Path(out_dir), stdin, options.ext)
     module, spec = load_generator(Path(model), options.direction)
     translator = Translator(module, spec, options.device, options.bn_mode, options.amp, options.compile)
-    if note := amp_note(options.device, options.amp):
+    if note := amp_note(options.device, options.amp, translator.dtype):
         reporter.message(note)
     if spec.guessed:
         reporter.message(f"note: {model}: {spec.guessed}")

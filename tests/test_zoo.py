@@ -281,3 +281,12 @@ def test_our_sr_exports_load_in_spandrel_with_the_same_output(tmp_path, arch, hp
     x = torch.rand(1, 3, 20, 24)  # a multiple of 4: spandrel pads RRDBNet x2 to one, we to 2
     with torch.no_grad():
         assert (descriptor(x) - net(x).clamp(0, 1)).abs().max() < 1e-5
+
+
+def test_an_amp_the_model_declares_no_support_for_is_said_to_run_in_fp32():
+    from img2img.device import amp_note
+
+    cpu = torch.device("cpu")
+    assert "declares no bf16 support, so it runs in fp32" in amp_note(cpu, "bf16", None)
+    assert amp_note(cpu, "bf16", torch.bfloat16) is None and amp_note(cpu, "auto", None) is None
+    assert "a CPU has no fp16 autocast" in amp_note(cpu, "fp16", None)

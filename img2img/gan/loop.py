@@ -159,7 +159,7 @@ class Trainer:
         self.world = world or distributed.World()
         self.step = 0
         self.amp_dtype = autocast_dtype(device, cfg.amp)
-        if note := amp_note(device, cfg.amp):
+        if note := amp_note(device, cfg.amp, self.amp_dtype):
             reporter.message(note)
         for message in task.unreadable:
             reporter.message(message)
