@@ -185,7 +185,9 @@ def refuse_shared_outputs(outputs: OutputPlan) -> None:
               if len(set(inputs)) > 1]
     if shared:
         more = f"\n(and {len(shared) - 5} more)" if len(shared) > 5 else ""
-        formats = any(len({source.suffix.lower() for source in inputs}) > 1 for inputs in sources.values())
+        # one name in several formats (a.png, a.jpg under --ext), or else paths from stdin placed alike
+        formats = any(len({source.with_suffix("") for source in inputs}) == 1 for inputs in sources.values()
+                      if len(set(inputs)) > 1)
         cause = ("keep each input's own format (leave out --ext)" if formats else  # else: paths from stdin
                  "list them from a folder above both, mark what to keep of each path with /./ (as rsync -R reads it)")
         raise InputError("\n".join(shared[:5]) + more + f"\n{cause}, or translate them into separate OUTPUT folders")
