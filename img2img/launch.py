@@ -2,6 +2,7 @@
 libraries (a second or more for torch) ends it quietly, as it does once the command runs, and
 SIGTERM (`kill`, a batch system's stop) ends it as Ctrl-C does, with its own exit code."""
 
+import os
 import signal
 import sys
 
@@ -15,11 +16,30 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame) -> None:
+    _stop_unless_importing(frame, Terminated())
     raise Terminated
+
+
+def _interrupt(signum, frame) -> None:
+    _stop_unless_importing(frame, KeyboardInterrupt())
+    raise KeyboardInterrupt
+
+
+def _stop_unless_importing(frame, stop: KeyboardInterrupt) -> None:
+    """A stop raised while a module is being imported can land inside an extension's own
+    initialisation (pybind11 then aborts the process: "terminate called ..."). Nothing of ours
+    needs cleaning up while importing: the process ends at once, with the word and the code."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            sys.stderr.write(getattr(stop, "message", "interrupted") + "\n")
+            sys.stderr.flush()
+            os._exit(exit_code(stop))
+        frame = frame.f_back
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         if (problem := empty_argument(sys.argv[1:])) is not None:
             from img2img.console import print_error

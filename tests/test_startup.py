@@ -81,3 +81,17 @@ def test_ctrl_c_between_our_handlers_still_says_interrupted(monkeypatch, capsys)
         launch.main()
     assert stopped.value.code == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("name, code, word", [("SIGTERM", 143, "stopped by SIGTERM"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_while_a_module_is_importing_ends_the_process_at_once(tmp_path, name, code, word):
+    """Raised inside an extension's initialisation, a stop aborted the process ("terminate called
+    after throwing an instance of 'pybind11::error_already_set'", exit -6, once in a CI run)."""
+    (tmp_path / "slow_module.py").write_text(f"import os, signal, time\nos.kill(os.getpid(), signal.{name})\n"
+                                             "time.sleep(5)\n")
+    code_text = ("import signal, sys; sys.path.insert(0, sys.argv[1]); from img2img import launch; "
+                 "signal.signal(signal.SIGTERM, launch._terminate); signal.signal(signal.SIGINT, launch._interrupt); "
+                 "import slow_module; print('not stopped')")
+    result = subprocess.run([sys.executable, "-c", code_text, str(tmp_path)], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (code, word, "")
