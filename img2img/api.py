@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import difflib
 import random
 import signal
 import threading
@@ -273,8 +274,6 @@ def translate(model: str | Path, source: str | Path, out_dir: str | Path, *, dev
     """Translate an image, a folder (recursively) or '-' (paths on stdin) into `out_dir`.
     `options` are the fields of infer.Options (batch_size, tile, ext, overwrite, ...).
     Returns one infer.Result per input; failures are in `.error`, not raised."""
-    import difflib
-
     from img2img import infer
 
     known = [name for name in infer.Options.__dataclass_fields__ if name != "device"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import os
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path

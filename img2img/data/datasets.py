@@ -42,15 +42,14 @@ class Pair:
         return str(self.a)
 
 
-def raise_problems(problems: list[str], what: str, advice: str = "") -> None:
+def raise_problems(problems: list[str], what: str) -> None:
+    """A DataError naming `problems` (the first 20 in its message), and what to do about them."""
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{what}:\n  {shown}{more}{advice}", problems)
-
-
-UNUSABLE_ADVICE = ("\nMove these files out of the training folders (or mend them), then run the same command again; "
-                   "`img2img data check DIR` lists what a folder holds.")
+        raise DataError(f"{what}:\n  {shown}{more}\nMove these files out of the training folders (or mend them), "
+                        "then run the same command again; `img2img data check DIR` lists what a folder holds.",
+                        problems)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -105,7 +104,7 @@ def scan_images(folder: Path, flag: str, check: Callable[[Path, int, int], str |
         if problem:
             problems.append(problem)
     if own:
-        raise_problems(problems, f"{len(problems)} unusable file(s) in {folder}", UNUSABLE_ADVICE)
+        raise_problems(problems, f"{len(problems)} unusable file(s) in {folder}")
     return files
 
 
@@ -142,7 +141,7 @@ def scan_paired(a_root: Path, b_root: Path, flags: tuple[str, str] = ("--a", "--
         if size_a != size_b:
             problems.append(f"{a_files[key]} is {size_a[0]}x{size_a[1]} but {b_files[key]} is {size_b[0]}x{size_b[1]}")
         pairs.append(Pair(a_files[key], b_files[key]))
-    raise_problems(problems, f"{len(problems)} problem(s) pairing {a_root} with {b_root}", UNUSABLE_ADVICE)
+    raise_problems(problems, f"{len(problems)} problem(s) pairing {a_root} with {b_root}")
     return pairs
 
 

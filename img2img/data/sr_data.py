@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import ConfigError, require_folder
-from img2img.data.datasets import (UNUSABLE_ADVICE, DataError, checked_size, first_readable, image_size,
-                                   partner_problems, raise_problems, scan_images, to_tensor)
+from img2img.data.datasets import (DataError, checked_size, first_readable, image_size, partner_problems,
+                                   raise_problems, scan_images, to_tensor)
 from img2img.data.degrade import degrade
 from img2img.data.header import ImageError
 from img2img.data.images import Decoded, decode_image, files_by_stem
@@ -91,8 +91,7 @@ def scan_sr_pairs(lr_root: Path, hr_root: Path, scale: int, min_size: int,
         if problem:
             problems.append(problem)
         items.append(SRItem(hr_files[key], lr_files[key]))
-    raise_problems(problems, f"{len(problems)} problem(s) pairing {lr_root} with {hr_root} at --scale {scale}",
-                   UNUSABLE_ADVICE)
+    raise_problems(problems, f"{len(problems)} problem(s) pairing {lr_root} with {hr_root} at --scale {scale}")
     if not items and left_out:
         raise DataError(f"{flags[1]} {hr_root}: every pair is smaller than {need.format(min_size)}, e.g. {left_out[0]}")
     return items

@@ -16,8 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from img2img.config import require_folder
-from img2img.data.datasets import (UNUSABLE_ADVICE, first_readable, paired_augmentation, raise_problems,
-                                   scan_images, to_tensor)
+from img2img.data.datasets import first_readable, paired_augmentation, raise_problems, scan_images, to_tensor
 from img2img.data.images import read_rgb_resized
 
 
@@ -29,7 +28,7 @@ def scan_domains(*domains: tuple[Path, str]) -> list[list[Path]]:
     problems: list[str] = []
     found = [scan_images(root, flag, problems=problems) for root, flag in domains]
     folders = " and ".join(dict.fromkeys(str(root) for root, _ in domains))
-    raise_problems(problems, f"{len(problems)} unusable file(s) in {folders}", UNUSABLE_ADVICE)
+    raise_problems(problems, f"{len(problems)} unusable file(s) in {folders}")
     return found
 
 
