@@ -587,7 +587,8 @@ def _plan_memory(translator: Translator, jobs: list[Job], sizes: list[tuple[int,
                  batch_size: int) -> memory.Plan:
     """Estimate the peak for the largest image before anything starts; over the budget or
     the free memory, choose tiles, a disk-backed output or smaller tile batches (and say so)."""
-    # A model that tiles internally or tiles badly (nets.zoo) is not tiled for its size alone.
+    # A model that tiles internally or whose tiles differ from its whole (tiling_advice) is not tiled for its
+    # size alone.
     whole_limit = AUTO_TILE_PIXELS if translator.tiling == "supported" else 2**62
     if not jobs:
         return memory.Plan(batch_size, False, whole_limit, 0, [], AUTO_TILE)
