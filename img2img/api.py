@@ -216,15 +216,15 @@ def _unresumable(run_dir: Path, cfg: BaseConfig, problem: str) -> str:
         return (f"--resume: {run_dir} was trained with the pixel loss alone (its --pretrain-steps cover its "
                 f"--steps), so it has no discriminator to go on with: start the GAN stage as a new run from its "
                 f"generator, with --init {run_dir} and another --out; the run folder is unchanged")
-    changed = changed_settings(run_dir, cfg)
+    changed = changed_settings(saved, cfg)
     return (f"--resume: the networks saved in {run_dir} are not the ones these settings build ({problem}). "
             f"Settings this command changes: {', '.join(changed) or 'none'}. Resume with the run's own network "
             "settings (leave those flags out); the run folder is unchanged")
 
 
-def changed_settings(run_dir: Path, cfg: BaseConfig) -> list[str]:
-    """'key old -> new' for each setting `cfg` changes from the run's config.yaml."""
-    saved = with_absolute_paths(load_config(run_dir / "config.yaml"))
+def changed_settings(saved: dict, cfg: BaseConfig) -> list[str]:
+    """'key old -> new' for each setting `cfg` changes from `saved` (the run's config.yaml, its
+    paths absolute)."""
     return [f"{key} {saved[key]} -> {value}" for key, value in with_absolute_paths(cfg).items()
             if key in saved and saved[key] != value]
 
@@ -261,7 +261,8 @@ def _resume_notes(state: dict, path: Path, run_dir: Path, cfg: BaseConfig, world
     """What a resume tells the user: where it goes on from, and what differs from the saved run
     (read before config.yaml is written again)."""
     notes = [f"resuming from {path} (step {state['step']})"]
-    if (run_dir / "config.yaml").is_file() and (changed := changed_settings(run_dir, cfg)):
+    saved = with_absolute_paths(load_config(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
+    if changed := changed_settings(saved, cfg):
         notes.append(f"settings this resume changes: {', '.join(changed)}")
     if (before := _saved_batch(run_dir)) not in (None, effective_batch):
         notes.append(f"the run was trained with an effective batch of {before}; it goes on with {effective_batch} "

@@ -22,7 +22,7 @@ from img2img.config import ConfigError
 from img2img.data.images import write_bytes_atomic, writing
 from img2img.gan.checkpoint import GeneratorSpec, load_generator
 from img2img.hints import install_hint
-from img2img.translator import pad_to_multiple, to_network_range, to_unit_range
+from img2img.translator import input_channels, pad_to_multiple, to_network_range, to_unit_range
 
 
 class ExportError(Exception):
@@ -70,7 +70,7 @@ def export_onnx(model: Path, out: Path, direction: str | None = None, opset: int
     refuse_to_replace(Path(model), Path(out))
     module, spec = load_generator(Path(model), direction)
     wrapper = UnitRangeGenerator(module.float().eval(), spec).eval()
-    channels = int(getattr(module, "in_channels", 0) or spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
+    channels = input_channels(module, spec)
     example = torch.rand(1, channels, 64, 64)
     temp = Path(out).with_name(f".{Path(out).name}.export")
     try:

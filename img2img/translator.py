@@ -9,7 +9,7 @@ from torch import nn
 
 from img2img.data.images import Image
 from img2img.device import REDUCED_PRECISION, autocast_dtype, compiled
-from img2img.gan.checkpoint import GeneratorSpec
+from img2img.gan.checkpoint import GeneratorSpec, channels
 
 
 def set_bn_mode(module: nn.Module, mode: str) -> None:
@@ -89,6 +89,11 @@ def prefers_channels_last(module: nn.Module, device: torch.device) -> bool:
     return device.type == "cuda" and not any(isinstance(layer, nn.InstanceNorm2d) for layer in module.modules())
 
 
+def input_channels(module: nn.Module, spec: GeneratorSpec) -> int:
+    """What the network takes: a community model says so itself, ours in its hyper-parameters."""
+    return int(getattr(module, "in_channels", 0) or channels(spec.hparams)[0])
+
+
 def tiling_advice(module: nn.Module, one_by_one: bool) -> tuple[str, str]:
     """Whether tiles give the whole image's result: "supported", "discouraged" or "internal"
     (the model tiles by itself), and why not where they do not."""
@@ -113,8 +118,7 @@ class Translator:
         self.min_size = int(getattr(module, "min_size", 1))
         self.square = bool(getattr(module, "square", False))
         self.scale = int(spec.scale)
-        self.in_channels = int(getattr(module, "in_channels", 0)
-                               or spec.hparams.get("in_ch", spec.hparams.get("num_in_ch", 3)))
+        self.in_channels = input_channels(module, spec)
         # Community models (nets.zoo) declare their precisions and their advice on tiling.
         self.dtype = autocast_dtype(device, amp, getattr(module, "reduced_precision", REDUCED_PRECISION))
         self.tiling, self.tiling_reason = tiling_advice(module, self.one_by_one)

@@ -121,6 +121,12 @@ def _load(path: Path, direction: str, stated: bool = False) -> tuple[nn.Module, 
     return load_foreign(path, chosen)
 
 
+def channels(hparams: dict) -> tuple[int, int]:
+    """(input, output) channels of one of our architectures, by either family's names for them."""
+    return (int(hparams.get("in_ch", hparams.get("num_in_ch", 3))),
+            int(hparams.get("out_ch", hparams.get("num_out_ch", 3))))
+
+
 def _same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[key] is b[key] for key in a)
 
@@ -133,10 +139,8 @@ def load_foreign(path: Path, state_dict: dict) -> tuple[nn.Module, GeneratorSpec
     except recognise.Misfit as err:
         found, misfit = None, str(err)
     if found is not None:
-        hparams = found.hparams
         try:
-            zoo.refuse_channels(found.arch, hparams.get("in_ch", hparams.get("num_in_ch", 3)),
-                                hparams.get("out_ch", hparams.get("num_out_ch", 3)))
+            zoo.refuse_channels(found.arch, *channels(found.hparams))
         except zoo.ZooRefused as err:
             raise CheckpointError(f"{path}: {err}") from None
         arch = registry.get(found.arch)

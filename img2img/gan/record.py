@@ -142,7 +142,8 @@ class Recorder:
         if self.tensorboard is not None:  # events of those steps, from an earlier try, are dropped too
             self.tensorboard.purge_step = step + 1
         for sample in (self.run_dir / "samples").glob("step_*.png"):
-            if not sample.stem[len("step_"):].isdigit() or int(sample.stem[len("step_"):]) > step:
+            made = sample.stem[len("step_"):]
+            if not made.isdigit() or int(made) > step:
                 sample.unlink()
         if step == 0:
             for best in (self.run_dir / "checkpoints").glob("best_*.safetensors"):
